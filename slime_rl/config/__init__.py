@@ -1,0 +1,30 @@
+"""Typed config schema (the source of truth), Hydra registration and loading."""
+
+from slime_rl.config.algorithm import AlgorithmConfig
+from slime_rl.config.buffer import BufferConfig, DataConfig
+from slime_rl.config.cluster import ClusterConfig
+from slime_rl.config.engine import EngineConfig
+from slime_rl.config.mode import ModeConfig
+from slime_rl.config.model import ModelConfig
+from slime_rl.config.rollout import RewardConfig, RolloutConfig
+from slime_rl.config.root import SlimeRLConfig, compose_config, config_dir, load_config, register_configs, to_config
+from slime_rl.config.trainer import TrainerConfig
+
+__all__ = [
+    "AlgorithmConfig",
+    "BufferConfig",
+    "ClusterConfig",
+    "DataConfig",
+    "EngineConfig",
+    "ModeConfig",
+    "ModelConfig",
+    "RewardConfig",
+    "RolloutConfig",
+    "SlimeRLConfig",
+    "TrainerConfig",
+    "compose_config",
+    "config_dir",
+    "load_config",
+    "register_configs",
+    "to_config",
+]

@@ -1,0 +1,26 @@
+"""Ray cluster and placement settings (`cluster` group)."""
+
+from dataclasses import dataclass
+
+from slime_rl.errors import ConfigError
+
+
+@dataclass
+class ClusterConfig:
+    address: str | None = None  # Ray address to join ("auto" or "host:port"); None starts a local Ray
+    num_cpus: int = 2  # logical CPUs of a local Ray; set explicitly, placement groups wait forever otherwise
+    num_gpus: int = 0  # GPUs of a local Ray
+    object_store_memory_mb: int = 256  # MiB for a local Ray's object store (>= 75)
+    include_dashboard: bool = False  # start Ray's dashboard on a local Ray (127.0.0.1)
+    colocate: bool = False  # True: engines and trainer share devices; False: disaggregated pools
+
+    def __post_init__(self) -> None:
+        if self.num_cpus < 1:
+            raise ConfigError(f"cluster.num_cpus must be >= 1, got {self.num_cpus}")
+        if self.num_gpus < 0:
+            raise ConfigError(f"cluster.num_gpus must be >= 0, got {self.num_gpus}")
+        if self.object_store_memory_mb < 75:
+            raise ConfigError(
+                f"cluster.object_store_memory_mb={self.object_store_memory_mb} is below Ray's minimum of 75 MiB; "
+                "set cluster.object_store_memory_mb=256 or more"
+            )

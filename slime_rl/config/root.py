@@ -1,0 +1,110 @@
+"""The root config, its Hydra registration and loading.
+
+The dataclasses are the schema: YAML files under `configs/` only set values, and a key the schema does
+not have is an error (Hydra struct mode). `load_config` runs every `__post_init__` on the final values.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+
+from slime_rl.config.algorithm import AlgorithmConfig
+from slime_rl.config.buffer import BufferConfig
+from slime_rl.config.cluster import ClusterConfig
+from slime_rl.config.engine import EngineConfig
+from slime_rl.config.mode import ModeConfig
+from slime_rl.config.model import ModelConfig
+from slime_rl.config.rollout import RolloutConfig
+from slime_rl.config.trainer import TrainerConfig
+from slime_rl.errors import ConfigError
+
+SCHEMA_NAME = "slime_rl_schema"
+GROUPS = {
+    "model": ModelConfig,
+    "engine": EngineConfig,
+    "rollout": RolloutConfig,
+    "trainer": TrainerConfig,
+    "algorithm": AlgorithmConfig,
+    "buffer": BufferConfig,
+    "cluster": ClusterConfig,
+    "mode": ModeConfig,
+}
+
+
+@dataclass
+class SlimeRLConfig:
+    name: str = "run"  # run name: output folder and default buffer namespace
+    output_dir: str = "outputs"  # runs are written to {output_dir}/{name}
+    seed: int = 1234  # global seed (data order, init, sampling)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    buffer: BufferConfig = field(default_factory=BufferConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    mode: ModeConfig = field(default_factory=ModeConfig)
+
+    def __post_init__(self) -> None:
+        if self.trainer.micro_batch_size > self.rollout.rollout_batch_size * self.rollout.n_samples_per_prompt:
+            raise ConfigError(
+                f"trainer.micro_batch_size={self.trainer.micro_batch_size} exceeds the samples of one step "
+                f"(rollout.rollout_batch_size * rollout.n_samples_per_prompt = "
+                f"{self.rollout.rollout_batch_size * self.rollout.n_samples_per_prompt}); lower it"
+            )
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.name
+
+
+def config_dir() -> Path:
+    """The `configs/` tree: $SLIME_RL_CONFIG_DIR, else the one beside the package in a source checkout."""
+    path = Path(os.environ.get("SLIME_RL_CONFIG_DIR", Path(__file__).resolve().parents[2] / "configs"))
+    if not (path / "config.yaml").is_file():
+        raise ConfigError(f"no config.yaml in {path}; set SLIME_RL_CONFIG_DIR to the slime-rl configs/ folder")
+    return path
+
+
+def register_configs() -> None:
+    """Register the schema and one typed `base` node per group. Called by the CLI, never at import."""
+    store = ConfigStore.instance()
+    store.store(name=SCHEMA_NAME, node=SlimeRLConfig)
+    for group, node in GROUPS.items():
+        store.store(group=group, name="base", node=node)
+
+
+def to_config(cfg: DictConfig) -> SlimeRLConfig:
+    """Turn a composed DictConfig into the typed config, running every validation."""
+    try:
+        config = OmegaConf.to_object(cfg)
+    except ConfigError:
+        raise
+    except Exception as err:  # OmegaConf's validation errors carry the full key and value
+        raise ConfigError(f"invalid config: {err}") from err
+    if not isinstance(config, SlimeRLConfig):
+        raise ConfigError(f"config root must be {SCHEMA_NAME}, got {type(config).__name__}")
+    return config
+
+
+def compose_config(overrides: list[str] | None = None, config_name: str = "config") -> DictConfig:
+    """Compose `configs/config.yaml` with command-line style overrides (for tests and tools)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    register_configs()
+    try:
+        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+            return compose(config_name=config_name, overrides=overrides or [])
+    except (HydraException, OmegaConfBaseException) as err:
+        raise ConfigError(f"{err}\nSee `slime-rl train --cfg job` for the full config tree.") from err
+
+
+def load_config(overrides: list[str] | None = None) -> SlimeRLConfig:
+    return to_config(compose_config(overrides))

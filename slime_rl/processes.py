@@ -1,0 +1,65 @@
+"""Child processes that die with their parent, and free loopback ports.
+
+Every server slime-rl starts (Redis, engines, the router) is spawned here: the child gets
+PR_SET_PDEATHSIG=SIGKILL so it cannot outlive its parent even when the parent is SIGKILLed, and it is
+stopped by PID, never by name.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Sequence
+
+logger = logging.getLogger(__name__)
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    # Runs in the child between fork and exec.
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def spawn(argv: Sequence[str], *, log_path: str | None = None, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """Start `argv` as a child that is killed when this process dies. Output goes to `log_path` or is dropped."""
+    out = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115 - owned by the child
+    preexec = _die_with_parent if sys.platform.startswith("linux") else None
+    try:
+        return subprocess.Popen(list(argv), stdout=out, stderr=subprocess.STDOUT, env=env, preexec_fn=preexec)
+    finally:
+        if log_path:
+            out.close()
+
+
+def stop(proc: subprocess.Popen, timeout_s: float = 10.0) -> None:
+    """Terminate a child by PID, killing it if it does not exit within `timeout_s`."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        logger.warning("pid %d ignored SIGTERM for %.0fs; killing it", proc.pid, timeout_s)
+        proc.kill()
+        proc.wait()
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port that was free a moment ago. Callers retry when a server still loses the race for it."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
