@@ -116,3 +116,24 @@ class Group:
     @property
     def num_tokens(self) -> int:
         return sum(s.num_tokens for s in self.samples)
+
+
+@dataclass(slots=True, kw_only=True)
+class TrainBatch:
+    """What one data-parallel rank trains on in one step: samples and one advantage per sample.
+
+    `advantages[i]` applies to every trained token of `samples[i]` (GRPO-style sequence advantages).
+    """
+
+    step: int  # optimizer step this batch is for (the weight version it will produce is step + 1)
+    samples: list[Sample]
+    advantages: np.ndarray  # float32 [len(samples)]
+
+    def __post_init__(self) -> None:
+        self.advantages = np.asarray(self.advantages, dtype=np.float32).reshape(-1)
+        if len(self.advantages) != len(self.samples):
+            raise ValueError(f"TrainBatch: {len(self.samples)} samples but {len(self.advantages)} advantages")
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(s.num_tokens for s in self.samples)

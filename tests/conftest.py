@@ -1,0 +1,20 @@
+"""Shared fixtures. Every server a fixture starts, it stops (by PID)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+# One torch thread per test process: the machine has two cores shared by everything.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+@pytest.fixture(scope="session")
+def redis_url():
+    """A real embedded Redis (no AOF) for the whole session; yields its redis:// URL."""
+    from slime_rl.buffer.server import EmbeddedRedis
+    from slime_rl.config import BufferConfig
+
+    with EmbeddedRedis(BufferConfig(appendonly=False)) as address:
+        yield address.url
