@@ -12,6 +12,8 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,6 +58,24 @@ class RedisAddress:
         return f"redis://{auth}{self.host}:{self.port}/0"
 
 
+def server_argv(binary: Path, address: RedisAddress, data_dir: Path, *, appendonly: bool) -> list[str]:
+    """Command line of a private server: bound to `address.host` only, password required, no RDB snapshots."""
+    argv = [
+        str(binary),
+        "--bind", address.host,
+        "--port", str(address.port),
+        "--protected-mode", "yes",
+        "--dir", str(data_dir),
+        "--appendonly", "yes" if appendonly else "no",
+        "--save", "",
+        "--daemonize", "no",
+        "--loglevel", "warning",
+    ]  # fmt: skip
+    if address.password:
+        argv += ["--requirepass", address.password]
+    return argv
+
+
 class EmbeddedRedis:
     """A private Redis server for one run: loopback, random password, killed with its parent.
 
@@ -78,27 +98,17 @@ class EmbeddedRedis:
         self._data_dir.mkdir(parents=True, exist_ok=True)
         password = secrets.token_hex(16)
         for attempt in range(attempts):
-            port = free_port(self._cfg.host)
-            argv = [
-                str(self._binary),
-                "--bind", self._cfg.host,
-                "--port", str(port),
-                "--requirepass", password,
-                "--protected-mode", "yes",
-                "--dir", str(self._data_dir),
-                "--appendonly", "yes" if self._cfg.appendonly else "no",
-                "--save", "",
-                "--daemonize", "no",
-                "--loglevel", "warning",
-            ]  # fmt: skip
+            address = RedisAddress(self._cfg.host, free_port(self._cfg.host), password)
+            argv = server_argv(self._binary, address, self._data_dir, appendonly=self._cfg.appendonly)
             self._proc = spawn(argv, log_path=str(self._data_dir / "redis.log"))
-            address = RedisAddress(self._cfg.host, port, password)
             if self._wait_ready(address, ready_timeout_s):
                 self.address = address
-                logger.info("embedded Redis (%s) on %s:%d, pid %d", self._binary.name, address.host, port, self.pid)
+                logger.info(
+                    "embedded Redis (%s) on %s:%d, pid %d", self._binary.name, address.host, address.port, self.pid
+                )
                 return address
             stop(self._proc)
-            logger.warning("embedded Redis did not start on port %d (attempt %d)", port, attempt + 1)
+            logger.warning("embedded Redis did not start on port %d (attempt %d)", address.port, attempt + 1)
         log = (self._data_dir / "redis.log").read_text(errors="replace")[-2000:]
         raise ServiceError(f"embedded Redis ({self._binary}) failed to start; its log ends:\n{log}")
 
@@ -131,3 +141,20 @@ class EmbeddedRedis:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+@contextmanager
+def redis_service(cfg: BufferConfig, data_dir: str | Path | None = None) -> Iterator[str]:
+    """The run's Redis URL: `cfg.url` when set (external server), else a private embedded server for the block."""
+    if cfg.url:
+        client = redis.Redis.from_url(cfg.url, socket_timeout=5)
+        try:
+            client.ping()
+        except redis.RedisError as err:
+            raise ServiceError(f"cannot reach buffer.url={cfg.url!r}: {err}; check the address and password") from err
+        finally:
+            client.close()
+        yield cfg.url
+        return
+    with EmbeddedRedis(cfg, data_dir) as address:
+        yield address.url

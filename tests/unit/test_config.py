@@ -1,0 +1,61 @@
+import pytest
+
+from slime_rl.config import load_config
+from slime_rl.errors import ConfigError
+
+
+def test_config_defaults_compose_to_typed_sync_native_run():
+    cfg = load_config()
+    assert cfg.mode.name == "sync"
+    assert cfg.engine.kind == "native"
+    assert cfg.buffer.url is None
+    assert cfg.cluster.address is None
+    assert cfg.model.path == "outputs/run/toy_model"  # interpolated from output_dir and name
+
+
+def test_config_overrides_reach_the_typed_config():
+    cfg = load_config(["rollout.max_new_tokens=7", "name=abc", "trainer.tensor_model_parallel_size=2"])
+    assert cfg.rollout.max_new_tokens == 7
+    assert cfg.trainer.tensor_model_parallel_size == 2
+    assert str(cfg.run_dir) == "outputs/abc"
+
+
+def test_config_group_preset_switches_engine_to_sglang():
+    cfg = load_config(["engine=sglang"])
+    assert cfg.engine.kind == "sglang"
+    assert cfg.engine.sglang["mem_fraction_static"] == 0.7
+
+
+def test_config_unknown_key_names_the_key():
+    with pytest.raises(ConfigError, match="bogus"):
+        load_config(["rollout.bogus=1"])
+
+
+def test_config_wrong_type_names_the_key():
+    with pytest.raises(ConfigError, match="rollout.max_new_tokens"):
+        load_config(["rollout.max_new_tokens=many"])
+
+
+def test_config_out_of_range_value_says_what_is_allowed():
+    with pytest.raises(ConfigError, match=r"rollout.top_p must be in \(0, 1\], got 2.0"):
+        load_config(["rollout.top_p=2"])
+
+
+def test_config_unknown_choice_lists_the_choices():
+    with pytest.raises(ConfigError, match=r"engine.kind='vllm' is unknown; choose one of \['native', 'sglang', 'simulated'\]"):
+        load_config(["engine.kind=vllm"])
+
+
+def test_config_required_model_path_is_reported_when_missing():
+    with pytest.raises(ConfigError, match="model.path"):
+        load_config(["model=hf"])
+
+
+def test_config_non_redis_url_is_rejected_with_fix():
+    with pytest.raises(ConfigError, match="buffer.url='http://x' is not a Redis URL"):
+        load_config(["buffer.url=http://x"])
+
+
+def test_config_micro_batch_larger_than_step_is_rejected():
+    with pytest.raises(ConfigError, match="trainer.micro_batch_size=100"):
+        load_config(["trainer.micro_batch_size=100", "rollout.rollout_batch_size=2", "rollout.n_samples_per_prompt=2"])
