@@ -1,0 +1,1 @@
+"""Rollout engines: the SGLang protocol client, engine and router processes, and the native engine."""

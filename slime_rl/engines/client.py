@@ -1,0 +1,310 @@
+"""Async client for one SGLang-protocol server (SGLang itself, the native engine, or the router).
+
+Owns transport concerns: timeouts, bounded retries with exponential backoff, and turning failures into
+`EngineError`s that name the URL and endpoint. One method per endpoint, named after it. It does not
+schedule requests across engines (the router does) and does not know about samples or rewards.
+
+Retries: only failures where the request cannot have taken effect, or the server said "try again"
+(connection refused or reset before a response, HTTP 502/503/504), are retried. Collective calls
+(`init_weights_update_group`, `update_weights_from_distributed`) are never retried: the other ranks
+are already inside the collective.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from slime_rl.engines.protocol import EngineLoad, GenerateOutput, GenerateRequest
+from slime_rl.errors import ServiceError
+
+logger = logging.getLogger(__name__)
+
+_RETRY_STATUS = (502, 503, 504)
+_RETRY_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError)
+
+
+class EngineError(ServiceError):
+    """An engine call failed: HTTP error status, `success: false`, or no answer after the retries."""
+
+    def __init__(self, message: str, *, status_code: int | None = None) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+
+
+@dataclass(slots=True, kw_only=True)
+class ModelInfo:
+    """`/get_model_info`: what the server serves."""
+
+    model_path: str
+    tokenizer_path: str | None
+    is_generation: bool
+    weight_version: str
+
+
+def _error_message(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text.strip()
+    if isinstance(body, dict):
+        error = body.get("error")
+        if isinstance(error, dict) and "message" in error:
+            return str(error["message"])
+        for key in ("message", "detail"):
+            if key in body:
+                return str(body[key])
+    return str(body)
+
+
+class EngineClient:
+    """Client for the engine (or router) at `base_url`, e.g. `http://127.0.0.1:30000`.
+
+    Use as `async with EngineClient(url) as client:` or call `aclose()`. All methods are coroutines.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        timeout_s: float = 600.0,
+        max_retries: int = 3,
+        backoff_s: float = 0.5,
+        transport: httpx.AsyncBaseTransport | None = None,  # tests pass an in-process transport
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._transport = transport
+        self.timeout_s = timeout_s
+        self.max_retries = max_retries
+        self.backoff_s = backoff_s
+        self._http: httpx.AsyncClient | None = None
+
+    async def __aenter__(self) -> EngineClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        if self._http is not None:
+            await self._http.aclose()
+            self._http = None
+
+    def _client(self) -> httpx.AsyncClient:
+        if self._http is None:
+            limits = httpx.Limits(max_connections=None, max_keepalive_connections=64)
+            self._http = httpx.AsyncClient(
+                base_url=self.base_url, timeout=self.timeout_s, limits=limits, transport=self._transport
+            )
+        return self._http
+
+    async def _request(
+        self, method: str, path: str, body: dict[str, Any] | None = None, *, retry: bool = True, ok_400: bool = False
+    ) -> httpx.Response:
+        """Send one request, retrying transient failures; raise `EngineError` on an error status."""
+        attempts = 1 + (self.max_retries if retry else 0)
+        for attempt in range(attempts):
+            try:
+                response = await self._client().request(method, path, json=body)
+            except _RETRY_ERRORS as err:
+                if attempt + 1 >= attempts:
+                    raise EngineError(
+                        f"{method} {self.base_url}{path}: no answer after {attempts} tries: {err!r}"
+                    ) from err
+                logger.warning(
+                    "%s %s%s failed (%r); retry %d/%d", method, self.base_url, path, err, attempt + 1, attempts - 1
+                )
+            except httpx.HTTPError as err:
+                raise EngineError(f"{method} {self.base_url}{path} failed: {err!r}") from err
+            else:
+                if response.status_code in _RETRY_STATUS and attempt + 1 < attempts:
+                    logger.warning("%s %s%s -> %d; retrying", method, self.base_url, path, response.status_code)
+                elif response.is_success or (ok_400 and response.status_code == 400):
+                    return response
+                else:
+                    raise EngineError(
+                        f"{method} {self.base_url}{path} -> HTTP {response.status_code}: {_error_message(response)}",
+                        status_code=response.status_code,
+                    )
+            await asyncio.sleep(self.backoff_s * 2**attempt)
+        raise AssertionError("unreachable")
+
+    async def _control(self, path: str, body: dict[str, Any], *, retry: bool = True) -> str:
+        """POST a control call answering `{"success", "message"}`; raise unless it succeeded."""
+        response = await self._request("POST", path, body, retry=retry, ok_400=True)
+        result = response.json()
+        if not result.get("success", False):
+            raise EngineError(f"POST {self.base_url}{path} failed: {result.get('message', '')}", status_code=400)
+        return str(result.get("message", ""))
+
+    # -- generation ---------------------------------------------------------------------------------
+
+    async def generate(self, request: GenerateRequest) -> GenerateOutput:
+        """Generate for one sequence; an aborted request returns normally with finish_reason `abort`."""
+        response = await self._request("POST", "/generate", request.to_json())
+        return GenerateOutput.from_json(response.json())
+
+    async def generate_batch(self, requests: list[GenerateRequest]) -> list[GenerateOutput]:
+        """Generate for several token-id prompts in one call (SGLang batch input); outputs keep the order."""
+        if not requests or any(r.input_ids is None for r in requests):
+            raise ValueError("generate_batch needs at least one request, all with input_ids")
+        body: dict[str, Any] = {
+            "input_ids": [list(r.input_ids or []) for r in requests],
+            "sampling_params": [r.sampling_params.to_json() for r in requests],
+            "return_logprob": [r.return_logprob for r in requests],
+        }
+        if all(r.rid is not None for r in requests):
+            body["rid"] = [r.rid for r in requests]
+        response = await self._request("POST", "/generate", body)
+        return [GenerateOutput.from_json(item) for item in response.json()]
+
+    async def generate_stream(self, request: GenerateRequest) -> AsyncIterator[GenerateOutput]:
+        """Yield cumulative outputs as tokens arrive; the last one has a `finish_reason`. Not retried."""
+        path = "/generate"
+        try:
+            async with self._client().stream("POST", path, json=request.to_json(stream=True)) as response:
+                if not response.is_success:
+                    await response.aread()
+                    raise EngineError(
+                        f"POST {self.base_url}{path} -> HTTP {response.status_code}: {_error_message(response)}",
+                        status_code=response.status_code,
+                    )
+                async for line in response.aiter_lines():
+                    if not line.startswith("data:"):
+                        continue
+                    data = line[len("data:") :].strip()
+                    if data == "[DONE]":
+                        return
+                    chunk = json.loads(data)
+                    if "error" in chunk:
+                        raise EngineError(f"POST {self.base_url}{path} stream error: {chunk['error'].get('message')}")
+                    yield GenerateOutput.from_json(chunk)
+        except httpx.HTTPError as err:
+            raise EngineError(f"POST {self.base_url}{path} stream failed: {err!r}") from err
+
+    async def abort_request(self, rid: str) -> None:
+        """Abort every running or waiting request whose rid starts with `rid`."""
+        await self._request("POST", "/abort_request", {"rid": rid})
+
+    async def abort_all(self) -> None:
+        """Abort every request; each returns its partial output with finish_reason `abort`."""
+        await self._request("POST", "/abort_request", {"rid": "", "abort_all": True})
+
+    async def pause_generation(self, mode: str = "abort") -> None:
+        """Stop scheduling: `abort` ends in-flight requests, `retract`/`in_place` keep them for `continue`."""
+        await self._request("POST", "/pause_generation", {"mode": mode})
+
+    async def continue_generation(self) -> None:
+        await self._request("POST", "/continue_generation", {})
+
+    # -- weights ------------------------------------------------------------------------------------
+
+    async def update_weights_from_disk(
+        self, model_path: str, weight_version: str | None = None, load_format: str | None = None
+    ) -> str:
+        """Load HF safetensors weights from `model_path` in place; returns the server's message."""
+        body: dict[str, Any] = {"model_path": model_path}
+        if weight_version is not None:
+            body["weight_version"] = str(weight_version)
+        if load_format is not None:
+            body["load_format"] = load_format
+        return await self._control("/update_weights_from_disk", body)
+
+    async def init_weights_update_group(
+        self,
+        *,
+        master_address: str,
+        master_port: int,
+        rank_offset: int,
+        world_size: int,
+        group_name: str = "weight_update_group",
+        backend: str = "gloo",
+    ) -> str:
+        """Make the engine join a weight-update group (trainer = rank 0, TCPStore master). Collective: the
+        caller must build its own side of the group while this call is in flight."""
+        body = {
+            "master_address": master_address,
+            "master_port": master_port,
+            "rank_offset": rank_offset,
+            "world_size": world_size,
+            "group_name": group_name,
+            "backend": backend,
+        }
+        return await self._control("/init_weights_update_group", body, retry=False)
+
+    async def update_weights_from_distributed(
+        self,
+        *,
+        names: list[str],
+        dtypes: list[str],
+        shapes: list[list[int]],
+        group_name: str = "weight_update_group",
+        weight_version: str | None = None,
+        flush_cache: bool = True,
+    ) -> str:
+        """Receive tensors (HF names, dtype strings like "bfloat16") broadcast from rank 0 in `names` order.
+
+        Collective: the caller broadcasts each tensor while this call is in flight; it returns after the
+        engine has loaded them and set `weight_version`.
+        """
+        if not len(names) == len(dtypes) == len(shapes):
+            raise ValueError(
+                f"names ({len(names)}), dtypes ({len(dtypes)}) and shapes ({len(shapes)}) differ in length"
+            )
+        body: dict[str, Any] = {
+            "names": list(names),
+            "dtypes": list(dtypes),
+            "shapes": [list(s) for s in shapes],
+            "group_name": group_name,
+            "flush_cache": flush_cache,
+        }
+        if weight_version is not None:
+            body["weight_version"] = str(weight_version)
+        return await self._control("/update_weights_from_distributed", body, retry=False)
+
+    async def destroy_weights_update_group(self, group_name: str = "weight_update_group") -> str:
+        return await self._control("/destroy_weights_update_group", {"group_name": group_name})
+
+    async def get_weight_version(self) -> str:
+        response = await self._request("GET", "/get_weight_version")
+        return str(response.json()["weight_version"])
+
+    async def update_weight_version(self, new_version: str) -> str:
+        return await self._control("/update_weight_version", {"new_version": str(new_version)})
+
+    # -- status -------------------------------------------------------------------------------------
+
+    async def health(self) -> bool:
+        """True when the server answers `/health` with 200; never raises, never retries."""
+        try:
+            response = await self._client().get("/health", timeout=min(self.timeout_s, 10.0))
+        except httpx.HTTPError:
+            return False
+        return response.status_code == 200
+
+    async def get_model_info(self) -> ModelInfo:
+        body = (await self._request("GET", "/get_model_info")).json()
+        return ModelInfo(
+            model_path=str(body["model_path"]),
+            tokenizer_path=body.get("tokenizer_path"),
+            is_generation=bool(body.get("is_generation", True)),
+            weight_version=str(body.get("weight_version", "default")),
+        )
+
+    async def get_server_info(self) -> dict[str, Any]:
+        """The server's arguments and internal state. Open-ended by design (SGLang dumps its ServerArgs)."""
+        return (await self._request("GET", "/get_server_info")).json()
+
+    async def get_loads(self) -> EngineLoad:
+        return EngineLoad.from_json((await self._request("GET", "/v1/loads")).json())
+
+    async def flush_cache(self) -> bool:
+        """Drop cached prefixes; False when the server refused because requests are running."""
+        response = await self._request("POST", "/flush_cache", ok_400=True)
+        return response.status_code == 200
