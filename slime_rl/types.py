@@ -78,6 +78,13 @@ class Sample:
         """Version of the oldest weights that produced any response token (created_version if none)."""
         return min((v for v, _, _ in self.weight_spans), default=self.created_version)
 
+    def fail(self, reason: str) -> None:
+        """Mark the sample failed: reward 0, nothing trained, the reason kept in metadata."""
+        self.status = Status.FAILED
+        self.reward = 0.0
+        self.loss_mask = np.zeros(len(self.response_ids), np.uint8)
+        self.metadata["error"] = reason
+
     def append_tokens(self, ids: np.ndarray, logprobs: np.ndarray, version: int) -> None:
         """Append generated tokens and record the span they came from (a continuation after an abort)."""
         start = len(self.response_ids)

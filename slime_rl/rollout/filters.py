@@ -1,0 +1,46 @@
+"""Dynamic-sampling filters: decide whether a finished, scored group is kept for training.
+
+A filter is `(group) -> bool` (True = keep). Built in: `nonzero_std` (DAPO: a group whose rewards all
+tie carries no GRPO signal). Custom filters are resolved from `module:function`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+
+import numpy as np
+
+from slime_rl.errors import ConfigError
+from slime_rl.types import Group
+
+GroupFilter = Callable[[Group], bool]
+
+
+def keep_all(group: Group) -> bool:
+    return True
+
+
+def nonzero_std(group: Group) -> bool:
+    """Keep groups whose rewards differ (DAPO dynamic sampling, Yu et al. 2025)."""
+    return float(np.std([s.reward or 0.0 for s in group.samples])) > 0.0
+
+
+BUILTIN_FILTERS: dict[str, GroupFilter] = {"nonzero_std": nonzero_std}
+
+
+def make_group_filter(name: str | None) -> GroupFilter:
+    """`None` keeps every group; a built-in name or `module:function` otherwise."""
+    if name is None:
+        return keep_all
+    if name in BUILTIN_FILTERS:
+        return BUILTIN_FILTERS[name]
+    module_name, _, attr = name.partition(":")
+    if not attr:
+        raise ConfigError(
+            f"rollout.dynamic_filter={name!r} is unknown; choose one of {sorted(BUILTIN_FILTERS)} or 'module:function'"
+        )
+    try:
+        return getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as err:
+        raise ConfigError(f"rollout.dynamic_filter={name!r} cannot be imported: {err}") from err

@@ -1,0 +1,153 @@
+"""The reward hub: resolves `rollout.reward` once into one batched async scorer.
+
+Kinds:
+- a built-in rule: `math` (boxed / exact answer), `addition` and `reversal` (the toy tasks);
+- `custom`: `rollout.reward.path = "module:function"`. The function is sync or async and is either
+  per sample, `fn(sample, response) -> float`, or batched, `fn(samples, responses) -> list[float]`,
+  marked with the `batched_reward` decorator;
+- `remote`: POST `{"samples": [{"uid", "prompt_ids", "response", "label", "metadata"}]}` to
+  `rollout.reward.url`, answered by `{"rewards": [float, ...]}` in the same order.
+
+Failure policy (DESIGN.md §5): a reward that raises marks the samples it was scoring `failed`, with
+reward 0.0 and a zero loss mask; the run continues and the failures are counted by the caller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import inspect
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+import httpx
+
+from slime_rl.config.rollout import RewardConfig
+from slime_rl.errors import ConfigError
+from slime_rl.rollout.rewards.math import math_reward
+from slime_rl.toy.tasks import is_correct
+from slime_rl.types import Sample
+
+logger = logging.getLogger(__name__)
+
+
+class RewardFn(Protocol):
+    """Scores a batch of samples given their decoded responses; one float per sample, same order."""
+
+    async def __call__(self, samples: Sequence[Sample], responses: Sequence[str]) -> list[float]: ...
+
+
+def batched_reward(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Mark a custom reward as batched: it takes `(samples, responses)` lists and returns a list."""
+    fn.slime_rl_batched = True  # type: ignore[attr-defined]
+    return fn
+
+
+def _rule(check: Callable[[str, str | None], float]) -> RewardFn:
+    async def score(samples: Sequence[Sample], responses: Sequence[str]) -> list[float]:
+        return [check(response, sample.label) for sample, response in zip(samples, responses, strict=True)]
+
+    return score
+
+
+def _toy_rule(task: str) -> Callable[[str, str | None], float]:
+    return lambda response, label: float(label is not None and is_correct(task, response, label))
+
+
+RULES: dict[str, Callable[[str, str | None], float]] = {
+    "math": math_reward,
+    "addition": _toy_rule("addition"),
+    "reversal": _toy_rule("reversal"),
+}
+
+
+def _load_function(path: str) -> Callable[..., Any]:
+    module_name, _, attr = path.partition(":")
+    if not module_name or not attr:
+        raise ConfigError(f"rollout.reward.path={path!r} must look like 'package.module:function'")
+    try:
+        fn = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as err:
+        raise ConfigError(f"rollout.reward.path={path!r} cannot be imported: {err}") from err
+    if not callable(fn):
+        raise ConfigError(f"rollout.reward.path={path!r} is not a function")
+    return fn
+
+
+def _custom(fn: Callable[..., Any]) -> RewardFn:
+    is_batched = getattr(fn, "slime_rl_batched", False)
+
+    async def call(*args: Any) -> Any:
+        result = fn(*args)
+        return await result if inspect.isawaitable(result) else result
+
+    async def score(samples: Sequence[Sample], responses: Sequence[str]) -> list[float]:
+        if is_batched:
+            rewards = await call(list(samples), list(responses))
+        else:
+            rewards = await asyncio.gather(*(call(s, r) for s, r in zip(samples, responses, strict=True)))
+        if len(rewards) != len(samples):
+            raise ValueError(f"reward function returned {len(rewards)} rewards for {len(samples)} samples")
+        return [float(r) for r in rewards]
+
+    return score
+
+
+def _remote(url: str, timeout_s: float) -> RewardFn:
+    async def score(samples: Sequence[Sample], responses: Sequence[str]) -> list[float]:
+        body = {
+            "samples": [
+                {
+                    "uid": s.uid,
+                    "prompt_ids": s.prompt_ids.tolist(),
+                    "response": r,
+                    "label": s.label,
+                    "metadata": s.metadata,
+                }
+                for s, r in zip(samples, responses, strict=True)
+            ]
+        }
+        async with httpx.AsyncClient(timeout=timeout_s) as http:
+            response = await http.post(url, json=body)
+            response.raise_for_status()
+            rewards = response.json()["rewards"]
+        if len(rewards) != len(samples):
+            raise ValueError(f"remote reward {url} returned {len(rewards)} rewards for {len(samples)} samples")
+        return [float(r) for r in rewards]
+
+    return score
+
+
+def make_reward_fn(cfg: RewardConfig) -> RewardFn:
+    """Resolve the configured reward once; errors name the key and the valid choices."""
+    if cfg.kind == "custom":
+        if not cfg.path:
+            raise ConfigError("rollout.reward.kind=custom needs rollout.reward.path='module:function'")
+        return _custom(_load_function(cfg.path))
+    if cfg.kind == "remote":
+        if not cfg.url:
+            raise ConfigError("rollout.reward.kind=remote needs rollout.reward.url='http://host:port/path'")
+        return _remote(cfg.url, cfg.timeout_s)
+    if cfg.kind in RULES:
+        return _rule(RULES[cfg.kind])
+    raise ConfigError(
+        f"rollout.reward.kind={cfg.kind!r} is unknown; choose one of {sorted([*RULES, 'custom', 'remote'])}"
+    )
+
+
+async def score_samples(reward_fn: RewardFn, samples: Sequence[Sample], responses: Sequence[str]) -> int:
+    """Set `reward` on every sample; on a raising reward mark them failed (reward 0, nothing trained).
+
+    Returns the number of samples marked failed.
+    """
+    try:
+        rewards = await reward_fn(samples, responses)
+    except Exception as err:  # a user's reward function may raise anything; the run must go on
+        logger.warning("reward function failed on %d samples (%r); marking them failed", len(samples), err)
+        for sample in samples:
+            sample.fail(f"reward: {err!r}")
+        return len(samples)
+    for sample, reward in zip(samples, rewards, strict=True):
+        sample.reward = reward
+    return 0
