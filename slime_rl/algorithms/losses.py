@@ -45,7 +45,6 @@ class PolicyLossFn(Protocol):
 
 
 def _clipped_surrogate(
-    ratio: Tensor,
     log_ratio: Tensor,
     advantages: Tensor,
     mask: Tensor,
@@ -58,13 +57,20 @@ def _clipped_surrogate(
     num_samples: int | None,
     loss_normaliser: float | None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """-min(ratio * A, clip(ratio, 1 - clip_low, 1 + clip_high) * A), weighted and reduced; with metrics."""
-    adv = advantages.detach()  # [T]
+    """-min(ratio * A, clip(ratio, 1 - clip_low, 1 + clip_high) * A), weighted and reduced; with metrics.
+
+    `log_ratio` [T] is log(ratio) with its gradient path; masked-out entries are zeroed before use, so
+    padding or prompt tokens holding NaN/inf give neither loss nor gradient.
+    """
+    trained = mask.bool()  # [T]
+    log_ratio = torch.where(trained, log_ratio, torch.zeros_like(log_ratio))  # [T]
+    ratio = torch.exp(log_ratio)  # [T]
+    adv = torch.where(trained, advantages.detach(), torch.zeros_like(log_ratio))  # [T]
     unclipped = ratio * adv  # [T]
     clipped = ratio.clamp(1.0 - clip_low, 1.0 + clip_high) * adv  # [T]
     per_token = -torch.minimum(unclipped, clipped)  # [T]
     if weights is not None:
-        per_token = per_token * weights.detach()
+        per_token = per_token * torch.where(trained, weights.detach(), torch.zeros_like(per_token))
     loss = reduce_loss(
         per_token,
         mask,
@@ -102,7 +108,6 @@ def ppo_clip_loss(
     """
     log_ratio = (logprobs - old_logprobs.detach()).clamp(-_MAX_LOG_RATIO, _MAX_LOG_RATIO)  # [T]
     return _clipped_surrogate(
-        torch.exp(log_ratio),
         log_ratio,
         advantages,
         mask,
@@ -144,7 +149,6 @@ def gspo_loss(
     seq_log_ratio = seq_log_ratio.clamp(-_MAX_LOG_RATIO, _MAX_LOG_RATIO)  # [S]
     log_ratio = logprobs - logprobs.detach() + seq_log_ratio[sample_index]  # [T], value = log s_i
     return _clipped_surrogate(
-        torch.exp(log_ratio),
         log_ratio,
         advantages,
         mask,
