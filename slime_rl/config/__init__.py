@@ -4,10 +4,12 @@ from slime_rl.config.algorithm import AlgorithmConfig
 from slime_rl.config.buffer import BufferConfig, DataConfig
 from slime_rl.config.cluster import ClusterConfig
 from slime_rl.config.engine import EngineConfig
+from slime_rl.config.eval import EvalConfig
 from slime_rl.config.mode import ModeConfig
 from slime_rl.config.model import ModelConfig
 from slime_rl.config.rollout import RewardConfig, RolloutConfig
 from slime_rl.config.root import SlimeRLConfig, compose_config, config_dir, load_config, register_configs, to_config
+from slime_rl.config.toy import ToyConfig
 from slime_rl.config.trainer import TrainerConfig
 
 __all__ = [
@@ -16,11 +18,13 @@ __all__ = [
     "ClusterConfig",
     "DataConfig",
     "EngineConfig",
+    "EvalConfig",
     "ModeConfig",
     "ModelConfig",
     "RewardConfig",
     "RolloutConfig",
     "SlimeRLConfig",
+    "ToyConfig",
     "TrainerConfig",
     "compose_config",
     "config_dir",

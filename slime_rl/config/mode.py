@@ -11,7 +11,6 @@ class ModeConfig:
     name: str = "sync"  # sync | one_step_async | fully_async
     max_staleness: int = 1  # fully_async: eta, versions a trained sample may lag the policy
     num_steps: int = 10  # training steps (one optimizer step each)
-    eval_interval: int = 0  # steps between held-out evals; 0 = none
     log_interval: int = 1  # steps between metric records
 
     def __post_init__(self) -> None:

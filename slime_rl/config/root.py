@@ -17,9 +17,11 @@ from slime_rl.config.algorithm import AlgorithmConfig
 from slime_rl.config.buffer import BufferConfig
 from slime_rl.config.cluster import ClusterConfig
 from slime_rl.config.engine import EngineConfig
+from slime_rl.config.eval import EvalConfig
 from slime_rl.config.mode import ModeConfig
 from slime_rl.config.model import ModelConfig
 from slime_rl.config.rollout import RolloutConfig
+from slime_rl.config.toy import ToyConfig
 from slime_rl.config.trainer import TrainerConfig
 from slime_rl.errors import ConfigError
 
@@ -49,6 +51,8 @@ class SlimeRLConfig:
     buffer: BufferConfig = field(default_factory=BufferConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     mode: ModeConfig = field(default_factory=ModeConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    toy: ToyConfig = field(default_factory=ToyConfig)
 
     def __post_init__(self) -> None:
         if self.trainer.micro_batch_size > self.rollout.rollout_batch_size * self.rollout.n_samples_per_prompt:
