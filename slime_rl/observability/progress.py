@@ -1,0 +1,40 @@
+"""Progress bar of a training run: step, reward, eval accuracy and throughput, on a rich console."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+
+class TrainProgress:
+    """`with TrainProgress(total) as bar: bar.update(step, metrics)`; shows the latest headline metrics."""
+
+    def __init__(self, total_steps: int, start_step: int = 0) -> None:
+        self._progress = Progress(
+            TextColumn("[bold]train"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+        )
+        self._task = self._progress.add_task("train", total=total_steps, completed=start_step, info="")
+
+    def update(self, step: int, metrics: Mapping[str, float]) -> None:
+        parts = []
+        for key, label, fmt in (
+            ("rollout/reward_mean", "reward", "{:.3f}"),
+            ("eval/accuracy", "eval acc", "{:.2f}"),
+            ("perf/step_tokens_per_s", "tok/s", "{:.0f}"),
+        ):
+            if key in metrics:
+                parts.append(f"{label} {fmt.format(metrics[key])}")
+        self._progress.update(self._task, completed=step, info="  ".join(parts))
+
+    def __enter__(self) -> TrainProgress:
+        self._progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._progress.stop()
