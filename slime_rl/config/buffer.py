@@ -33,6 +33,9 @@ class BufferConfig:
     appendonly: bool = True  # AOF persistence for the embedded server (off in tests for speed)
     run_id: str | None = None  # namespace of every key (slime:{run_id}:); None = the run name
     max_staleness: int | None = None  # drop finished groups more than this many versions old on read; None = keep
+    # seconds a group read by a trainer consumer may stay unacknowledged before another consumer takes it over
+    # (the reader is presumed dead); keep it above the slowest optimizer step
+    redelivery_idle_s: float = 600.0
     data: DataConfig = field(default_factory=DataConfig)
 
     def __post_init__(self) -> None:
@@ -40,3 +43,8 @@ class BufferConfig:
             raise ConfigError(f"buffer.url={self.url!r} is not a Redis URL; use redis://host:port or null")
         if self.max_staleness is not None and self.max_staleness < 0:
             raise ConfigError(f"buffer.max_staleness must be >= 0 or null, got {self.max_staleness}")
+        if self.redelivery_idle_s <= 0:
+            raise ConfigError(
+                f"buffer.redelivery_idle_s must be > 0 seconds, got {self.redelivery_idle_s}; use a value above the "
+                "slowest optimizer step, e.g. 600"
+            )
