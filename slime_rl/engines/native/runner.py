@@ -1,0 +1,116 @@
+"""Model runner: an HF causal LM plus its ragged KV cache; batched prefill and one-forward decode steps.
+
+Owns the model object and the tensors fed to it (ids, per-row positions, 4D boolean attention masks).
+It does not pick rows, sample or track requests (scheduler.py and sampling.py do). Only the model
+thread calls it.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Iterable
+
+import torch
+from transformers import AutoModelForCausalLM
+
+from slime_rl.engines.native.kv_cache import RaggedKVCache
+
+logger = logging.getLogger(__name__)
+
+
+def resolve_dtype(name: str, device: str) -> torch.dtype:
+    """`auto` is float32 on CPU and bfloat16 on CUDA; otherwise a torch dtype name such as `float16`."""
+    if name == "auto":
+        return torch.float32 if device == "cpu" else torch.bfloat16
+    dtype = getattr(torch, name, None)
+    if not isinstance(dtype, torch.dtype):
+        raise ValueError(f"dtype={name!r} is not a torch dtype; use auto, float32, bfloat16 or float16")
+    return dtype
+
+
+class ModelRunner:
+    """Runs `model_path` on `device` with room for `num_slots` sequences of `max_len` tokens each."""
+
+    def __init__(self, model_path: str, *, device: str, dtype: torch.dtype, num_slots: int, max_len: int) -> None:
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype, attn_implementation="sdpa")
+        self.model.to(self.device).eval()
+        config = self.model.config
+        self.vocab_size = int(config.vocab_size)
+        self.max_len = min(max_len, int(getattr(config, "max_position_embeddings", max_len)))
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        self.cache = RaggedKVCache(
+            num_layers=config.num_hidden_layers,
+            num_slots=num_slots,
+            num_kv_heads=getattr(config, "num_key_value_heads", None) or config.num_attention_heads,
+            max_len=self.max_len,
+            head_dim=head_dim,
+            dtype=dtype,
+            device=self.device,
+        )
+        self._decoder = self.model.get_decoder()
+        self._lm_head = self.model.get_output_embeddings()
+        self._params = dict(self.model.named_parameters(remove_duplicate=False))
+        # transformers 5.2x renamed `past_key_values` to `cache` (the old name goes in 5.40).
+        self._cache_kwarg = (
+            "cache" if "cache" in inspect.signature(self._decoder.forward).parameters else "past_key_values"
+        )
+
+    def _forward(self, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        cache = {self._cache_kwarg: self.cache}
+        out = self._decoder(input_ids=ids, position_ids=positions, attention_mask=mask, use_cache=True, **cache)
+        return out.last_hidden_state
+
+    @torch.inference_mode()
+    def prefill(self, start: int, prompts: list[list[int]]) -> torch.Tensor:
+        """Write K/V of `prompts` into slots `start..start+n`; return logits [n, V] at each prompt's last token."""
+        lengths = torch.tensor([len(p) for p in prompts], device=self.device)
+        width = int(lengths.max())
+        ids = torch.zeros((len(prompts), width), dtype=torch.long)
+        for i, prompt in enumerate(prompts):
+            ids[i, : len(prompt)] = torch.tensor(prompt, dtype=torch.long)
+        positions = torch.arange(width, device=self.device).expand(len(prompts), width)
+        # Right padding: with a causal mask, real tokens never see the padding after them.
+        causal = torch.ones((width, width), dtype=torch.bool, device=self.device).tril()[None, None]
+        self.cache.begin_prefill(start, len(prompts), width)
+        hidden = self._forward(ids.to(self.device), positions, causal)
+        last = hidden[torch.arange(len(prompts), device=self.device), lengths - 1]
+        return self._lm_head(last)
+
+    @torch.inference_mode()
+    def decode(self, tokens: list[int], positions: list[int]) -> torch.Tensor:
+        """One token for each of rows `0..B-1`: `tokens[b]` sits at `positions[b]`. Returns logits [B, V]."""
+        pos = torch.tensor(positions, dtype=torch.long, device=self.device)
+        attend_len = max(positions) + 1
+        valid = torch.arange(attend_len, device=self.device)[None, :] <= pos[:, None]  # [B, L]
+        self.cache.begin_decode(pos, attend_len)
+        ids = torch.tensor(tokens, dtype=torch.long, device=self.device)[:, None]
+        hidden = self._forward(ids, pos[:, None], valid[:, None, None, :])
+        return self._lm_head(hidden[:, 0])
+
+    def move_row(self, src: int, dst: int, length: int) -> None:
+        self.cache.move_row(src, dst, length)
+
+    @torch.inference_mode()
+    def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> int:
+        """Copy HF-named tensors into the model in place; returns how many were loaded.
+
+        Raises ValueError on an unknown name or a shape mismatch (before or after partial loading: the caller
+        treats a failed update as fatal for the weight version).
+        """
+        count = 0
+        for name, tensor in named_tensors:
+            param = self._params.get(name)
+            if param is None:
+                raise ValueError(f"weight {name!r} is not a parameter of {type(self.model).__name__}")
+            if tuple(param.shape) != tuple(tensor.shape):
+                raise ValueError(f"weight {name!r}: shape {tuple(tensor.shape)} != model's {tuple(param.shape)}")
+            param.copy_(tensor.to(device=param.device, dtype=param.dtype))
+            count += 1
+        return count
+
+    def parameter_specs(self) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+        """Shape and dtype of every parameter, by HF name."""
+        return {name: (tuple(p.shape), p.dtype) for name, p in self._params.items()}

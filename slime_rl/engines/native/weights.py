@@ -1,0 +1,92 @@
+"""Weight sources for the native engine: safetensors directories and torch.distributed update groups.
+
+Owns reading HF-named tensors; loading them into the model is the runner's job. A weight-update group
+follows SGLang (REFERENCE.md §1): the trainer is rank 0 and hosts the TCPStore; this engine joins with
+rank `rank_offset` through its own `ProcessGroupGloo` (CPU) or `ProcessGroupNCCL` (CUDA), independent
+of any default process group, and receives each tensor by broadcast from rank 0 in the order of `names`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from safetensors import safe_open
+
+logger = logging.getLogger(__name__)
+
+BACKENDS = ("gloo", "nccl")
+
+
+def read_safetensors_dir(model_path: str) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield every tensor of every `*.safetensors` file in `model_path` (HF parameter names)."""
+    files = sorted(Path(model_path).glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"no *.safetensors files in {model_path}")
+    for file in files:
+        with safe_open(str(file), framework="pt") as f:
+            for name in f.keys():  # noqa: SIM118 - safe_open objects are not iterable
+                yield name, f.get_tensor(name)
+
+
+def parse_dtype(name: str) -> torch.dtype:
+    """`"bfloat16"` or `"torch.bfloat16"` -> torch.bfloat16."""
+    dtype = getattr(torch, name.removeprefix("torch."), None)
+    if not isinstance(dtype, torch.dtype):
+        raise ValueError(f"dtype {name!r} is not a torch dtype name")
+    return dtype
+
+
+class WeightUpdateGroups:
+    """The weight-update process groups this engine has joined, by name."""
+
+    def __init__(self, device: torch.device, timeout_s: float = 600.0) -> None:
+        self.device = device
+        self.timeout = timedelta(seconds=timeout_s)
+        self._groups: dict[str, tuple[dist.Store, dist.ProcessGroup]] = {}
+
+    def init_group(
+        self, *, master_address: str, master_port: int, rank: int, world_size: int, group_name: str, backend: str
+    ) -> None:
+        """Join group `group_name` as `rank`. Blocks until every rank has joined (run it off the event loop)."""
+        if backend not in BACKENDS:
+            raise ValueError(f"backend {backend!r} is unknown; choose one of {BACKENDS}")
+        if group_name in self._groups:
+            raise ValueError(f"weight update group {group_name!r} already exists; destroy it first")
+        if backend == "nccl" and self.device.type != "cuda":
+            raise ValueError("backend 'nccl' needs the engine on CUDA; use 'gloo' on CPU")
+        store = dist.TCPStore(master_address, master_port, world_size, is_master=False, timeout=self.timeout)
+        if backend == "gloo":
+            group: dist.ProcessGroup = dist.ProcessGroupGloo(store, rank, world_size, self.timeout)
+        else:
+            group = dist.ProcessGroupNCCL(store, rank, world_size)
+        self._groups[group_name] = (store, group)
+        logger.info("joined weight update group %s as rank %d/%d (%s)", group_name, rank, world_size, backend)
+
+    def receive(
+        self, group_name: str, names: list[str], dtypes: list[str], shapes: list[list[int]]
+    ) -> list[tuple[str, torch.Tensor]]:
+        """Receive one broadcast from rank 0 per name, in order. Blocks until all have arrived."""
+        if group_name not in self._groups:
+            raise ValueError(f"no weight update group named {group_name!r}; call init_weights_update_group first")
+        _, group = self._groups[group_name]
+        options = dist.BroadcastOptions()
+        options.rootRank = 0
+        received = []
+        for name, dtype, shape in zip(names, dtypes, shapes, strict=True):
+            tensor = torch.empty(shape, dtype=parse_dtype(dtype), device=self.device)
+            group.broadcast([tensor], options).wait()
+            received.append((name, tensor))
+        return received
+
+    def destroy(self, group_name: str) -> None:
+        if group_name not in self._groups:
+            raise ValueError(f"no weight update group named {group_name!r}")
+        _, group = self._groups.pop(group_name)
+        shutdown = getattr(group, "shutdown", None)
+        if callable(shutdown):
+            shutdown()
