@@ -1,0 +1,204 @@
+"""The driver: from a config to a finished run (`slime-rl train`, `slime-rl rollout`).
+
+Starts or joins Redis and Ray, places and starts the engines, the router, the rollout worker and the
+trainer group, then runs the configured loop with checkpoints, evals, metrics and a final report.
+Everything it starts it stops, also on errors (engine servers and the router die with their owners).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import ray
+from omegaconf import OmegaConf
+
+from slime_rl.buffer.server import redis_service
+from slime_rl.buffer.store import RedisBuffer
+from slime_rl.config.root import SlimeRLConfig
+from slime_rl.observability.logs import setup_logging
+from slime_rl.observability.metrics import MetricsLogger
+from slime_rl.observability.plots import plot_curves
+from slime_rl.observability.progress import TrainProgress
+from slime_rl.orchestration.batches import make_sft_batches
+from slime_rl.orchestration.cluster import ray_session
+from slime_rl.orchestration.engines import EngineFleet
+from slime_rl.orchestration.loops import LOOPS, LoopContext, publish
+from slime_rl.orchestration.placement import create_placement
+from slime_rl.orchestration.rollout_worker import RolloutWorker
+from slime_rl.orchestration.train_group import TrainGroup
+
+logger = logging.getLogger(__name__)
+
+CURVE_KEYS = ("rollout/reward_mean", "eval/accuracy", "train/loss", "rollout/response_len_mean")
+TIME_KEYS = ("perf/rollout_time_s", "perf/train_time_s", "perf/weight_sync_time_s")
+
+
+def run_id(cfg: SlimeRLConfig) -> str:
+    return cfg.buffer.run_id or cfg.name
+
+
+def prepare_run_dir(cfg: SlimeRLConfig) -> Path:
+    """Create the run directory, route logs into it and write the resolved config there."""
+    run_dir = cfg.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    setup_logging(log_file=run_dir / "train.log")
+    OmegaConf.save(OmegaConf.structured(cfg), run_dir / "config.yaml", resolve=True)
+    if cfg.toy.enabled:
+        from slime_rl.toy.experiment import prepare_toy
+
+        assert cfg.buffer.data.path and cfg.eval.path, "experiment=toy sets both data paths"
+        prepare_toy(
+            cfg.toy,
+            model_path=Path(cfg.model.path),
+            train_path=Path(cfg.buffer.data.path),
+            eval_path=Path(cfg.eval.path),
+            seed=cfg.seed,
+        )
+    return run_dir
+
+
+@dataclass
+class RolloutSide:
+    fleet: EngineFleet
+    worker: ray.actor.ActorHandle  # RolloutWorker
+
+
+@contextlib.contextmanager
+def rollout_side(cfg: SlimeRLConfig, redis_url: str, placement) -> Iterator[RolloutSide]:
+    """Engines behind a router, and the rollout worker that drives them."""
+    with EngineFleet(cfg.engine, cfg.model.path, placement) as fleet:
+        worker = (
+            ray.remote(RolloutWorker)
+            .options(num_cpus=0, max_concurrency=64)
+            .remote(
+                cfg.rollout,
+                cfg.buffer.data,
+                cfg.eval,
+                model_path=cfg.model.path,
+                router_url=fleet.router_url,
+                engine_urls=fleet.engine_urls,
+                redis_url=redis_url,
+                run_id=run_id(cfg),
+                max_staleness=cfg.buffer.max_staleness,
+                request_timeout_s=cfg.engine.request_timeout_s,
+                seed=cfg.seed,
+            )
+        )
+        try:
+            yield RolloutSide(fleet, worker)
+        finally:
+            ray.kill(worker)
+
+
+def warm_up_sft(cfg: SlimeRLConfig, ctx: LoopContext) -> dict[str, float]:
+    """Supervised warm-up on ground-truth answers (toy): a policy that succeeds sometimes, not never."""
+    metrics: dict[str, float] = {}
+    for step in range(cfg.toy.sft_steps):
+        samples = ray.get(ctx.rollout.sft_samples.remote(cfg.toy.sft_batch_size, step))
+        metrics = ctx.trainers.train_sft(make_sft_batches(samples, dp_size=cfg.trainer.data_parallel_size, step=step))
+    logger.info("SFT warm-up: %d steps, last loss %.4f", cfg.toy.sft_steps, metrics.get("train/sft_loss", float("nan")))
+    return metrics
+
+
+def run_training(cfg: SlimeRLConfig) -> None:
+    """Train with the configured loop until `mode.num_steps`; resumable from the latest checkpoint."""
+    run_dir = prepare_run_dir(cfg)
+    loop_step = LOOPS[cfg.mode.name]
+    with (
+        redis_service(cfg.buffer, run_dir / "redis") as redis_url,
+        ray_session(cfg.cluster),
+        contextlib.closing(
+            RedisBuffer.from_url(redis_url, run_id(cfg), max_staleness=cfg.buffer.max_staleness)
+        ) as buffer,
+        MetricsLogger(run_dir) as metrics,
+    ):
+        placement = create_placement(cfg.cluster, cfg.trainer, cfg.engine)
+        try:
+            with rollout_side(cfg, redis_url, placement) as side:
+                trainers = TrainGroup(cfg.model, cfg.trainer, cfg.algorithm, placement)
+                try:
+                    ctx = LoopContext(cfg, side.worker, trainers, buffer, side.fleet.engine_urls)
+                    run_loop(cfg, ctx, loop_step, metrics)
+                finally:
+                    trainers.shutdown()
+        finally:
+            placement.remove()
+    write_report(cfg, run_dir, metrics.jsonl_path)
+
+
+def run_loop(cfg: SlimeRLConfig, ctx: LoopContext, loop_step, metrics: MetricsLogger) -> None:
+    start_step = (ctx.trainers.load() if cfg.trainer.load_checkpoint else None) or 0
+    if start_step == 0 and cfg.toy.enabled and cfg.toy.sft_steps:
+        metrics.log(0, warm_up_sft(cfg, ctx))
+    publish(ctx, start_step)  # engines serve exactly the trainer's weights, also after SFT or a resume
+    if start_step == 0 and cfg.eval.path:
+        metrics.log(0, ray.get(ctx.rollout.evaluate.remote(0)))
+    with TrainProgress(cfg.mode.num_steps, start_step) as progress:
+        for step in range(start_step, cfg.mode.num_steps):
+            t0 = time.perf_counter()
+            record = loop_step(ctx, step)
+            done = step + 1
+            if cfg.eval.path and ((cfg.eval.interval and done % cfg.eval.interval == 0) or done == cfg.mode.num_steps):
+                record.update(ray.get(ctx.rollout.evaluate.remote(done)))
+            if (cfg.trainer.save_interval and done % cfg.trainer.save_interval == 0) or done == cfg.mode.num_steps:
+                ctx.trainers.save(done)
+            record["perf/step_time_s"] = time.perf_counter() - t0
+            record["perf/other_time_s"] = record["perf/step_time_s"] - sum(record.get(k, 0.0) for k in TIME_KEYS)
+            record.update({f"buffer/{k}": float(v) for k, v in ctx.buffer.counters().items()})
+            metrics.log(done, record)
+            progress.update(done, record)
+
+
+def write_report(cfg: SlimeRLConfig, run_dir: Path, metrics_path: Path) -> None:
+    """`reward_curve.png` and `summary.json`: first/last eval accuracy and the mean time split per step."""
+    from slime_rl.observability.metrics import read_metrics
+
+    records = read_metrics(metrics_path)
+    plot_curves(metrics_path, run_dir / "reward_curve.png", CURVE_KEYS, title=f"{cfg.name}: {cfg.mode.name}")
+    evals = [r["eval/accuracy"] for r in records if r.get("eval/accuracy") is not None]
+    steps = [r for r in records if r.get("perf/step_time_s") is not None]
+
+    def mean(key: str) -> float:
+        values = [r[key] for r in steps if r.get(key) is not None]
+        return sum(values) / len(values) if values else 0.0
+
+    summary = {
+        "name": cfg.name,
+        "mode": cfg.mode.name,
+        "steps": len(steps),
+        "eval_accuracy_first": evals[0] if evals else None,
+        "eval_accuracy_last": evals[-1] if evals else None,
+        "reward_mean_last": steps[-1].get("rollout/reward_mean") if steps else None,
+        "time_per_step_s": {
+            key.split("/")[1].removesuffix("_time_s"): mean(key) for key in (*TIME_KEYS, "perf/other_time_s")
+        },
+        "step_time_s": mean("perf/step_time_s"),
+    }
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    logger.info("run finished: %s", json.dumps(summary))
+
+
+def run_rollout_only(cfg: SlimeRLConfig) -> None:
+    """Rollout without a trainer (debugging, data generation): `mode.num_steps` batches into the buffer."""
+    run_dir = prepare_run_dir(cfg)
+    with (
+        redis_service(cfg.buffer, run_dir / "redis") as redis_url,
+        ray_session(cfg.cluster),
+        MetricsLogger(run_dir) as metrics,
+    ):
+        placement = create_placement(cfg.cluster, cfg.trainer, cfg.engine)
+        try:
+            with rollout_side(cfg, redis_url, placement) as side:
+                for step in range(cfg.mode.num_steps):
+                    metrics.log(step + 1, ray.get(side.worker.generate.remote(0)))
+                logger.info(
+                    "rollout finished: %d steps; buffer at %s (run id %s)", cfg.mode.num_steps, redis_url, run_id(cfg)
+                )
+        finally:
+            placement.remove()

@@ -1,0 +1,109 @@
+"""Actor body of the rollout side: builds a `RolloutManager` from config inside its own process.
+
+The plain manager takes built objects (clients, buffer, reward, dataset); this shell builds them where
+they are used, so nothing heavier than config crosses the Ray boundary. It also runs held-out evals.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any
+
+import numpy as np
+
+from slime_rl.buffer.dataset import PromptDataset, fill_prompts
+from slime_rl.buffer.store import RedisBuffer
+from slime_rl.config.buffer import DataConfig
+from slime_rl.config.eval import EvalConfig
+from slime_rl.config.rollout import RolloutConfig
+from slime_rl.engines.client import EngineClient
+from slime_rl.rollout.evaluate import evaluate_greedy
+from slime_rl.rollout.filters import make_group_filter
+from slime_rl.rollout.manager import RolloutManager
+from slime_rl.rollout.rewards.hub import make_reward_fn
+from slime_rl.types import Sample
+
+logger = logging.getLogger(__name__)
+
+
+class RolloutWorker:
+    """One per run. `generate(version)` fills the buffer for one step; `evaluate(version)` runs the eval set."""
+
+    def __init__(
+        self,
+        rollout: RolloutConfig,
+        data: DataConfig,
+        evaluation: EvalConfig,
+        *,
+        model_path: str,
+        router_url: str,
+        engine_urls: list[str],
+        redis_url: str,
+        run_id: str,
+        max_staleness: int | None,
+        request_timeout_s: float,
+        seed: int,
+    ) -> None:
+        from transformers import AutoTokenizer
+
+        self.tokenizer: Any = AutoTokenizer.from_pretrained(model_path)
+        self.buffer = RedisBuffer.from_url(redis_url, run_id, max_staleness=max_staleness)
+        self.dataset = PromptDataset(data, self.tokenizer, n_samples_per_prompt=rollout.n_samples_per_prompt, seed=seed)
+        self.reward_fn = make_reward_fn(rollout.reward)
+        self.router = EngineClient(router_url, timeout_s=request_timeout_s)
+        self.manager = RolloutManager(
+            rollout,
+            router=self.router,
+            engines=[EngineClient(url, timeout_s=request_timeout_s) for url in engine_urls],
+            buffer=self.buffer,
+            refill_prompts=lambda n: fill_prompts(self.buffer, self.dataset, n),
+            reward_fn=self.reward_fn,
+            decode=self.decode,
+            group_filter=make_group_filter(rollout.dynamic_filter),
+        )
+        self.eval_samples: list[Sample] = []
+        self.eval_max_new_tokens = evaluation.max_new_tokens or rollout.max_new_tokens
+        if evaluation.path:
+            eval_cfg = dataclasses.replace(data, path=evaluation.path, shuffle=False)
+            eval_set = PromptDataset(eval_cfg, self.tokenizer, n_samples_per_prompt=1, seed=seed)
+            rows = range(min(len(eval_set), evaluation.max_prompts))
+            self.eval_samples = [eval_set.make_group(row).samples[0] for row in rows]
+
+    def decode(self, ids: np.ndarray) -> str:
+        return self.tokenizer.decode(ids.tolist(), skip_special_tokens=True)
+
+    async def generate(self, version: int) -> dict[str, float]:
+        return await self.manager.generate(version)
+
+    async def evaluate(self, version: int) -> dict[str, float]:
+        if not self.eval_samples:
+            return {}
+        fresh = [
+            Sample(uid=s.uid, group_id=s.group_id, index=0, prompt_ids=s.prompt_ids, label=s.label)
+            for s in self.eval_samples
+        ]
+        return await evaluate_greedy(
+            self.router,
+            fresh,
+            reward_fn=self.reward_fn,
+            decode=self.decode,
+            max_new_tokens=self.eval_max_new_tokens,
+            version=version,
+        )
+
+    def sft_samples(self, num_samples: int, step: int) -> list[Sample]:
+        """Prompt + ground-truth answer samples for the supervised warm-up (the toy tasks' labels).
+
+        Rows cycle through the dataset in its epoch-0 order; the label, followed by EOS, is the response.
+        """
+        order = self.dataset.order(0)
+        eos = self.tokenizer.eos_token_id
+        samples = []
+        for i in range(num_samples):
+            group = self.dataset.make_group(int(order[(step * num_samples + i) % len(order)]))
+            sample = group.samples[0]
+            answer = self.tokenizer.encode(sample.label or "", add_special_tokens=False) + [eos]
+            sample.append_tokens(np.asarray(answer, np.int32), np.zeros(len(answer), np.float32), version=0)
+            samples.append(sample)
+        return samples

@@ -1,0 +1,115 @@
+"""TrainGroup: one Ray actor per trainer rank, bootstrapped into one torch.distributed world.
+
+Rank 0 reports its node address and a free port; every rank then joins the world there and builds the
+Megatron model (`MegatronTrainer.init`). Each group method fans out to all ranks and gathers once
+(STYLE.md rule 10): all ranks take part in every collective (training, gathering weights to publish).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import ray
+
+from slime_rl.config.algorithm import AlgorithmConfig
+from slime_rl.config.model import ModelConfig
+from slime_rl.config.trainer import TrainerConfig
+from slime_rl.orchestration.placement import Placement
+from slime_rl.types import TrainBatch
+
+logger = logging.getLogger(__name__)
+
+
+class TrainerRank:
+    """Actor body of one rank: holds the plain `MegatronTrainer` and forwards the driver's calls to it."""
+
+    def __init__(
+        self, model: ModelConfig, trainer: TrainerConfig, algorithm: AlgorithmConfig, rank: int, world_size: int
+    ) -> None:
+        self._args = (model, trainer, algorithm, rank, world_size)
+        self.trainer: Any = None
+
+    def master_address(self) -> tuple[str, int]:
+        from slime_rl.processes import free_port
+
+        address = ray.util.get_node_ip_address()
+        return address, free_port(address)
+
+    def init(self, master_addr: str, master_port: int) -> int:
+        """Join the world and build the model; returns this rank's data-parallel rank."""
+        from slime_rl.trainer.parallel import current_layout
+        from slime_rl.trainer.trainer import MegatronTrainer
+
+        model, trainer, algorithm, rank, world_size = self._args
+        self.trainer = MegatronTrainer(model, trainer, algorithm, rank, world_size, master_addr, master_port)
+        self.trainer.init()
+        return current_layout().dp_rank
+
+    def train(self, batch: TrainBatch) -> dict[str, float]:
+        return self.trainer.train(batch)
+
+    def train_sft(self, batch: TrainBatch) -> dict[str, float]:
+        return self.trainer.train_sft(batch)
+
+    def compute_logprobs(self, batch: TrainBatch) -> list[np.ndarray]:
+        return self.trainer.compute_logprobs(batch)
+
+    def publish_weights(self, engine_urls: list[str], version: int) -> dict[str, float]:
+        return self.trainer.publish_weights(engine_urls, version)
+
+    def save(self, step: int) -> None:
+        self.trainer.save(step)
+
+    def load(self) -> int | None:
+        return self.trainer.load()
+
+
+class TrainGroup:
+    """The trainer ranks of a run. Methods block until every rank is done and return rank 0's result."""
+
+    def __init__(
+        self,
+        model: ModelConfig,
+        trainer: TrainerConfig,
+        algorithm: AlgorithmConfig,
+        placement: Placement,
+    ) -> None:
+        self.world_size = trainer.world_size
+        self.data_parallel_size = trainer.data_parallel_size
+        actor_cls = ray.remote(TrainerRank)
+        self.ranks = [
+            actor_cls.options(**slot.options(placement.pg)).remote(model, trainer, algorithm, rank, self.world_size)
+            for rank, slot in enumerate(placement.trainer_slots)
+        ]
+        master_addr, master_port = ray.get(self.ranks[0].master_address.remote())
+        self.dp_ranks: list[int] = ray.get([r.init.remote(master_addr, master_port) for r in self.ranks])
+        logger.info("trainer group ready: %d ranks, master %s:%d", self.world_size, master_addr, master_port)
+
+    def _data_rank_batches(self, batches: list[TrainBatch]) -> list[TrainBatch]:
+        """`batches[d]` is data-parallel rank d's batch; the TP/PP peers of one DP rank all get it."""
+        if len(batches) != self.data_parallel_size:
+            raise ValueError(f"got {len(batches)} batches for {self.data_parallel_size} data-parallel ranks")
+        return [batches[dp_rank] for dp_rank in self.dp_ranks]
+
+    def train(self, batches: list[TrainBatch]) -> dict[str, float]:
+        refs = [r.train.remote(b) for r, b in zip(self.ranks, self._data_rank_batches(batches), strict=True)]
+        return ray.get(refs)[0]
+
+    def train_sft(self, batches: list[TrainBatch]) -> dict[str, float]:
+        refs = [r.train_sft.remote(b) for r, b in zip(self.ranks, self._data_rank_batches(batches), strict=True)]
+        return ray.get(refs)[0]
+
+    def publish_weights(self, engine_urls: list[str], version: int) -> dict[str, float]:
+        return ray.get([r.publish_weights.remote(engine_urls, version) for r in self.ranks])[0]
+
+    def save(self, step: int) -> None:
+        ray.get([r.save.remote(step) for r in self.ranks])
+
+    def load(self) -> int | None:
+        return ray.get([r.load.remote() for r in self.ranks])[0]
+
+    def shutdown(self) -> None:
+        for rank in self.ranks:
+            ray.kill(rank)

@@ -1,0 +1,41 @@
+import numpy as np
+
+from slime_rl.config import AlgorithmConfig
+from slime_rl.orchestration.batches import make_sft_batches, make_train_batches
+from slime_rl.types import Group, Sample
+
+
+def _group(gid: str, rewards: list[float], response_len: int = 2) -> Group:
+    samples = [
+        Sample(
+            uid=f"{gid}-{i}", group_id=gid, index=i, prompt_ids=[1, 2], response_ids=[3] * response_len,
+            rollout_logprobs=[0.0] * response_len, loss_mask=[1] * response_len, reward=r,
+        )
+        for i, r in enumerate(rewards)
+    ]  # fmt: skip
+    return Group(group_id=gid, samples=samples)
+
+
+def test_make_train_batches_centres_each_group_before_the_split():
+    groups = [_group("a", [0.0, 1.0]), _group("b", [2.0, 4.0])]
+    batches = make_train_batches(groups, AlgorithmConfig(normalize_std=False), dp_size=1, step=3)
+    assert len(batches) == 1 and batches[0].step == 3
+    # group a: mean 0.5 -> [-0.5, 0.5]; group b: mean 3 -> [-1, 1]
+    np.testing.assert_allclose(batches[0].advantages, [-0.5, 0.5, -1.0, 1.0])
+
+
+def test_make_train_batches_splits_samples_evenly_and_keeps_advantages_aligned():
+    groups = [_group("a", [0.0, 1.0]), _group("b", [2.0, 4.0])]
+    batches = make_train_batches(groups, AlgorithmConfig(normalize_std=False), dp_size=2, step=0)
+    assert [len(b.samples) for b in batches] == [2, 2]
+    expected = {"a-0": -0.5, "a-1": 0.5, "b-0": -1.0, "b-1": 1.0}
+    for batch in batches:
+        for sample, advantage in zip(batch.samples, batch.advantages, strict=True):
+            assert advantage == expected[sample.uid]
+
+
+def test_make_sft_batches_have_zero_advantages():
+    samples = _group("a", [0.0, 0.0, 0.0, 0.0]).samples
+    batches = make_sft_batches(samples, dp_size=2, step=0)
+    assert [len(b.samples) for b in batches] == [2, 2]
+    assert all((b.advantages == 0).all() for b in batches)
