@@ -258,7 +258,12 @@ def build_app(engine: NativeEngine) -> FastAPI:
     @app.get("/get_server_info")
     @app.get("/server_info")
     async def get_server_info() -> Response:
-        state = {**scheduler.loads(), "weight_version": engine.weight_version, "paused": scheduler.is_paused}
+        state = {
+            **scheduler.loads(),
+            "num_finished_reqs": scheduler.num_finished,
+            "weight_version": engine.weight_version,
+            "paused": scheduler.is_paused,
+        }
         return JSONResponse({**engine.server_info(), "internal_states": [state], "version": SERVER_VERSION})
 
     @app.get("/v1/loads")

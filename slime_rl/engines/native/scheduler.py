@@ -83,6 +83,7 @@ class Scheduler:
         self._running: list[EngineRequest] = []
         self._paused = False
         self._stopping = False
+        self.num_finished = 0  # requests ended (any finish reason) since start
         self._shared_generator = torch.Generator(device=runner.device)
         self._thread = threading.Thread(target=self._loop, name="native-engine-model", daemon=True)
 
@@ -291,6 +292,7 @@ class Scheduler:
     def _finish(self, request: EngineRequest, finish: FinishReason) -> None:
         with self._cond:
             self._live.discard(request.rid)
+            self.num_finished += 1
         try:
             request.sink(self._snapshot(request, finish))
         except Exception:

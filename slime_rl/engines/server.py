@@ -1,0 +1,137 @@
+"""Life cycle of one engine server process (native or SGLang): start on a free port, wait for health, stop.
+
+Owns the child process, its port and its log file. A plain class: the Ray actor that hosts engines
+wraps it in orchestration/. Every process is started with `slime_rl.processes.spawn` (it dies with its
+parent) and stopped by PID.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from slime_rl.config.engine import EngineConfig
+from slime_rl.engines.sglang import sglang_command
+from slime_rl.errors import ConfigError, ServiceError
+from slime_rl.processes import free_port, spawn, stop
+
+logger = logging.getLogger(__name__)
+
+_PORT_ATTEMPTS = 3  # a free port can be taken by someone else before the server binds it
+
+
+def native_command(cfg: EngineConfig, model_path: str, host: str, port: int) -> list[str]:
+    """argv of `python -m slime_rl.engines.native` for `cfg`."""
+    return [
+        sys.executable,
+        "-m",
+        "slime_rl.engines.native",
+        "--model-path",
+        model_path,
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--device",
+        cfg.device,
+        "--dtype",
+        cfg.dtype,
+        "--max-running-requests",
+        str(cfg.max_running_requests),
+        "--max-context-len",
+        str(cfg.max_context_len),
+        "--max-prefill-tokens",
+        str(cfg.max_prefill_tokens),
+        "--num-threads",
+        str(cfg.num_threads),
+        "--weight-version",
+        cfg.weight_version,
+    ]
+
+
+def _log_tail(path: Path | None, num_lines: int = 20) -> str:
+    if path is None or not path.exists():
+        return "(no log)"
+    return "\n".join(path.read_text(errors="replace").splitlines()[-num_lines:])
+
+
+class EngineProcess:
+    """One engine server. `start()` blocks until `/health` answers 200; `url` is valid after it."""
+
+    def __init__(self, cfg: EngineConfig, model_path: str, *, log_path: str | None = None) -> None:
+        if cfg.kind not in ("native", "sglang"):
+            raise ConfigError(f"engine.kind={cfg.kind!r} has no server process; EngineProcess runs native or sglang")
+        self.cfg = cfg
+        self.model_path = model_path
+        self.log_path = Path(log_path) if log_path else None
+        self.port: int | None = None
+        self._proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        if self.port is None:
+            raise ServiceError("engine is not started; call start() first")
+        return f"http://{self.cfg.host}:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    def command(self, port: int) -> list[str]:
+        build = native_command if self.cfg.kind == "native" else sglang_command
+        return build(self.cfg, self.model_path, self.cfg.host, port)
+
+    def start(self, port: int | None = None) -> str:
+        """Start the server (on `port`, or a free one) and wait for it to be healthy; returns its URL."""
+        if self._proc is not None and self._proc.poll() is None:
+            raise ServiceError(f"engine already running at {self.url} (pid {self._proc.pid})")
+        for attempt in range(_PORT_ATTEMPTS):
+            self.port = port or free_port(self.cfg.host)
+            self._proc = spawn(self.command(self.port), log_path=str(self.log_path) if self.log_path else None)
+            if self._wait_healthy():
+                logger.info("%s engine up at %s (pid %d)", self.cfg.kind, self.url, self._proc.pid)
+                return self.url
+            if port is not None or attempt + 1 == _PORT_ATTEMPTS:
+                break
+            logger.warning("engine exited during start-up on port %d; retrying on another port", self.port)
+        raise ServiceError(
+            f"{self.cfg.kind} engine for {self.model_path} did not become healthy at {self.url} within "
+            f"{self.cfg.startup_timeout_s:.0f}s (engine.startup_timeout_s). Log tail:\n{_log_tail(self.log_path)}"
+        )
+
+    def _wait_healthy(self) -> bool:
+        """True once /health answers 200; False if the process exited. Stops it on timeout."""
+        assert self._proc is not None
+        deadline = time.monotonic() + self.cfg.startup_timeout_s
+        with httpx.Client(timeout=2.0) as http:
+            while time.monotonic() < deadline:
+                if self._proc.poll() is not None:
+                    return False
+                try:
+                    if http.get(f"{self.url}/health").status_code == 200:
+                        return True
+                except httpx.HTTPError:
+                    pass
+                time.sleep(0.1)
+        stop(self._proc)
+        return False
+
+    def is_alive(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def stop(self) -> None:
+        """Stop the server by PID (SIGTERM, then SIGKILL). Safe to call twice."""
+        if self._proc is not None:
+            stop(self._proc)
+            self._proc = None
+
+    def restart(self) -> str:
+        """Stop and start again on the same port, so routers keep the same worker URL."""
+        port = self.port
+        self.stop()
+        return self.start(port)

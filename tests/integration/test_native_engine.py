@@ -1,0 +1,182 @@
+"""Protocol conformance of the native engine over real HTTP: shapes, streaming, abort, pause, control calls."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import httpx
+import pytest
+
+from slime_rl.config.engine import EngineConfig
+from slime_rl.engines.client import EngineClient, EngineError
+from slime_rl.engines.protocol import GenerateRequest, SamplingParams
+from slime_rl.engines.server import EngineProcess
+from slime_rl.toy.model import make_toy_model
+
+PROMPT = [1, 6, 7, 77, 8, 85]
+
+
+@pytest.fixture(scope="module")
+def engine_url(tmp_path_factory):
+    model = make_toy_model(tmp_path_factory.mktemp("toy") / "model", seed=0)
+    cfg = EngineConfig(max_running_requests=4, max_context_len=512, startup_timeout_s=120)
+    engine = EngineProcess(cfg, str(model), log_path=str(tmp_path_factory.mktemp("logs") / "engine.log"))
+    try:
+        yield engine.start()
+    finally:
+        engine.stop()
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def long_request(rid: str, n: int = 400) -> GenerateRequest:
+    return GenerateRequest(input_ids=PROMPT, rid=rid, sampling_params=SamplingParams(max_new_tokens=n, ignore_eos=True))
+
+
+async def wait_running(client: EngineClient, at_least: int) -> None:
+    for _ in range(500):
+        if (await client.get_loads()).num_running_reqs >= at_least:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("requests never started running")
+
+
+def test_generate_response_has_sglang_fields_and_types(engine_url):
+    body = {"input_ids": PROMPT, "sampling_params": {"max_new_tokens": 5, "temperature": 0}, "return_logprob": True}
+    out = httpx.post(f"{engine_url}/generate", json=body, timeout=60).json()
+    assert set(out) == {"text", "output_ids", "meta_info"}
+    meta = out["meta_info"]
+    assert {"id", "finish_reason", "prompt_tokens", "completion_tokens", "cached_tokens", "weight_version"} <= set(meta)
+    assert isinstance(meta["e2e_latency"], float) and meta["weight_version"] == "0"
+    assert meta["finish_reason"] == {"type": "length", "length": 5}
+    assert meta["prompt_tokens"] == len(PROMPT) and meta["completion_tokens"] == 5 == len(out["output_ids"])
+    assert all(
+        isinstance(lp, float) and t == tok and none is None
+        for (lp, t, none), tok in zip(meta["output_token_logprobs"], out["output_ids"], strict=True)
+    )
+    assert isinstance(out["text"], str) and len(out["text"]) == 5
+
+
+def test_generate_batch_and_text_inputs(engine_url):
+    body = {"input_ids": [PROMPT, PROMPT[:3]], "rid": "b", "sampling_params": {"max_new_tokens": 2}}
+    outs = httpx.post(f"{engine_url}/generate", json=body, timeout=60).json()
+    assert [o["meta_info"]["id"] for o in outs] == ["b_0", "b_1"]
+    assert [o["meta_info"]["prompt_tokens"] for o in outs] == [6, 3]
+    out = httpx.post(f"{engine_url}/generate", json={"text": "12+3=", "sampling_params": {"max_new_tokens": 1}}).json()
+    assert out["meta_info"]["prompt_tokens"] == 6  # <bos> + 5 characters
+
+
+def test_generate_bad_input_is_http_400_with_message(engine_url):
+    response = httpx.post(f"{engine_url}/generate", json={"input_ids": PROMPT, "text": "x"})
+    assert response.status_code == 400 and "exactly one" in response.json()["error"]["message"]
+    response = httpx.post(f"{engine_url}/generate", json={"input_ids": PROMPT, "sampling_params": {"top_p": 0}})
+    assert response.status_code == 400 and "top_p" in response.json()["error"]["message"]
+
+
+def test_duplicate_live_rid_is_rejected(engine_url):
+    async def go():
+        async with EngineClient(engine_url) as client:
+            first = asyncio.create_task(client.generate(long_request("dup")))
+            await wait_running(client, 1)
+            with pytest.raises(EngineError, match="already running"):
+                await client.generate(long_request("dup"))
+            await client.abort_request("dup")
+            return await first
+
+    assert run(go()).finish_reason.type == "abort"
+
+
+def test_stream_chunks_are_cumulative_and_end_with_finish(engine_url):
+    async def go():
+        async with EngineClient(engine_url) as client:
+            request = GenerateRequest(
+                input_ids=PROMPT, sampling_params=SamplingParams(max_new_tokens=6, ignore_eos=True)
+            )
+            return [chunk async for chunk in client.generate_stream(request)]
+
+    chunks = run(go())
+    assert [len(c.output_ids) for c in chunks] == [1, 2, 3, 4, 5, 6]
+    assert all(c.output_ids[: i + 1] == chunks[-1].output_ids[: i + 1] for i, c in enumerate(chunks))
+    assert [c.finish_reason is None for c in chunks] == [True] * 5 + [False]
+    assert len(chunks[-1].output_logprobs) == 6
+
+
+def test_abort_by_prefix_returns_partial_output_for_running_and_waiting(engine_url):
+    async def go():
+        async with EngineClient(engine_url) as client:
+            group = uuid.uuid4().hex
+            # 6 requests on 4 slots: 2 wait in the queue.
+            tasks = [asyncio.create_task(client.generate(long_request(f"{group}-{i}"))) for i in range(6)]
+            other = asyncio.create_task(client.generate(long_request("other", n=30)))
+            await wait_running(client, 4)
+            await client.abort_request(group)
+            outs = await asyncio.gather(*tasks)
+            return outs, await other, await client.get_loads()
+
+    outs, other, load = run(go())
+    assert all(o.finish_reason.type == "abort" for o in outs)
+    assert any(o.completion_tokens > 0 for o in outs)  # running ones keep their partial tokens
+    assert all(len(o.output_logprobs) == o.completion_tokens < 400 for o in outs)
+    assert other.finish_reason.type == "length" and other.completion_tokens == 30
+    assert load.num_reqs == 0
+
+
+def test_abort_all_and_pause_modes(engine_url):
+    async def go():
+        async with EngineClient(engine_url) as client:
+            greedy = SamplingParams(max_new_tokens=40, temperature=0, ignore_eos=True)
+            reference = await client.generate(GenerateRequest(input_ids=PROMPT, sampling_params=greedy))
+            # retract: the request restarts from its tokens after continue and ends as if never paused.
+            task = asyncio.create_task(client.generate(GenerateRequest(input_ids=PROMPT, sampling_params=greedy)))
+            await wait_running(client, 1)
+            await client.pause_generation("retract")
+            paused_load = await client.get_loads()
+            await client.continue_generation()
+            retracted = await task
+            # in_place: nothing runs while paused, new requests wait.
+            await client.pause_generation("in_place")
+            waiting = asyncio.create_task(client.generate(long_request("w", n=5)))
+            await asyncio.sleep(0.3)
+            assert not waiting.done()
+            await client.continue_generation()
+            resumed = await waiting
+            # abort mode ends in-flight requests.
+            task = asyncio.create_task(client.generate(long_request("pa")))
+            await wait_running(client, 1)
+            await client.pause_generation("abort")
+            aborted = await task
+            await client.continue_generation()
+            task = asyncio.create_task(client.generate(long_request("aa")))
+            await wait_running(client, 1)
+            await client.abort_all()
+            return reference, retracted, paused_load, resumed, aborted, await task
+
+    reference, retracted, paused_load, resumed, aborted, all_aborted = run(go())
+    assert paused_load.num_running_reqs == 0 and paused_load.num_waiting_reqs == 1
+    assert retracted.output_ids == reference.output_ids
+    assert resumed.finish_reason.type == "length"
+    assert aborted.finish_reason.type == "abort" and all_aborted.finish_reason.type == "abort"
+
+
+def test_control_endpoints_answer_sglang_shapes(engine_url):
+    async def go():
+        async with EngineClient(engine_url) as client:
+            info = await client.get_model_info()
+            server = await client.get_server_info()
+            assert await client.health()
+            assert await client.flush_cache()
+            await client.update_weight_version("9")
+            version = await client.get_weight_version()
+            await client.update_weight_version("0")
+            return info, server, version
+
+    info, server, version = run(go())
+    assert info.is_generation and info.model_path.endswith("model") and info.weight_version == "0"
+    assert server["max_running_requests"] == 4 and "internal_states" in server
+    assert version == "9"
+    for path in ("/server_info", "/model_info", "/health_generate", "/get_load"):
+        assert httpx.get(f"{engine_url}{path}").status_code == 200
+    assert httpx.post(f"{engine_url}/pause_generation", json={"mode": "nap"}).status_code == 400
