@@ -62,9 +62,11 @@ def _buffer(argv: list[str]) -> None:
     parser.add_argument("--url", required=True, help="redis://[:password@]host:port/db of the run's buffer")
     parser.add_argument("--run-id", required=True, help="the run's buffer namespace (buffer.run_id or name)")
     args = parser.parse_args(argv)
+    from rich.console import Console
+
     from slime_rl.buffer.stats import buffer_stats, format_stats
 
-    format_stats(buffer_stats(args.url, args.run_id))
+    Console().print(format_stats(buffer_stats(args.url, args.run_id), args.run_id))
 
 
 def _export_hf(argv: list[str]) -> None:

@@ -311,6 +311,10 @@ class RedisBuffer:
         """Delete every key of this run (all queues, counters, the version and the dataset cursor)."""
         self.client.delete(*(getattr(self.keys, f.name) for f in fields(BufferKeys)))
 
+    def close(self) -> None:
+        """Close the connection pool (the data stays in Redis)."""
+        self.client.close()
+
     # -- internals ----------------------------------------------------------------------------------
 
     def _ensure_consumer_group(self) -> None:

@@ -43,6 +43,15 @@ def run_id(cfg: SlimeRLConfig) -> str:
     return cfg.buffer.run_id or cfg.name
 
 
+def open_buffer(cfg: SlimeRLConfig, redis_url: str) -> RedisBuffer:
+    return RedisBuffer.from_url(
+        redis_url,
+        run_id(cfg),
+        max_staleness=cfg.buffer.max_staleness,
+        redelivery_idle_ms=int(cfg.buffer.redelivery_idle_s * 1000),
+    )
+
+
 def prepare_run_dir(cfg: SlimeRLConfig) -> Path:
     """Create the run directory, route logs into it and write the resolved config there."""
     run_dir = cfg.run_dir
