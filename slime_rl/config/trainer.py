@@ -2,6 +2,7 @@
 
 from dataclasses import dataclass
 
+from slime_rl.config.checks import check_choice, check_min
 from slime_rl.errors import ConfigError
 
 
@@ -11,11 +12,15 @@ class TrainerConfig:
     pipeline_model_parallel_size: int = 1  # PP stages
     data_parallel_size: int = 1  # DP replicas; world size = tp * pp * dp
     micro_batch_size: int = 4  # sequences per micro-batch
+    num_steps_per_batch: int = 1  # optimizer steps per train() call; the batch is split into this many mini-batches
+    logprob_temperature: float = 1.0  # temperature of trainer log-probs; keep equal to rollout.temperature
+    seed: int = 1234  # torch seed of every rank
     lr: float = 1e-5  # Adam learning rate
     min_lr: float = 0.0  # floor of the decay schedule
     weight_decay: float = 0.0  # decoupled weight decay
     adam_beta1: float = 0.9
     adam_beta2: float = 0.98
+    adam_eps: float = 1e-8
     clip_grad: float = 1.0  # global grad-norm clip; 0 = off
     num_cpus_per_rank: int = 1  # logical CPUs per rank actor (torch threads on CPU)
     num_gpus_per_rank: int = 0  # GPUs per rank actor (1 on GPU clusters)
@@ -29,8 +34,12 @@ class TrainerConfig:
         for key in ("tensor_model_parallel_size", "pipeline_model_parallel_size", "data_parallel_size"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"trainer.{key} must be >= 1, got {getattr(self, key)}")
-        if self.weight_sync not in ("distributed", "disk"):
-            raise ConfigError(f"trainer.weight_sync={self.weight_sync!r} is unknown; choose distributed or disk")
+        check_choice("trainer.weight_sync", self.weight_sync, ("distributed", "disk"))
+        for key in ("micro_batch_size", "num_steps_per_batch", "weight_sync_bucket_mb"):
+            check_min(f"trainer.{key}", getattr(self, key), 1)
+        check_min("trainer.clip_grad", self.clip_grad, 0.0)
+        if self.logprob_temperature <= 0:
+            raise ConfigError(f"trainer.logprob_temperature must be > 0, got {self.logprob_temperature}")
 
     @property
     def world_size(self) -> int:

@@ -1,0 +1,142 @@
+"""Megatron-core `GPTModel` built from a HuggingFace config (Llama and Qwen2 families).
+
+Owns the architecture mapping (RMSNorm, SwiGLU, RoPE, GQA, Qwen2's QKV bias, tied embeddings) and the
+layer spec (Megatron's local spec with our SDPA core attention, on GPU and CPU alike). Weights are not
+loaded here: `hf_convert` does that. Megatron is imported inside functions only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from slime_rl.errors import ConfigError
+
+SUPPORTED_MODEL_TYPES = ("llama", "qwen2")
+
+
+@dataclass(frozen=True, slots=True)
+class ArchSpec:
+    """The architecture facts the trainer needs, read once from an HF `config.json`."""
+
+    model_type: str
+    vocab_size: int  # HF vocabulary (rows of embed_tokens)
+    hidden_size: int
+    ffn_hidden_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    rms_norm_eps: float
+    rope_theta: float
+    max_position_embeddings: int
+    qkv_bias: bool  # Qwen2: q/k/v projections carry a bias
+    tie_word_embeddings: bool
+
+    def padded_vocab_size(self, tp_size: int) -> int:
+        """Vocabulary rounded up to a multiple of `tp_size` (vocab-parallel layers split it evenly)."""
+        return -(-self.vocab_size // tp_size) * tp_size
+
+
+def arch_from_hf(hf_config: Any) -> ArchSpec:
+    """Read an `ArchSpec` from a transformers config; raises ConfigError for unsupported features."""
+    model_type = hf_config.model_type
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise ConfigError(f"model type {model_type!r} is not supported; use one of {SUPPORTED_MODEL_TYPES}")
+    rope = getattr(hf_config, "rope_parameters", None) or {}
+    if rope.get("rope_type", "default") != "default":
+        raise ConfigError(f"rope_type={rope['rope_type']!r} is not supported; only default RoPE is")
+    if getattr(hf_config, "hidden_act", "silu") != "silu":
+        raise ConfigError(f"hidden_act={hf_config.hidden_act!r} is not supported; Llama/Qwen2 use silu")
+    num_heads = hf_config.num_attention_heads
+    head_dim = getattr(hf_config, "head_dim", None) or hf_config.hidden_size // num_heads
+    return ArchSpec(
+        model_type=model_type,
+        vocab_size=hf_config.vocab_size,
+        hidden_size=hf_config.hidden_size,
+        ffn_hidden_size=hf_config.intermediate_size,
+        num_layers=hf_config.num_hidden_layers,
+        num_heads=num_heads,
+        num_kv_heads=getattr(hf_config, "num_key_value_heads", None) or num_heads,
+        head_dim=head_dim,
+        rms_norm_eps=hf_config.rms_norm_eps,
+        rope_theta=float(rope.get("rope_theta", getattr(hf_config, "rope_theta", 10000.0))),
+        max_position_embeddings=hf_config.max_position_embeddings,
+        qkv_bias=model_type == "qwen2" or bool(getattr(hf_config, "attention_bias", False)),
+        tie_word_embeddings=bool(hf_config.tie_word_embeddings),
+    )
+
+
+def transformer_config(arch: ArchSpec, *, tp_size: int, pp_size: int, dtype: torch.dtype) -> Any:
+    """Megatron `TransformerConfig` for `arch` (no dropout: RL log-probs must be deterministic)."""
+    from megatron.core.transformer import TransformerConfig
+
+    if arch.num_layers % pp_size:
+        raise ConfigError(f"num_hidden_layers={arch.num_layers} is not divisible by pipeline size {pp_size}")
+    if arch.num_kv_heads % tp_size:
+        raise ConfigError(f"num_key_value_heads={arch.num_kv_heads} is not divisible by tensor size {tp_size}")
+    return TransformerConfig(
+        num_layers=arch.num_layers,
+        hidden_size=arch.hidden_size,
+        ffn_hidden_size=arch.ffn_hidden_size,
+        num_attention_heads=arch.num_heads,
+        num_query_groups=arch.num_kv_heads,
+        kv_channels=arch.head_dim,
+        normalization="RMSNorm",
+        layernorm_epsilon=arch.rms_norm_eps,
+        gated_linear_unit=True,
+        activation_func=torch.nn.functional.silu,
+        add_bias_linear=False,
+        add_qkv_bias=arch.qkv_bias,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+        bias_dropout_fusion=False,
+        apply_rope_fusion=False,
+        masked_softmax_fusion=False,
+        gradient_accumulation_fusion=False,
+        persist_layer_norm=False,
+        tensor_model_parallel_size=tp_size,
+        pipeline_model_parallel_size=pp_size,
+        pipeline_dtype=dtype,
+        params_dtype=dtype,
+        bf16=dtype == torch.bfloat16,
+        fp16=dtype == torch.float16,
+        use_cpu_initialization=not torch.cuda.is_available(),
+        # Weights come from the HF checkpoint, but with perform_initialization=False Megatron 0.16 never marks
+        # CPU-initialised weights as tensor-parallel, and grad norms then skip their shards on TP ranks > 0.
+        perform_initialization=True,
+    )
+
+
+def layer_spec() -> Any:
+    """Megatron's local GPT layer spec with `SDPACoreAttention` as the core attention."""
+    from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
+
+    from slime_rl.trainer.cpu_compat import core_attention_class
+
+    spec = get_gpt_layer_local_spec(normalization="RMSNorm")
+    spec.submodules.self_attention.submodules.core_attention = core_attention_class()
+    return spec
+
+
+def build_gpt_model(arch: ArchSpec, config: Any, *, pre_process: bool, post_process: bool) -> Any:
+    """One pipeline stage of the GPT model, on the current device, with uninitialised weights."""
+    from megatron.core.models.gpt import GPTModel
+
+    model = GPTModel(
+        config=config,
+        transformer_layer_spec=layer_spec(),
+        vocab_size=arch.padded_vocab_size(config.tensor_model_parallel_size),
+        max_sequence_length=arch.max_position_embeddings,
+        pre_process=pre_process,
+        post_process=post_process,
+        parallel_output=True,  # logits stay vocab-split across TP ranks; logprobs.py reduces them
+        share_embeddings_and_output_weights=arch.tie_word_embeddings,
+        position_embedding_type="rope",
+        rotary_base=int(arch.rope_theta),
+    )
+    if torch.cuda.is_available():
+        model.cuda(torch.cuda.current_device())
+    return model

@@ -1,0 +1,345 @@
+"""`MegatronTrainer`: one rank of the Megatron-core training group (the plain class inside the Ray shell).
+
+Owns the per-rank training step: Megatron DDP, `get_megatron_optimizer` and `get_forward_backward_func`
+(micro-batches and pipeline schedules), on GPU and CPU alike through `cpu_compat.device_scope`. Every
+rank of the group calls each public method with the same arguments (ranks of one data-parallel replica
+get the same batch); collective methods return the same result on every rank of a replica.
+
+It does not choose batches, compute advantages from rewards or talk to Ray: the driver does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterator
+from functools import partial
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from slime_rl.config import AlgorithmConfig, ModelConfig, TrainerConfig
+from slime_rl.errors import ConfigError
+from slime_rl.trainer import checkpoint, weights
+from slime_rl.trainer.batching import MicroBatch, build_micro_batches, flat_response_array, seq_length, split_flat
+from slime_rl.trainer.cpu_compat import device_scope, has_cuda, optimizer_step
+from slime_rl.trainer.logprobs import vocab_parallel_logprobs
+from slime_rl.trainer.model import arch_from_hf, build_gpt_model, transformer_config
+from slime_rl.trainer.objective import StepTotals, TokenInputs, rl_objective, sft_objective
+from slime_rl.trainer.parallel import init_parallel
+from slime_rl.types import Sample, TrainBatch
+
+logger = logging.getLogger(__name__)
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+# loss_fn(micro-batch, logprobs [T], entropy [T], totals) -> (micro-batch share of the loss, metric shares)
+LossFn = Callable[[MicroBatch, torch.Tensor, torch.Tensor, StepTotals], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+
+
+class MegatronTrainer:
+    """One trainer rank. Call `init()` once on every rank before anything else."""
+
+    def __init__(
+        self,
+        model_cfg: ModelConfig,
+        trainer_cfg: TrainerConfig,
+        algo_cfg: AlgorithmConfig,
+        rank: int,
+        world_size: int,
+        master_addr: str,
+        master_port: int,
+    ) -> None:
+        self.model_cfg, self.cfg, self.algo = model_cfg, trainer_cfg, algo_cfg
+        self.rank, self.world_size = rank, world_size
+        self.master_addr, self.master_port = master_addr, master_port
+        self.dtype = _DTYPES[model_cfg.dtype]
+        self.device = torch.device("cuda", torch.cuda.current_device()) if has_cuda() else torch.device("cpu")
+
+    # -- set-up ----------------------------------------------------------------------------------------
+
+    def init(self) -> None:
+        """Join the process groups, build the model from `model_cfg.path`, wrap it in DDP, build the optimizer."""
+        from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
+        from megatron.core.distributed.finalize_model_grads import finalize_model_grads
+        from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+
+        cfg = self.cfg
+        if cfg.world_size != self.world_size:
+            raise ConfigError(f"trainer tp*pp*dp={cfg.world_size} but the group has {self.world_size} ranks")
+        if not has_cuda():
+            if self.dtype != torch.float32:
+                raise ConfigError(f"model.dtype={self.model_cfg.dtype!r}: CPU training needs float32")
+            torch.set_num_threads(cfg.num_cpus_per_rank)
+        self.layout = init_parallel(
+            rank=self.rank,
+            world_size=self.world_size,
+            master_addr=self.master_addr,
+            master_port=self.master_port,
+            tp_size=cfg.tensor_model_parallel_size,
+            pp_size=cfg.pipeline_model_parallel_size,
+            seed=cfg.seed,
+        )
+        self.arch = arch_from_hf(weights.read_hf_config(self.model_cfg.path))
+        self.tf_config = transformer_config(
+            self.arch, tp_size=self.layout.tp_size, pp_size=self.layout.pp_size, dtype=self.dtype
+        )
+        with device_scope():
+            self.model = build_gpt_model(
+                self.arch,
+                self.tf_config,
+                pre_process=self.layout.is_first_stage,
+                post_process=self.layout.is_last_stage,
+            )
+            weights.load_hf_into_model(self.model, self.arch, weights.read_hf_tensors(self.model_cfg.path), self.layout)
+            self.ddp = DistributedDataParallel(
+                self.tf_config, DistributedDataParallelConfig(grad_reduce_in_fp32=True), self.model
+            )
+            opt_cfg = OptimizerConfig(
+                optimizer="adam",
+                lr=cfg.lr,
+                min_lr=cfg.min_lr,
+                weight_decay=cfg.weight_decay,
+                adam_beta1=cfg.adam_beta1,
+                adam_beta2=cfg.adam_beta2,
+                adam_eps=cfg.adam_eps,
+                clip_grad=cfg.clip_grad if has_cuda() else 0.0,  # CPU: cpu_compat.optimizer_step clips
+                bf16=self.dtype == torch.bfloat16,
+                fp16=self.dtype == torch.float16,
+                params_dtype=self.dtype,
+            )
+            self.optimizer = get_megatron_optimizer(opt_cfg, [self.ddp], use_gloo_process_groups=False)
+        self.tf_config.no_sync_func = self.ddp.no_sync
+        self.tf_config.finalize_model_grads_func = finalize_model_grads
+        self.tf_config.grad_scale_func = self.optimizer.scale_loss
+        # Reference policy for the KL term: the initial weights, kept on the host and swapped in on demand.
+        self.ref_params = (
+            [p.detach().to("cpu", copy=True) for p in self.model.parameters()] if self.algo.kl_coef > 0 else None
+        )
+        vocab_per_rank = self.arch.padded_vocab_size(self.layout.tp_size) // self.layout.tp_size
+        self.vocab_start = self.layout.tp_rank * vocab_per_rank
+        self.version = 0
+
+    # -- forward / backward ------------------------------------------------------------------------------
+
+    def _token_logprobs(self, mb: MicroBatch, logits: torch.Tensor, with_entropy: bool):
+        from megatron.core import parallel_state as mpu
+
+        picked = logits[mb.rows, mb.cols]  # [T, V_local]
+        return vocab_parallel_logprobs(
+            picked,
+            mb.targets,
+            vocab_start=self.vocab_start,
+            vocab_size=self.arch.vocab_size,
+            temperature=self.cfg.logprob_temperature,
+            tp_group=mpu.get_tensor_model_parallel_group() if self.layout.tp_size > 1 else None,
+            with_entropy=with_entropy,
+        )
+
+    def _run_schedule(self, samples: list[Sample], loss_fn: Callable, *, forward_only: bool) -> list[dict]:
+        """Run Megatron's forward(-backward) schedule over `samples`; returns the last stage's loss dicts."""
+        from megatron.core.pipeline_parallel import get_forward_backward_func
+
+        seq_len = seq_length(samples)
+        mbs = build_micro_batches(samples, micro_batch_size=self.cfg.micro_batch_size, seq_len=seq_len)
+
+        def forward_step(data_iterator: Iterator[MicroBatch], model: torch.nn.Module):
+            mb = next(data_iterator).to(self.device)
+            output = model(mb.input_ids, mb.position_ids, None)
+            return output, partial(loss_fn, mb, len(mbs))
+
+        grad_mode = torch.no_grad() if forward_only else contextlib.nullcontext()
+        with device_scope(), grad_mode:
+            return get_forward_backward_func()(
+                forward_step_func=forward_step,
+                data_iterator=iter(mbs),
+                model=[self.ddp],
+                num_microbatches=len(mbs),
+                seq_length=seq_len,
+                micro_batch_size=self.cfg.micro_batch_size,
+                forward_only=forward_only,
+            )
+
+    def _forward_logprobs(self, samples: list[Sample]) -> torch.Tensor | None:
+        """Response-token logprobs `[T_batch]` (no grad) on the last pipeline stage; None on other stages."""
+
+        def loss_fn(mb: MicroBatch, num_mbs: int, logits: torch.Tensor):
+            logprobs, _ = self._token_logprobs(mb, logits, with_entropy=False)
+            return logits.new_zeros(()), {"logprobs": logprobs}
+
+        stores = self._run_schedule(samples, loss_fn, forward_only=True)
+        if not self.layout.is_last_stage:
+            return None
+        return torch.cat([s["logprobs"].float().cpu() for s in stores])
+
+    @contextlib.contextmanager
+    def _reference_weights(self) -> Iterator[None]:
+        """Swap the reference policy's weights in for the duration of the block."""
+        params = list(self.model.parameters())
+        current = [p.detach().to("cpu", copy=True) for p in params]
+        with torch.no_grad():
+            for p, ref in zip(params, self.ref_params or [], strict=True):
+                p.copy_(ref)
+            try:
+                yield
+            finally:
+                for p, cur in zip(params, current, strict=True):
+                    p.copy_(cur)
+
+    def _step_totals(self, samples: list[Sample]) -> tuple[StepTotals, int]:
+        """Trained tokens and samples over all DP ranks, and the DP-wide number of tokens."""
+        from megatron.core import parallel_state as mpu
+
+        trained = [int(s.loss_mask.sum()) for s in samples]
+        counts = torch.tensor(
+            [sum(trained), sum(t > 0 for t in trained), sum(s.num_tokens for s in samples)], device=self.device
+        )
+        dist.all_reduce(counts, group=mpu.get_data_parallel_group())
+        num_tokens, num_samples, all_tokens = (int(c) for c in counts.tolist())
+        return StepTotals(num_tokens=num_tokens, num_samples=num_samples), all_tokens
+
+    def _optimizer_step(self, samples: list[Sample], loss_fn: LossFn) -> dict[str, float]:
+        """One optimizer step on `samples`; returns `train/...` metrics (the same on every rank)."""
+        totals, all_tokens = self._step_totals(samples)
+        # Megatron divides each micro-batch loss by the number of micro-batches and DDP averages gradients
+        # over DP ranks; our micro-batch losses are already shares of the global mean, so undo both.
+        dp_size = self.layout.dp_size
+
+        def schedule_loss(mb: MicroBatch, num_mbs: int, logits: torch.Tensor):
+            logprobs, entropy = self._token_logprobs(mb, logits, with_entropy=True)
+            loss, metrics = loss_fn(mb, logprobs, entropy, totals)
+            return loss * (num_mbs * dp_size), metrics
+
+        self.ddp.zero_grad_buffer()
+        self.optimizer.zero_grad()
+        stores = self._run_schedule(samples, schedule_loss, forward_only=False)
+        with device_scope():
+            success, grad_norm = optimizer_step(self.optimizer, self.cfg.clip_grad)
+        metrics = self._reduce_metrics(stores)
+        metrics |= {"train/grad_norm": grad_norm, "train/step_skipped": float(not success)}
+        return metrics | {"perf/num_tokens": float(all_tokens)}
+
+    def _reduce_metrics(self, stores: list[dict[str, torch.Tensor]]) -> dict[str, float]:
+        """Sum additive metric shares over micro-batches and DP ranks; send them to every pipeline stage."""
+        from megatron.core import parallel_state as mpu
+
+        result: list[Any] = [None]
+        if self.layout.is_last_stage:
+            keys = sorted(stores[0]) if stores else []
+            values = torch.stack([sum(s[k].detach().float() for s in stores) for k in keys]) if keys else None
+            if values is not None:
+                dist.all_reduce(values, group=mpu.get_data_parallel_group())
+                result = [{f"train/{k}": float(v) for k, v in zip(keys, values.tolist(), strict=True)}]
+            else:
+                result = [{}]
+        if self.layout.pp_size > 1:
+            group = mpu.get_pipeline_model_parallel_group()
+            dist.broadcast_object_list(result, src=dist.get_global_rank(group, self.layout.pp_size - 1), group=group)
+        return result[0]
+
+    def _broadcast_from_last_stage(self, flat: torch.Tensor | None, num_tokens: int) -> torch.Tensor:
+        from megatron.core import parallel_state as mpu
+
+        if self.layout.pp_size == 1:
+            assert flat is not None
+            return flat
+        group = mpu.get_pipeline_model_parallel_group()
+        buf = (flat if flat is not None else torch.empty(num_tokens)).to(self.device)
+        dist.broadcast(buf, src=dist.get_global_rank(group, self.layout.pp_size - 1), group=group)
+        return buf.cpu()
+
+    # -- public API (the TrainGroup methods) ---------------------------------------------------------------
+
+    def compute_logprobs(self, batch: TrainBatch) -> list[np.ndarray]:
+        """Per-sample float32 logprobs of every response token under the current weights."""
+        num_tokens = sum(len(s.response_ids) for s in batch.samples)
+        flat = self._broadcast_from_last_stage(self._forward_logprobs(batch.samples), num_tokens)
+        return split_flat(flat.numpy().astype(np.float32), batch.samples)
+
+    def train(self, batch: TrainBatch) -> dict[str, float]:
+        """RL update(s) on `batch`: `num_steps_per_batch` optimizer steps; returns averaged metrics."""
+        start = time.perf_counter()
+        samples = batch.samples
+        rollout = torch.from_numpy(flat_response_array(samples, "rollout_logprobs")).float()
+        needs_prox = self.algo.recompute_old_logprobs or self.algo.off_policy == "decoupled_ppo"
+        old = self._forward_logprobs(samples) if needs_prox else rollout
+        ref = None
+        if self.ref_params is not None:
+            with self._reference_weights():
+                ref = self._forward_logprobs(samples)
+        lengths = [len(s.response_ids) for s in samples]
+        per_token = {
+            "old": old,
+            "rollout": rollout,
+            "ref": ref,
+            "advantages": torch.from_numpy(np.repeat(batch.advantages, lengths)).float(),
+            "mask": torch.from_numpy(flat_response_array(samples, "loss_mask")).bool(),
+        }
+        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(int)
+        all_metrics = []
+        for chunk in np.array_split(np.arange(len(samples)), self.cfg.num_steps_per_batch):
+            lo, hi = int(chunk[0]), int(chunk[-1]) + 1
+            base = int(offsets[lo])
+            chunk_tokens = {k: (v[base : offsets[hi]] if v is not None else None) for k, v in per_token.items()}
+            all_metrics.append(self._optimizer_step(samples[lo:hi], partial(self._rl_loss, chunk_tokens)))
+        self.version += 1
+        return self._summarise(all_metrics, time.perf_counter() - start)
+
+    def _rl_loss(self, tokens: dict, mb: MicroBatch, logprobs, entropy, totals: StepTotals):
+        def take(key: str) -> torch.Tensor:
+            return tokens[key][mb.token_slice].to(self.device)
+
+        inputs = TokenInputs(
+            logprobs=logprobs,
+            entropy=entropy,
+            old_logprobs=take("old"),
+            rollout_logprobs=take("rollout"),
+            ref_logprobs=take("ref") if tokens["ref"] is not None else None,
+            advantages=take("advantages"),
+            mask=take("mask"),
+            sample_index=mb.rows,
+            num_samples=mb.num_samples,
+        )
+        return rl_objective(inputs, self.algo, totals)
+
+    def train_sft(self, batch: TrainBatch) -> dict[str, float]:
+        """One supervised step: token-mean NLL of the response tokens where `loss_mask` is set."""
+        start = time.perf_counter()
+        mask = torch.from_numpy(flat_response_array(batch.samples, "loss_mask")).bool()
+
+        def loss_fn(mb: MicroBatch, logprobs, entropy, totals: StepTotals):
+            return sft_objective(logprobs, mask[mb.token_slice].to(self.device), totals)
+
+        metrics = self._optimizer_step(batch.samples, loss_fn)
+        self.version += 1
+        return self._summarise([metrics], time.perf_counter() - start)
+
+    @staticmethod
+    def _summarise(step_metrics: list[dict[str, float]], elapsed_s: float) -> dict[str, float]:
+        keys = [k for k in step_metrics[0] if k != "perf/num_tokens"]
+        out = {k: float(np.mean([m.get(k, np.nan) for m in step_metrics])) for k in keys}
+        num_tokens = sum(m["perf/num_tokens"] for m in step_metrics)
+        return out | {"perf/train_tokens_per_s": num_tokens / max(elapsed_s, 1e-9), "perf/train_time_s": elapsed_s}
+
+    def publish_weights(self, engine_urls: list[str], version: int) -> dict[str, float]:
+        """Send the current weights to every engine as weight `version` (collective; rank 0 talks to engines)."""
+        from slime_rl.trainer.weight_sync import publish
+
+        return publish(self, engine_urls, version)
+
+    def save(self, step: int) -> None:
+        """Save model, optimizer and `step` under `trainer.checkpoint_dir` (collective)."""
+        checkpoint.save(self, step)
+
+    def load(self) -> int | None:
+        """Load the latest checkpoint in `trainer.checkpoint_dir`; returns its step, or None if there is none."""
+        return checkpoint.load(self)
+
+    def export_hf(self, path: str) -> None:
+        """Write the current weights as a plain HF model directory on rank 0 (collective)."""
+        hf = weights.gather_hf_state_dict(self.model, self.arch, self.layout)
+        if hf is not None:
+            weights.write_hf_dir(hf, path, side_files_from=self.model_cfg.path)
