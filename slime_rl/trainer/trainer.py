@@ -30,6 +30,7 @@ from slime_rl.trainer.logprobs import vocab_parallel_logprobs
 from slime_rl.trainer.model import arch_from_hf, build_gpt_model, transformer_config
 from slime_rl.trainer.objective import StepTotals, TokenInputs, rl_objective, sft_objective
 from slime_rl.trainer.parallel import init_parallel
+from slime_rl.trainer.weight_sync import WeightPublisher, publish
 from slime_rl.types import Sample, TrainBatch
 
 logger = logging.getLogger(__name__)
@@ -122,6 +123,7 @@ class MegatronTrainer:
         vocab_per_rank = self.arch.padded_vocab_size(self.layout.tp_size) // self.layout.tp_size
         self.vocab_start = self.layout.tp_rank * vocab_per_rank
         self.version = 0
+        self.publisher: WeightPublisher | None = None  # rank 0's weight-update groups, built on first publish
 
     # -- forward / backward ------------------------------------------------------------------------------
 
@@ -326,8 +328,6 @@ class MegatronTrainer:
 
     def publish_weights(self, engine_urls: list[str], version: int) -> dict[str, float]:
         """Send the current weights to every engine as weight `version` (collective; rank 0 talks to engines)."""
-        from slime_rl.trainer.weight_sync import publish
-
         return publish(self, engine_urls, version)
 
     def save(self, step: int) -> None:

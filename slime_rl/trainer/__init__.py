@@ -1,0 +1,1 @@
+"""Megatron-core trainer: one `MegatronTrainer` per rank (see `trainer.py`). Megatron is imported lazily."""

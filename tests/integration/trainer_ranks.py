@@ -1,0 +1,75 @@
+"""Runs `MegatronTrainer` scenarios on N local processes (torch.multiprocessing spawn, gloo on 127.0.0.1).
+
+`run_ranks(scenario, world_size, **kwargs)` starts one process per rank; each builds a trainer and runs
+`scenario(trainer, **kwargs)`; the return value of every rank comes back as a list indexed by rank. The
+processes exit (and are joined) before `run_ranks` returns.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.multiprocessing as mp
+
+from slime_rl.config import AlgorithmConfig, ModelConfig, TrainerConfig
+from slime_rl.processes import free_port
+from slime_rl.types import Sample, TrainBatch
+
+
+def make_batch(*, num_samples: int = 6, vocab: int = 40, seed: int = 0) -> TrainBatch:
+    """A fixed random batch: prompts of 2-5 tokens, responses of 1-7 tokens, rollout logprobs of -1."""
+    rng = np.random.default_rng(seed)
+    samples = []
+    for i in range(num_samples):
+        num_prompt, num_response = int(rng.integers(2, 6)), int(rng.integers(1, 8))
+        samples.append(
+            Sample(
+                uid=f"s{i}",
+                group_id=f"g{i // 2}",
+                index=i % 2,
+                prompt_ids=rng.integers(3, vocab, num_prompt),
+                response_ids=rng.integers(3, vocab, num_response),
+                rollout_logprobs=np.full(num_response, -1.0),
+                loss_mask=(rng.random(num_response) > 0.2).astype(np.uint8),
+            )
+        )
+    return TrainBatch(step=0, samples=samples, advantages=rng.normal(size=num_samples))
+
+
+def _worker(rank: int, world_size: int, port: int, out_dir: str, payload: bytes) -> None:
+    torch.set_num_threads(1)
+    scenario, model_cfg, trainer_cfg, algo_cfg, kwargs = pickle.loads(payload)
+    from slime_rl.trainer.parallel import destroy_parallel
+    from slime_rl.trainer.trainer import MegatronTrainer
+
+    trainer = MegatronTrainer(model_cfg, trainer_cfg, algo_cfg, rank, world_size, "127.0.0.1", port)
+    trainer.init()
+    try:
+        result = scenario(trainer, **kwargs)
+    finally:
+        destroy_parallel()
+    torch.save(result, Path(out_dir) / f"rank{rank}.pt")
+
+
+def run_ranks(
+    scenario: Callable[..., Any],
+    *,
+    model_path: str,
+    trainer_cfg: TrainerConfig,
+    algo_cfg: AlgorithmConfig | None = None,
+    **kwargs: Any,
+) -> list[Any]:
+    """Run `scenario(trainer, **kwargs)` on `trainer_cfg.world_size` fresh processes; results by rank."""
+    world_size = trainer_cfg.world_size
+    payload = pickle.dumps((scenario, ModelConfig(path=model_path), trainer_cfg, algo_cfg or AlgorithmConfig(), kwargs))
+    with tempfile.TemporaryDirectory() as out_dir:
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
+        mp.spawn(_worker, args=(world_size, free_port("127.0.0.1"), out_dir, payload), nprocs=world_size)
+        return [torch.load(Path(out_dir) / f"rank{r}.pt", weights_only=False) for r in range(world_size)]
