@@ -175,9 +175,10 @@ class Scheduler:
             if self._paused:
                 continue
             try:
-                self._admit()
-                if self._running:
-                    self._decode_step()
+                with torch.inference_mode():
+                    self._admit()
+                    if self._running:
+                        self._decode_step()
             except Exception:
                 logger.exception("model step failed; aborting %d running requests", len(self._running))
                 self._abort(None, "engine step failed; see the engine log")
