@@ -87,7 +87,9 @@ class WeightPublisher:
         if key not in self._groups:
             port, world = free_port(self.master_addr), len(urls) + 1
             backend = "nccl" if has_cuda() else "gloo"
-            store = dist.TCPStore(self.master_addr, port, world, is_master=True, timeout=self.timeout)
+            store = dist.TCPStore(  # engines connect once they get the request below
+                self.master_addr, port, world, is_master=True, timeout=self.timeout, wait_for_workers=False
+            )
             joins = _Background(
                 urls,
                 lambda c, i: c.init_weights_update_group(
