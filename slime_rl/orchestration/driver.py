@@ -130,7 +130,9 @@ def run_training(cfg: SlimeRLConfig) -> None:
         placement = create_placement(cfg.cluster, cfg.trainer, cfg.engine)
         try:
             with rollout_side(cfg, redis_url, placement) as side:
-                trainers = TrainGroup(cfg.model, cfg.trainer, cfg.algorithm, placement)
+                trainers = TrainGroup(
+                    cfg.model, cfg.trainer, cfg.algorithm, placement, loopback=cfg.cluster.address is None
+                )
                 try:
                     ctx = LoopContext(cfg, side.worker, trainers, buffer, side.fleet.engine_urls)
                     run_loop(cfg, ctx, loop_step, metrics)

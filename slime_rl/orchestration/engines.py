@@ -44,7 +44,7 @@ class EngineFleet:
         self.placement = placement
         self.hosts: list[ray.actor.ActorHandle] = []
         self.engine_urls: list[str] = []
-        self.router = Router(host=cfg.host, policy=cfg.router_policy)
+        self.router = Router(host=cfg.host, policy=cfg.router_policy, request_timeout_s=cfg.request_timeout_s)
         self.router_url = ""
 
     def __enter__(self) -> EngineFleet:

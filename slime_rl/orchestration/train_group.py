@@ -31,10 +31,11 @@ class TrainerRank:
         self._args = (model, trainer, algorithm, rank, world_size)
         self.trainer: Any = None
 
-    def master_address(self) -> tuple[str, int]:
+    def master_address(self, loopback: bool) -> tuple[str, int]:
+        """Address and a free port for the world's store: loopback on a local Ray, else this node's IP."""
         from slime_rl.processes import free_port
 
-        address = ray.util.get_node_ip_address()
+        address = "127.0.0.1" if loopback else ray.util.get_node_ip_address()
         return address, free_port(address)
 
     def init(self, master_addr: str, master_port: int) -> int:
@@ -67,7 +68,10 @@ class TrainerRank:
 
 
 class TrainGroup:
-    """The trainer ranks of a run. Methods block until every rank is done and return rank 0's result."""
+    """The trainer ranks of a run. Methods block until every rank is done and return rank 0's result.
+
+    `loopback=True` (a local Ray) keeps the torch.distributed store and the weight-sync group on 127.0.0.1.
+    """
 
     def __init__(
         self,
@@ -75,6 +79,8 @@ class TrainGroup:
         trainer: TrainerConfig,
         algorithm: AlgorithmConfig,
         placement: Placement,
+        *,
+        loopback: bool,
     ) -> None:
         self.world_size = trainer.world_size
         self.data_parallel_size = trainer.data_parallel_size
@@ -83,7 +89,7 @@ class TrainGroup:
             actor_cls.options(**slot.options(placement.pg)).remote(model, trainer, algorithm, rank, self.world_size)
             for rank, slot in enumerate(placement.trainer_slots)
         ]
-        master_addr, master_port = ray.get(self.ranks[0].master_address.remote())
+        master_addr, master_port = ray.get(self.ranks[0].master_address.remote(loopback))
         self.dp_ranks: list[int] = ray.get([r.init.remote(master_addr, master_port) for r in self.ranks])
         logger.info("trainer group ready: %d ranks, master %s:%d", self.world_size, master_addr, master_port)
 
