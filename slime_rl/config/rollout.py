@@ -26,8 +26,12 @@ class RolloutConfig:
     use_april: bool = False  # APRIL: over-provision, abort at target, recycle partials
     over_sampling_batch_size: int | None = None  # groups in flight under APRIL; None = 2 x rollout_batch_size
     partial_policy: str = "recompute"  # recompute | mask_stale | tis: treatment of resumed stale tokens
-    max_partial_staleness: int | None = None  # restart a partial spanning more versions than this; None = never
+    max_partial_staleness: int | None = None  # versions a resumed partial may lag; older ones restart; None = never
     dynamic_filter: str | None = None  # "nonzero_std" or "module:function"; None = keep every group
+    max_filter_drops_per_step: int | None = None  # groups the filter may drop per step, then it keeps them;
+    # None = the groups in flight (rollout_batch_size, or the over-sampling size under APRIL)
+    max_failed_groups_per_step: int = 16  # groups whose engine failed in one step before generate raises
+    abort_timeout_s: float = 60.0  # seconds APRIL waits for aborted requests to return before cancelling them
     seed: int = 1234  # sampling seed base
     reward: RewardConfig = field(default_factory=RewardConfig)
 
@@ -40,8 +44,29 @@ class RolloutConfig:
             raise ConfigError(f"rollout.temperature must be >= 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise ConfigError(f"rollout.top_p must be in (0, 1], got {self.top_p}")
+        for key in ("max_partial_staleness", "max_filter_drops_per_step"):
+            if getattr(self, key) is not None and getattr(self, key) < 0:
+                raise ConfigError(f"rollout.{key} must be >= 0 or null, got {getattr(self, key)}")
+        if self.max_failed_groups_per_step < 1:
+            raise ConfigError(f"rollout.max_failed_groups_per_step must be >= 1, got {self.max_failed_groups_per_step}")
+        if self.abort_timeout_s <= 0:
+            raise ConfigError(f"rollout.abort_timeout_s must be > 0, got {self.abort_timeout_s}")
         if self.over_sampling_batch_size is not None and self.over_sampling_batch_size < self.rollout_batch_size:
             raise ConfigError(
                 f"rollout.over_sampling_batch_size={self.over_sampling_batch_size} is below "
                 f"rollout.rollout_batch_size={self.rollout_batch_size}; APRIL needs at least the target in flight"
             )
+
+
+def groups_in_flight(cfg: RolloutConfig) -> int:
+    """Groups kept in flight per step: the target without APRIL, the over-sampling size with it."""
+    if not cfg.use_april:
+        return cfg.rollout_batch_size
+    return cfg.over_sampling_batch_size or 2 * cfg.rollout_batch_size
+
+
+def max_filter_drops(cfg: RolloutConfig) -> int:
+    """Groups the dynamic filter may drop in one step before filtered groups are kept (never starve a step)."""
+    if cfg.max_filter_drops_per_step is not None:
+        return cfg.max_filter_drops_per_step
+    return groups_in_flight(cfg)

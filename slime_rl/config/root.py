@@ -61,6 +61,13 @@ class SlimeRLConfig:
                 f"(rollout.rollout_batch_size * rollout.n_samples_per_prompt = "
                 f"{self.rollout.rollout_batch_size * self.rollout.n_samples_per_prompt}); lower it"
             )
+        corrects_with_rollout_logprobs = self.algorithm.use_tis or self.algorithm.off_policy in ("tis", "decoupled_ppo")
+        if self.rollout.partial_policy == "tis" and not corrects_with_rollout_logprobs:
+            raise ConfigError(
+                "rollout.partial_policy=tis corrects resumed stale tokens with the rollout logprobs, but "
+                f"algorithm.use_tis={self.algorithm.use_tis} and algorithm.off_policy={self.algorithm.off_policy!r}; "
+                "set algorithm.use_tis=true"
+            )
 
     @property
     def run_dir(self) -> Path:

@@ -1,7 +1,9 @@
 """Dynamic-sampling filters: decide whether a finished, scored group is kept for training.
 
 A filter is `(group) -> bool` (True = keep). Built in: `nonzero_std` (DAPO: a group whose rewards all
-tie carries no GRPO signal). Custom filters are resolved from `module:function`.
+tie carries no GRPO signal). Custom filters are resolved from `module:function` or a dotted path
+`package.module.function`. The manager counts what a filter drops and keeps groups once a step's drop
+budget is spent; a filter only judges one group.
 """
 
 from __future__ import annotations
@@ -30,15 +32,18 @@ BUILTIN_FILTERS: dict[str, GroupFilter] = {"nonzero_std": nonzero_std}
 
 
 def make_group_filter(name: str | None) -> GroupFilter:
-    """`None` keeps every group; a built-in name or `module:function` otherwise."""
+    """`None` keeps every group; a built-in name, `module:function` or `package.module.function` otherwise."""
     if name is None:
         return keep_all
     if name in BUILTIN_FILTERS:
         return BUILTIN_FILTERS[name]
-    module_name, _, attr = name.partition(":")
-    if not attr:
+    module_name, sep, attr = name.partition(":")
+    if not sep:
+        module_name, _, attr = name.rpartition(".")
+    if not module_name or not attr:
         raise ConfigError(
-            f"rollout.dynamic_filter={name!r} is unknown; choose one of {sorted(BUILTIN_FILTERS)} or 'module:function'"
+            f"rollout.dynamic_filter={name!r} is unknown; choose one of {sorted(BUILTIN_FILTERS)}, "
+            "'module:function' or 'package.module.function'"
         )
     try:
         return getattr(importlib.import_module(module_name), attr)

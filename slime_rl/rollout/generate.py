@@ -3,7 +3,8 @@
 A sample continues from its own tokens: the request's input is `prompt_ids + response_ids` and its
 budget is `max_new_tokens - len(response_ids)`, so an aborted sample resumes exactly where it stopped
 (APRIL) and nothing is ever re-tokenised. Every appended token span records the weight version the
-engine reported for it.
+engine reported for it. A partial that lags too many versions is restarted from its prompt instead
+(`restart_stale_group`). Scheduling (which groups run, when to abort) is the manager's job.
 """
 
 from __future__ import annotations
@@ -11,9 +12,12 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import time
+import zlib
 
 import numpy as np
 
+from slime_rl.buffer.staleness import is_fresh
 from slime_rl.engines.client import EngineClient, EngineError
 from slime_rl.engines.protocol import GenerateRequest, SamplingParams
 from slime_rl.types import Group, Sample, Status
@@ -28,21 +32,67 @@ def engine_version(reported: str, fallback: int) -> int:
     return int(reported) if reported.lstrip("-").isdigit() else fallback
 
 
+def request_seed(seed: int, sample: Sample) -> int:
+    """Per-request sampling seed: reproducible per sample and resume point, different across samples."""
+    return (seed * 1_000_003 + zlib.crc32(sample.uid.encode()) + len(sample.response_ids)) % 2**31
+
+
+def restart_sample(sample: Sample, version: int) -> None:
+    """Drop every generated token of `sample` so it starts again from its prompt under `version`."""
+    sample.response_ids = np.zeros(0, np.int32)
+    sample.rollout_logprobs = np.zeros(0, np.float32)
+    sample.loss_mask = np.zeros(0, np.uint8)
+    sample.weight_spans = []
+    sample.reward = None
+    sample.reward_info = {}
+    sample.status = Status.PENDING
+    sample.created_version = version
+    sample.metadata.pop("error", None)
+    sample.metadata.pop("gen_time_s", None)
+
+
+def restart_stale_group(group: Group, version: int, max_staleness: int | None) -> bool:
+    """Restart every sample of `group` if its oldest token lags `version` by more than `max_staleness`.
+
+    The whole group restarts, finished members too, so the group never mixes a restarted sample with
+    members older than the cap. Returns True if it restarted.
+    """
+    if is_fresh(group, version, max_staleness):
+        return False
+    for sample in group.samples:
+        restart_sample(sample, version)
+    return True
+
+
 async def generate_sample(
-    client: EngineClient, sample: Sample, sampling: SamplingParams, max_new_tokens: int, version: int
+    client: EngineClient,
+    sample: Sample,
+    sampling: SamplingParams,
+    max_new_tokens: int,
+    version: int,
+    *,
+    seed: int | None = None,
 ) -> None:
-    """Extend `sample` by one request (its remaining budget) and set its status from the finish reason."""
+    """Extend `sample` by one request (its remaining budget) and set its status from the finish reason.
+
+    `metadata["gen_time_s"]` accumulates the wall time of the sample's requests (all resumes included).
+    """
     remaining = max_new_tokens - len(sample.response_ids)
     if remaining <= 0:
         sample.status = Status.TRUNCATED
         return
+    params = dataclasses.replace(
+        sampling, max_new_tokens=remaining, sampling_seed=None if seed is None else request_seed(seed, sample)
+    )
     request = GenerateRequest(
         input_ids=np.concatenate([sample.prompt_ids, sample.response_ids]).tolist(),
-        sampling_params=dataclasses.replace(sampling, max_new_tokens=remaining),
+        sampling_params=params,
         rid=sample.uid,
         return_logprob=True,
     )
+    start = time.perf_counter()
     output = await client.generate(request)
+    sample.metadata["gen_time_s"] = sample.metadata.get("gen_time_s", 0.0) + time.perf_counter() - start
     sample.append_tokens(
         np.asarray(output.output_ids, np.int32),
         np.asarray(output.output_logprobs, np.float32),
@@ -61,18 +111,24 @@ async def generate_group(
     max_new_tokens: int,
     version: int,
     semaphore: asyncio.Semaphore,
+    *,
+    stop: asyncio.Event | None = None,
+    seed: int | None = None,
 ) -> Group:
     """Run every unfinished sample of `group` once, `semaphore` bounding requests in flight.
 
-    Returns the same group. Samples stay `aborted` when their request was aborted; if an engine fails
-    after the client's retries, the failed samples keep their previous tokens and status so the caller
-    can recycle the group without losing anything.
+    Returns the same group. Samples stay `aborted` when their request was aborted, and samples whose turn
+    comes after `stop` is set are not sent at all (so an abort cannot be outrun by a queued request); if
+    an engine fails after the client's retries, the failed samples keep their previous tokens and status
+    so the caller can recycle the group without losing anything.
     """
 
     async def run(sample: Sample) -> None:
         async with semaphore:
+            if stop is not None and stop.is_set():
+                return
             try:
-                await generate_sample(client, sample, sampling, max_new_tokens, version)
+                await generate_sample(client, sample, sampling, max_new_tokens, version, seed=seed)
             except EngineError as err:
                 logger.warning("sample %s: engine failed (%s); the group will be recycled", sample.uid, err)
 

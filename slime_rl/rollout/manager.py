@@ -1,12 +1,19 @@
 """RolloutManager: fills the buffer with scored groups for one training step.
 
 Flow of one `generate` call: take groups from the buffer (recycled partials first, then fresh prompts),
-generate every sample through the router, score finished groups, apply the dynamic-sampling filter,
-publish kept groups to the buffer's stream with the weight version, until `rollout_batch_size` groups
-are published. With APRIL on, `over_sampling_batch_size` groups stay in flight; once the target is met,
-every engine is aborted and the groups still in flight go back to the buffer as partials, keeping their
-tokens, finished members and versions (APRIL, arXiv 2509.18521). A group whose engine failed is
-recycled the same way. Knows nothing about Ray.
+restart partials that lag more than `max_partial_staleness` versions, generate every sample through the
+router, score finished groups, apply the dynamic-sampling filter, publish kept groups to the buffer's
+stream with the weight version, until `rollout_batch_size` groups are published.
+
+APRIL (arXiv 2509.18521): with `use_april`, `over_sampling_batch_size` groups stay in flight; once the
+target is met, every engine is aborted and every group still in flight goes back to the buffer's
+partials, keeping its tokens, finished members, rewards and versions. A group that finishes after the
+target is met (it raced the abort) is recycled too, finished: it is published first next step, under
+that step's version, after the staleness cap and the filter. A group whose engine failed is recycled
+the same way; more than `max_failed_groups_per_step` of those in one step raise instead of spinning.
+
+Every group taken leaves through exactly one of publish, `record_drops` or `put_partials`, so the
+buffer's counters invariant holds across aborts and failures. Knows nothing about Ray.
 """
 
 from __future__ import annotations
@@ -14,19 +21,35 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from slime_rl.config.rollout import RolloutConfig
+from slime_rl.config.rollout import RolloutConfig, groups_in_flight, max_filter_drops
 from slime_rl.engines.client import EngineClient
 from slime_rl.engines.protocol import SamplingParams
+from slime_rl.errors import ServiceError
 from slime_rl.rollout.filters import GroupFilter, keep_all
-from slime_rl.rollout.generate import generate_group
+from slime_rl.rollout.generate import generate_group, restart_stale_group
 from slime_rl.rollout.rewards.hub import RewardFn, score_samples
 from slime_rl.types import Group, Sample, Status
 
 logger = logging.getLogger(__name__)
+
+ABORT_POLL_S = 0.05  # seconds between abort_all rounds while aborted requests are still returning
+
+
+@dataclass
+class StepState:
+    """What one `generate` call has done so far. `stats` are the counted `rollout/*` events."""
+
+    version: int
+    published: list[Group] = field(default_factory=list)
+    rejected: list[Group] = field(default_factory=list)  # filtered out, dropped at the end of the step
+    stats: Counter[str] = field(default_factory=Counter)
+    abort_wait_s: float = 0.0
 
 
 class RolloutManager:
@@ -61,85 +84,168 @@ class RolloutManager:
         self.sampling = SamplingParams(
             max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k
         )
-        self._semaphore = asyncio.Semaphore(cfg.max_concurrent_requests)
 
     @property
     def groups_in_flight_target(self) -> int:
-        if not self.cfg.use_april:
-            return self.cfg.rollout_batch_size
-        return self.cfg.over_sampling_batch_size or 2 * self.cfg.rollout_batch_size
-
-    def _take(self, num_groups: int) -> list[Group]:
-        self.refill_prompts(num_groups)
-        return self.buffer.take_groups(num_groups)
+        return groups_in_flight(self.cfg)
 
     async def generate(self, version: int) -> dict[str, float]:
-        """Publish `rollout_batch_size` groups generated with weights `version`; return rollout metrics."""
-        start = time.perf_counter()
-        target = self.cfg.rollout_batch_size
-        published: list[Group] = []
-        tasks: set[asyncio.Task[Group]] = set()
-        stats = {"recycled": 0, "dropped_filter": 0, "reward_failed": 0}
-        while len(published) < target:
-            # Without APRIL only as many groups as still needed are in flight; with it, the over-sampling target.
-            wanted = self.groups_in_flight_target - len(tasks)
-            if not self.cfg.use_april:
-                wanted = target - len(published) - len(tasks)
-            for group in self._take(max(wanted, 0)):
-                tasks.add(asyncio.create_task(self._run_group(group, version)))
-            if not tasks:
-                raise RuntimeError("the buffer returned no prompt groups; is the dataset empty?")
-            done, tasks = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                group = task.result()
-                if not group.is_finished:  # an engine failed mid-group: keep its tokens, retry next time
-                    self.buffer.put_partials([group])
-                    stats["recycled"] += 1
-                elif len(published) >= target:
-                    self.buffer.put_partials([group])  # finished beyond the target: first in line next step
-                    stats["recycled"] += 1
-                elif self.group_filter(group):
-                    self.buffer.publish([group], version)
-                    published.append(group)
-                else:
-                    self.buffer.record_drops("filter", 1)
-                    stats["dropped_filter"] += 1
-                stats["reward_failed"] += sum(s.metadata.get("error", "").startswith("reward") for s in group.samples)
-        abort_wait_s = 0.0
-        if tasks:
-            abort_wait_s, leftovers = await self._abort_in_flight(tasks)
-            self.buffer.put_partials(leftovers)
-            stats["recycled"] += len(leftovers)
-        elapsed = time.perf_counter() - start
-        return rollout_metrics(published, version, elapsed, abort_wait_s, stats)
+        """Publish `rollout_batch_size` groups generated with weights `version`; return rollout metrics.
 
-    async def _run_group(self, group: Group, version: int) -> Group:
+        Raises `ServiceError` (after recycling every group in flight) when more than
+        `max_failed_groups_per_step` groups failed on an engine, and RuntimeError when the buffer has no
+        prompts left and the step cannot be filled.
+        """
+        start = time.perf_counter()
+        state = StepState(version=version)
+        # Created per call: asyncio primitives bind to the event loop that first waits on them.
+        semaphore = asyncio.Semaphore(self.cfg.max_concurrent_requests)
+        stop = asyncio.Event()
+        tasks: dict[asyncio.Task[Group], Group] = {}
+        try:
+            while len(state.published) < self.cfg.rollout_batch_size:
+                for group in self._take(self._num_to_take(state, len(tasks)), state):
+                    tasks[asyncio.create_task(self._run_group(group, version, semaphore, stop))] = group
+                if not tasks:
+                    self._keep_rejected_when_starved(state)
+                    continue
+                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    self._settle(tasks.pop(task), state)
+        finally:
+            if tasks:
+                state.abort_wait_s = await self._abort_and_recycle(tasks, stop, state)
+            self.buffer.record_drops("filter", len(state.rejected))
+        return rollout_metrics(state, time.perf_counter() - start)
+
+    def _num_to_take(self, state: StepState, num_in_flight: int) -> int:
+        # Without APRIL only as many groups as still needed are in flight; with it, the over-sampling target.
+        if self.cfg.use_april:
+            return max(self.groups_in_flight_target - num_in_flight, 0)
+        return max(self.cfg.rollout_batch_size - len(state.published) - num_in_flight, 0)
+
+    def _take(self, num_groups: int, state: StepState) -> list[Group]:
+        """Take groups partials-first; restart partials older than `max_partial_staleness` (counted)."""
+        if num_groups <= 0:
+            return []
+        self.refill_prompts(num_groups)
+        groups = self.buffer.take_groups(num_groups)
+        for group in groups:
+            state.stats["partial_resumed"] += any(len(s.response_ids) for s in group.samples)
+            if restart_stale_group(group, state.version, self.cfg.max_partial_staleness):
+                state.stats["partial_restarted"] += 1
+        return groups
+
+    async def _run_group(self, group: Group, version: int, semaphore: asyncio.Semaphore, stop: asyncio.Event) -> Group:
+        """Generate the group's unfinished samples (once each), then score it if it is finished."""
         if not group.is_finished:
-            await generate_group(self.router, group, self.sampling, self.cfg.max_new_tokens, version, self._semaphore)
+            await generate_group(
+                self.router,
+                group,
+                self.sampling,
+                self.cfg.max_new_tokens,
+                version,
+                semaphore,
+                stop=stop,
+                seed=self.cfg.seed,
+            )
         if group.is_finished and any(s.reward is None for s in group.samples):
             samples = [s for s in group.samples if s.reward is None and s.status is not Status.FAILED]
             await score_samples(self.reward_fn, samples, [self.decode(s.response_ids) for s in samples])
         return group
 
-    async def _abort_in_flight(self, tasks: set[asyncio.Task[Group]]) -> tuple[float, list[Group]]:
-        """Abort every engine, wait until all report zero requests, and return the in-flight groups."""
+    def _settle(self, group: Group, state: StepState) -> None:
+        """Send one group that came back before the abort to exactly one place: stream, partials or drops."""
+        if not group.is_finished:  # an engine failed mid-group: keep its tokens, retry it
+            self.buffer.put_partials([group])
+            state.stats["recycled"] += 1
+            state.stats["engine_failed_groups"] += 1
+            if state.stats["engine_failed_groups"] > self.cfg.max_failed_groups_per_step:
+                raise ServiceError(
+                    f"{state.stats['engine_failed_groups']} groups failed on the engines in one step "
+                    f"(rollout.max_failed_groups_per_step={self.cfg.max_failed_groups_per_step}); their tokens "
+                    "are kept as partials. Check the engine logs and health."
+                )
+            return
+        state.stats["reward_failed"] += sum(s.metadata.get("error", "").startswith("reward") for s in group.samples)
+        if len(state.published) >= self.cfg.rollout_batch_size:
+            self.buffer.put_partials([group])  # raced the abort: first in line next step
+            state.stats["recycled"] += 1
+            state.stats["recycled_finished"] += 1
+        elif self.group_filter(group):
+            self._publish(group, state)
+        elif len(state.rejected) < max_filter_drops(self.cfg):
+            state.rejected.append(group)
+        else:  # DAPO's filter must not starve the step: past the drop budget, keep the group anyway
+            self._publish(group, state)
+            state.stats["filter_fallback_kept"] += 1
+
+    def _publish(self, group: Group, state: StepState) -> None:
+        self.buffer.publish([group], state.version)
+        state.published.append(group)
+
+    def _keep_rejected_when_starved(self, state: StepState) -> None:
+        """Nothing in flight and nothing to take: publish filtered-out groups rather than fail the step."""
+        if not state.rejected:
+            raise RuntimeError("the buffer returned no prompt groups; is the dataset empty?")
+        state.stats["filter_fallback_kept"] += 1
+        self._publish(state.rejected.pop(0), state)
+
+    async def _abort_and_recycle(
+        self, tasks: dict[asyncio.Task[Group], Group], stop: asyncio.Event, state: StepState
+    ) -> float:
+        """Abort every engine, wait for the aborted requests and zero load, recycle every group; returns seconds.
+
+        `abort_all` is repeated until every task returned: a request that was on the wire during one round is
+        caught by the next. Tasks still running after `abort_timeout_s` are cancelled; their samples keep the
+        tokens they had, since tokens are appended only when a response arrives.
+        """
         start = time.perf_counter()
-        await asyncio.gather(*(engine.abort_all() for engine in self.engines))
-        groups = list(await asyncio.gather(*tasks))
-        while any(load.num_reqs for load in await asyncio.gather(*(e.get_loads() for e in self.engines))):
-            await asyncio.sleep(0.01)
-        return time.perf_counter() - start, groups
+        stop.set()
+        pending = set(tasks)
+        while pending and time.perf_counter() - start < self.cfg.abort_timeout_s:
+            await self._abort_engines()
+            _, pending = await asyncio.wait(pending, timeout=ABORT_POLL_S)
+        for task in pending:
+            task.cancel()
+        if pending:
+            logger.warning(
+                "%d groups did not return within %.0f s of abort_all", len(pending), self.cfg.abort_timeout_s
+            )
+            await asyncio.wait(pending)
+        while await self._engines_busy() and time.perf_counter() - start < self.cfg.abort_timeout_s:
+            await asyncio.sleep(ABORT_POLL_S)
+        groups = list(tasks.values())
+        self.buffer.put_partials(groups)
+        state.stats["recycled"] += len(groups)
+        state.stats["recycled_finished"] += sum(g.is_finished for g in groups)
+        return time.perf_counter() - start
+
+    async def _abort_engines(self) -> None:
+        results = await asyncio.gather(*(engine.abort_all() for engine in self.engines), return_exceptions=True)
+        for engine, result in zip(self.engines, results, strict=True):
+            if isinstance(result, Exception):
+                logger.warning("abort_all on %s failed: %s", getattr(engine, "url", engine), result)
+
+    async def _engines_busy(self) -> bool:
+        loads = await asyncio.gather(*(engine.get_loads() for engine in self.engines), return_exceptions=True)
+        return any(not isinstance(load, BaseException) and load.num_reqs for load in loads)
 
 
-def rollout_metrics(
-    groups: Sequence[Group], version: int, elapsed_s: float, abort_wait_s: float, stats: dict[str, int]
-) -> dict[str, float]:
-    """Flat `rollout/*` metrics of the groups published in one step."""
-    samples: list[Sample] = [s for g in groups for s in g.samples]
+def rollout_metrics(state: StepState, elapsed_s: float) -> dict[str, float]:
+    """Flat `rollout/*` and `perf/*` metrics of one step: published groups, counted events and timings.
+
+    `rollout/off_policy_token_frac`: response tokens generated by weights older than the step's version.
+    `perf/longest_sample_tokens_per_s`: the longest published sample's tokens over its request time.
+    """
+    samples: list[Sample] = [s for g in state.published for s in g.samples]
     rewards = np.array([s.reward or 0.0 for s in samples], np.float64)
     lengths = np.array([len(s.response_ids) for s in samples], np.float64)
-    stale_tokens = sum(end - start for s in samples for v, start, end in s.weight_spans if v != version)
-    total_tokens = max(lengths.sum(), 1.0)
+    stale_tokens = sum(end - start for s in samples for v, start, end in s.weight_spans if v < state.version)
+    total_tokens = float(lengths.sum())
+    longest = max(samples, key=lambda s: len(s.response_ids), default=None)
+    longest_time_s = longest.metadata.get("gen_time_s", 0.0) if longest is not None else 0.0
+    counted = ("recycled", "recycled_finished", "partial_resumed", "partial_restarted", "engine_failed_groups")
     return {
         "rollout/reward_mean": float(rewards.mean()) if len(rewards) else 0.0,
         "rollout/reward_std": float(rewards.std()) if len(rewards) else 0.0,
@@ -147,9 +253,16 @@ def rollout_metrics(
         "rollout/response_len_max": float(lengths.max()) if len(lengths) else 0.0,
         "rollout/truncated_ratio": float(np.mean([s.status is Status.TRUNCATED for s in samples])) if samples else 0.0,
         "rollout/time_s": elapsed_s,
-        "rollout/abort_wait_s": abort_wait_s,
-        "rollout/groups": float(len(groups)),
-        "rollout/off_policy_token_frac": stale_tokens / total_tokens,
-        "perf/rollout_tokens_per_s": float(lengths.sum()) / max(elapsed_s, 1e-9),
-        **{f"rollout/{key}": float(value) for key, value in stats.items()},
+        "rollout/abort_wait_s": state.abort_wait_s,
+        "rollout/groups": float(len(state.published)),
+        "rollout/samples": float(len(samples)),
+        "rollout/response_tokens": total_tokens,
+        "rollout/off_policy_token_frac": stale_tokens / max(total_tokens, 1.0),
+        "rollout/dropped_filter": float(len(state.rejected)),
+        "rollout/filter_fallback_kept": float(state.stats["filter_fallback_kept"]),
+        "rollout/reward_failed": float(state.stats["reward_failed"]),
+        **{f"rollout/{key}": float(state.stats[key]) for key in counted},
+        "perf/rollout_samples_per_s": len(samples) / max(elapsed_s, 1e-9),
+        "perf/rollout_tokens_per_s": total_tokens / max(elapsed_s, 1e-9),
+        "perf/longest_sample_tokens_per_s": len(longest.response_ids) / longest_time_s if longest_time_s else 0.0,
     }

@@ -39,3 +39,33 @@ def test_make_sft_batches_have_zero_advantages():
     batches = make_sft_batches(samples, dp_size=2, step=0)
     assert [len(b.samples) for b in batches] == [2, 2]
     assert all((b.advantages == 0).all() for b in batches)
+
+
+def _resumed_group(gid: str) -> Group:
+    # 5 response tokens: [0, 3) from version 1, [3, 5) from version 2; token 4 was already masked.
+    sample = Sample(
+        uid=f"{gid}-0", group_id=gid, index=0, prompt_ids=[1], response_ids=[3] * 5, rollout_logprobs=[0.0] * 5,
+        loss_mask=[1, 1, 1, 1, 0], weight_spans=[(1, 0, 3), (2, 3, 5)], reward=1.0,
+    )  # fmt: skip
+    return Group(group_id=gid, samples=[sample])
+
+
+def test_make_train_batches_mask_stale_zeroes_tokens_older_than_the_step_version():
+    group = _resumed_group("a")
+    (batch,) = make_train_batches([group], AlgorithmConfig(), dp_size=1, step=2, partial_policy="mask_stale")
+    assert batch.samples[0].loss_mask.tolist() == [0, 0, 0, 1, 0]
+    assert group.samples[0].loss_mask.tolist() == [1, 1, 1, 1, 0]  # the buffer's copy is untouched
+
+
+def test_make_train_batches_mask_stale_uses_each_groups_publish_version():
+    groups = [_resumed_group("a"), _resumed_group("b")]
+    batches = make_train_batches(
+        groups, AlgorithmConfig(), dp_size=1, step=5, partial_policy="mask_stale", versions=[1, 3]
+    )
+    masks = {s.uid: s.loss_mask.tolist() for s in batches[0].samples}
+    assert masks == {"a-0": [1, 1, 1, 1, 0], "b-0": [0, 0, 0, 0, 0]}
+
+
+def test_make_train_batches_recompute_keeps_stale_tokens_trained():
+    (batch,) = make_train_batches([_resumed_group("a")], AlgorithmConfig(), dp_size=1, step=2)
+    assert batch.samples[0].loss_mask.tolist() == [1, 1, 1, 1, 0]
