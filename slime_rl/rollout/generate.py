@@ -52,12 +52,14 @@ def restart_sample(sample: Sample, version: int) -> None:
 
 
 def restart_stale_group(group: Group, version: int, max_staleness: int | None) -> bool:
-    """Restart every sample of `group` if its oldest token lags `version` by more than `max_staleness`.
+    """Restart every sample of `group` if its oldest generated token lags `version` by more than `max_staleness`.
 
-    The whole group restarts, finished members too, so the group never mixes a restarted sample with
-    members older than the cap. Returns True if it restarted.
+    Only generated tokens count (a sample without tokens has nothing stale to throw away, whatever its
+    `created_version`), so fresh prompt groups never restart. The whole group restarts, finished members
+    too, so it never mixes a restarted sample with members older than the cap. Returns True if it restarted.
     """
-    if is_fresh(group, version, max_staleness):
+    generated = [s for s in group.samples if len(s.response_ids)]
+    if not generated or is_fresh(Group(group_id=group.group_id, samples=generated), version, max_staleness):
         return False
     for sample in group.samples:
         restart_sample(sample, version)
