@@ -108,9 +108,11 @@ def rollout_side(cfg: SlimeRLConfig, redis_url: str, placement) -> Iterator[Roll
 def warm_up_sft(cfg: SlimeRLConfig, ctx: LoopContext) -> dict[str, float]:
     """Supervised warm-up on ground-truth answers (toy): a policy that succeeds sometimes, not never."""
     metrics: dict[str, float] = {}
+    ctx.trainers.set_lr(cfg.toy.sft_lr)
     for step in range(cfg.toy.sft_steps):
-        samples = ray.get(ctx.rollout.sft_samples.remote(cfg.toy.sft_batch_size, step))
+        samples = ray.get(ctx.rollout.sft_samples.remote(cfg.toy.sft_batch_size, step, cfg.toy.sft_distractor_prob))
         metrics = ctx.trainers.train_sft(make_sft_batches(samples, dp_size=cfg.trainer.data_parallel_size, step=step))
+    ctx.trainers.set_lr(cfg.trainer.lr)
     logger.info("SFT warm-up: %d steps, last loss %.4f", cfg.toy.sft_steps, metrics.get("train/sft_loss", float("nan")))
     return metrics
 

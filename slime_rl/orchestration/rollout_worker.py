@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import random
 from typing import Any
 
 import numpy as np
@@ -92,18 +93,21 @@ class RolloutWorker:
             version=version,
         )
 
-    def sft_samples(self, num_samples: int, step: int) -> list[Sample]:
-        """Prompt + ground-truth answer samples for the supervised warm-up (the toy tasks' labels).
+    def sft_samples(self, num_samples: int, step: int, distractor_prob: float) -> list[Sample]:
+        """Demonstrations for the toy's supervised warm-up: prompt, then `demonstration(label)`, then EOS.
 
-        Rows cycle through the dataset in its epoch-0 order; the label, followed by EOS, is the response.
+        Rows cycle through the dataset in its epoch-0 order; the distractors are seeded by `step`.
         """
+        from slime_rl.toy.tasks import demonstration
+
         order = self.dataset.order(0)
+        rng = random.Random(step)
         eos = self.tokenizer.eos_token_id
         samples = []
         for i in range(num_samples):
-            group = self.dataset.make_group(int(order[(step * num_samples + i) % len(order)]))
-            sample = group.samples[0]
-            answer = self.tokenizer.encode(sample.label or "", add_special_tokens=False) + [eos]
+            sample = self.dataset.make_group(int(order[(step * num_samples + i) % len(order)])).samples[0]
+            text = demonstration(sample.label or "", rng, distractor_prob)
+            answer = self.tokenizer.encode(text, add_special_tokens=False) + [eos]
             sample.append_tokens(np.asarray(answer, np.int32), np.zeros(len(answer), np.float32), version=0)
             samples.append(sample)
         return samples

@@ -54,6 +54,9 @@ class TrainerRank:
     def train_sft(self, batch: TrainBatch) -> dict[str, float]:
         return self.trainer.train_sft(batch)
 
+    def set_lr(self, lr: float) -> None:
+        self.trainer.set_lr(lr)
+
     def compute_logprobs(self, batch: TrainBatch) -> list[np.ndarray]:
         return self.trainer.compute_logprobs(batch)
 
@@ -106,6 +109,9 @@ class TrainGroup:
     def train_sft(self, batches: list[TrainBatch]) -> dict[str, float]:
         refs = [r.train_sft.remote(b) for r, b in zip(self.ranks, self._data_rank_batches(batches), strict=True)]
         return ray.get(refs)[0]
+
+    def set_lr(self, lr: float) -> None:
+        ray.get([r.set_lr.remote(lr) for r in self.ranks])
 
     def publish_weights(self, engine_urls: list[str], version: int) -> dict[str, float]:
         return ray.get([r.publish_weights.remote(engine_urls, version) for r in self.ranks])[0]

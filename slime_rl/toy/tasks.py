@@ -45,6 +45,19 @@ def is_correct(task: str, response: str, label: str) -> bool:
     raise ValueError(f"task={task!r} is unknown; choose one of {TASKS}")
 
 
+def demonstration(label: str, rng: random.Random, distractor_prob: float) -> str:
+    """A supervised demonstration of the answer `label`: with probability `distractor_prob` a sloppy one,
+    with a trailing `.` after the answer (which `is_correct` rejects: answers are exact).
+
+    Sloppy demonstrations give the toy a realistic starting point for RL: the warmed-up policy knows the
+    arithmetic but its greedy answers are usually spoilt by the habit, and only the verifiable reward
+    teaches it to stop right after the answer.
+    """
+    if rng.random() < distractor_prob:
+        return label + "."
+    return label
+
+
 _EXAMPLES: dict[str, Callable[[random.Random], tuple[str, str]]] = {
     "addition": addition_example,
     "reversal": reversal_example,

@@ -307,6 +307,11 @@ class MegatronTrainer:
         )
         return rl_objective(inputs, self.algo, totals)
 
+    def set_lr(self, lr: float) -> None:
+        """Set the learning rate of every parameter group (e.g. a warm-up phase with its own rate)."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
     def train_sft(self, batch: TrainBatch) -> dict[str, float]:
         """One supervised step: token-mean NLL of the response tokens where `loss_mask` is set."""
         start = time.perf_counter()
