@@ -19,6 +19,7 @@ demo: setup
 
 test: setup
 	$(BIN)/ruff check slime_rl tests benchmarks launch
+	$(BIN)/ruff format --check slime_rl tests benchmarks launch
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest tests $(ARGS)
 

@@ -67,18 +67,21 @@ def test_embedded_redis_dies_when_its_parent_is_sigkilled(tmp_path):
 
 
 def test_redis_service_connects_to_an_external_url():
-    with EmbeddedRedis(BufferConfig(appendonly=False)) as external:
-        with redis_service(BufferConfig(url=external.url)) as url:
-            assert url == external.url
-            client = redis.Redis.from_url(url)
-            client.set("k", "v")
-            assert client.get("k") == b"v"
-            client.close()
+    with (
+        EmbeddedRedis(BufferConfig(appendonly=False)) as external,
+        redis_service(BufferConfig(url=external.url)) as url,
+    ):
+        assert url == external.url
+        client = redis.Redis.from_url(url)
+        client.set("k", "v")
+        assert client.get("k") == b"v"
+        client.close()
 
 
 def test_redis_service_reports_an_unreachable_url():
-    with pytest.raises(ServiceError, match="cannot reach buffer.url"), redis_service(
-        BufferConfig(url="redis://127.0.0.1:1/0")
+    with (
+        pytest.raises(ServiceError, match="cannot reach buffer.url"),
+        redis_service(BufferConfig(url="redis://127.0.0.1:1/0")),
     ):
         pass
 
