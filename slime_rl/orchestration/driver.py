@@ -43,11 +43,18 @@ def run_id(cfg: SlimeRLConfig) -> str:
     return cfg.buffer.run_id or cfg.name
 
 
+def staleness_bound(cfg: SlimeRLConfig) -> int | None:
+    """Versions a trained group may lag: `buffer.max_staleness`, else η (`mode.max_staleness`) when fully async."""
+    if cfg.buffer.max_staleness is not None:
+        return cfg.buffer.max_staleness
+    return cfg.mode.max_staleness if cfg.mode.name == "fully_async" else None
+
+
 def open_buffer(cfg: SlimeRLConfig, redis_url: str) -> RedisBuffer:
     return RedisBuffer.from_url(
         redis_url,
         run_id(cfg),
-        max_staleness=cfg.buffer.max_staleness,
+        max_staleness=staleness_bound(cfg),
         redelivery_idle_ms=int(cfg.buffer.redelivery_idle_s * 1000),
     )
 
@@ -94,7 +101,7 @@ def rollout_side(cfg: SlimeRLConfig, redis_url: str, placement) -> Iterator[Roll
                 engine_urls=fleet.engine_urls,
                 redis_url=redis_url,
                 run_id=run_id(cfg),
-                max_staleness=cfg.buffer.max_staleness,
+                max_staleness=staleness_bound(cfg),
                 request_timeout_s=cfg.engine.request_timeout_s,
                 seed=cfg.seed,
             )
@@ -120,7 +127,6 @@ def warm_up_sft(cfg: SlimeRLConfig, ctx: LoopContext) -> dict[str, float]:
 def run_training(cfg: SlimeRLConfig) -> None:
     """Train with the configured loop until `mode.num_steps`; resumable from the latest checkpoint."""
     run_dir = prepare_run_dir(cfg)
-    loop_step = LOOPS[cfg.mode.name]
     with (
         redis_service(cfg.buffer, run_dir / "redis") as redis_url,
         ray_session(cfg.cluster),
@@ -137,7 +143,7 @@ def run_training(cfg: SlimeRLConfig) -> None:
                 )
                 try:
                     ctx = LoopContext(cfg, side.worker, trainers, buffer, side.fleet.engine_urls)
-                    run_loop(cfg, ctx, loop_step, metrics)
+                    run_loop(cfg, ctx, metrics)
                 finally:
                     trainers.shutdown()
         finally:
@@ -145,27 +151,32 @@ def run_training(cfg: SlimeRLConfig) -> None:
     write_report(cfg, run_dir, metrics.jsonl_path)
 
 
-def run_loop(cfg: SlimeRLConfig, ctx: LoopContext, loop_step, metrics: MetricsLogger) -> None:
+def run_loop(cfg: SlimeRLConfig, ctx: LoopContext, metrics: MetricsLogger) -> None:
     start_step = (ctx.trainers.load() if cfg.trainer.load_checkpoint else None) or 0
     if start_step == 0 and cfg.toy.enabled and cfg.toy.sft_steps:
         metrics.log(0, warm_up_sft(cfg, ctx))
     publish(ctx, start_step)  # engines serve exactly the trainer's weights, also after SFT or a resume
     if start_step == 0 and cfg.eval.path:
         metrics.log(0, ray.get(ctx.rollout.evaluate.remote(0)))
-    with TrainProgress(cfg.mode.num_steps, start_step) as progress:
-        for step in range(start_step, cfg.mode.num_steps):
-            t0 = time.perf_counter()
-            record = loop_step(ctx, step)
-            done = step + 1
-            if cfg.eval.path and ((cfg.eval.interval and done % cfg.eval.interval == 0) or done == cfg.mode.num_steps):
-                record.update(ray.get(ctx.rollout.evaluate.remote(done)))
-            if (cfg.trainer.save_interval and done % cfg.trainer.save_interval == 0) or done == cfg.mode.num_steps:
-                ctx.trainers.save(done)
-            record["perf/step_time_s"] = time.perf_counter() - t0
-            record["perf/other_time_s"] = record["perf/step_time_s"] - sum(record.get(k, 0.0) for k in TIME_KEYS)
-            record.update({f"buffer/{k}": float(v) for k, v in ctx.buffer.counters().items()})
-            metrics.log(done, record)
-            progress.update(done, record)
+    loop = LOOPS[cfg.mode.name](ctx, start_step)
+    try:
+        with TrainProgress(cfg.mode.num_steps, start_step) as progress:
+            for step in range(start_step, cfg.mode.num_steps):
+                t0 = time.perf_counter()
+                record = loop.step(step)
+                done = step + 1
+                is_last = done == cfg.mode.num_steps
+                if cfg.eval.path and ((cfg.eval.interval and done % cfg.eval.interval == 0) or is_last):
+                    record.update(ray.get(ctx.rollout.evaluate.remote(done)))
+                if (cfg.trainer.save_interval and done % cfg.trainer.save_interval == 0) or is_last:
+                    ctx.trainers.save(done)
+                record["perf/step_time_s"] = time.perf_counter() - t0
+                record["perf/other_time_s"] = record["perf/step_time_s"] - sum(record.get(k, 0.0) for k in TIME_KEYS)
+                record.update({f"buffer/{k}": float(v) for k, v in ctx.buffer.snapshot().items()})
+                metrics.log(done, record)
+                progress.update(done, record)
+    finally:
+        loop.close()
 
 
 def write_report(cfg: SlimeRLConfig, run_dir: Path, metrics_path: Path) -> None:

@@ -1,16 +1,24 @@
-"""Training loops. `sync`: generate batch k with weights θ_k, train, publish θ_{k+1} (DESIGN.md §3).
+"""Training loops (DESIGN.md §3). Each loop object runs one training step per `step()` call.
 
-A loop step returns one flat metrics record; the driver logs it. Time is split into rollout, train,
-weight sync and other (the remainder: buffer reads, advantages, eval, checkpoints, logging).
+- `sync`: generate batch k with θ_k, train, publish θ_{k+1}.
+- `one_step_async`: generation of batch k+1 (with θ_k) overlaps training on batch k; weights change only
+  between generations, so every batch is exactly one version old.
+- `fully_async`: the rollout side generates continuously under AReaL's staleness bound η
+  (`mode.max_staleness`); the trainer takes batches as they stream in; each weight publish pauses the
+  engines, and interrupted requests continue from their tokens under the new weights.
+
+A step returns one flat metrics record; the driver logs it. Time is split into rollout (time the trainer
+waits for data), train, weight sync and other.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections import Counter
 from dataclasses import dataclass
 
+import numpy as np
 import ray
 
 from slime_rl.buffer.store import Batch, RedisBuffer
@@ -41,12 +49,47 @@ def read_step_batch(buffer: RedisBuffer, num_groups: int, trainer_version: int, 
     )
 
 
+def staleness_metrics(batch: Batch, trainer_version: int) -> dict[str, float]:
+    """Histogram of how many versions each trained group's oldest token lags the trained policy."""
+    lags = Counter(trainer_version - group.oldest_version for group in batch.groups)
+    return {"async/staleness_max": float(max(lags, default=0))} | {
+        f"async/staleness_{lag}": float(count) for lag, count in sorted(lags.items())
+    }
+
+
+def batch_reward_metrics(batch: Batch) -> dict[str, float]:
+    """Reward and length statistics of the trained batch (the streaming loop has no per-step rollout record)."""
+    samples = [s for g in batch.groups for s in g.samples]
+    rewards = np.array([s.reward or 0.0 for s in samples])
+    lengths = np.array([len(s.response_ids) for s in samples])
+    if not samples:
+        return {}
+    return {
+        "rollout/reward_mean": float(rewards.mean()),
+        "rollout/reward_std": float(rewards.std()),
+        "rollout/response_len_mean": float(lengths.mean()),
+        "rollout/response_len_max": float(lengths.max()),
+    }
+
+
 def train_on_batch(ctx: LoopContext, batch: Batch, step: int) -> dict[str, float]:
     """Advantages, DP split, one optimizer step on every rank, then acknowledge the batch."""
-    batches = make_train_batches(batch.groups, ctx.cfg.algorithm, dp_size=ctx.cfg.trainer.data_parallel_size, step=step)
+    batches = make_train_batches(
+        batch.groups,
+        ctx.cfg.algorithm,
+        dp_size=ctx.cfg.trainer.data_parallel_size,
+        step=step,
+        partial_policy=ctx.cfg.rollout.partial_policy,
+        versions=batch.versions,
+    )
     metrics = ctx.trainers.train(batches)
     ctx.buffer.ack(batch)  # only after the optimizer step committed: a crash before this re-delivers
-    return metrics
+    num_tokens = sum(s.num_tokens for g in batch.groups for s in g.samples)
+    return (
+        metrics
+        | staleness_metrics(batch, step)
+        | {"train/groups": float(len(batch.groups)), "train/tokens": num_tokens}
+    )
 
 
 def publish(ctx: LoopContext, version: int) -> dict[str, float]:
@@ -55,28 +98,102 @@ def publish(ctx: LoopContext, version: int) -> dict[str, float]:
     return metrics
 
 
-def sync_step(ctx: LoopContext, step: int) -> dict[str, float]:
-    """One synchronous step: rollout with θ_step, train, publish θ_{step+1}."""
-    version = step
-    t0 = time.perf_counter()
-    rollout_metrics = ray.get(ctx.rollout.generate.remote(version))
-    t1 = time.perf_counter()
-    batch = read_step_batch(ctx.buffer, ctx.cfg.rollout.rollout_batch_size, version)
-    train_metrics = train_on_batch(ctx, batch, step)
-    t2 = time.perf_counter()
-    publish_metrics = publish(ctx, version + 1)
-    t3 = time.perf_counter()
-    num_tokens = sum(s.num_tokens for g in batch.groups for s in g.samples)
+def timing(rollout_s: float, train_s: float, sync_s: float, train_metrics: dict[str, float]) -> dict[str, float]:
+    total = rollout_s + train_s + sync_s
     return {
-        **rollout_metrics,
-        **train_metrics,
-        **publish_metrics,
-        "perf/rollout_time_s": t1 - t0,
-        "perf/train_time_s": t2 - t1,
-        "perf/weight_sync_time_s": t3 - t2,
-        "perf/step_tokens_per_s": num_tokens / (t3 - t0),
-        "train/groups": float(len(batch.groups)),
+        "perf/rollout_time_s": rollout_s,
+        "perf/train_time_s": train_s,
+        "perf/weight_sync_time_s": sync_s,
+        "perf/step_tokens_per_s": train_metrics.get("train/tokens", 0.0) / max(total, 1e-9),
     }
 
 
-LOOPS: dict[str, Callable[[LoopContext, int], dict[str, float]]] = {"sync": sync_step}
+class SyncLoop:
+    """Generate with θ_k, train, publish θ_{k+1}: every batch is on-policy."""
+
+    def __init__(self, ctx: LoopContext, start_step: int) -> None:
+        self.ctx = ctx
+
+    def step(self, step: int) -> dict[str, float]:
+        t0 = time.perf_counter()
+        rollout_metrics = ray.get(self.ctx.rollout.generate.remote(step))
+        t1 = time.perf_counter()
+        train_metrics = train_on_batch(
+            self.ctx, read_step_batch(self.ctx.buffer, self.ctx.cfg.rollout.rollout_batch_size, step), step
+        )
+        t2 = time.perf_counter()
+        publish_metrics = publish(self.ctx, step + 1)
+        t3 = time.perf_counter()
+        return rollout_metrics | train_metrics | publish_metrics | timing(t1 - t0, t2 - t1, t3 - t2, train_metrics)
+
+    def close(self) -> None:
+        pass
+
+
+class OneStepAsyncLoop:
+    """Batch k+1 is generated with θ_k while the trainer trains on batch k (generated with θ_{k-1})."""
+
+    def __init__(self, ctx: LoopContext, start_step: int) -> None:
+        self.ctx = ctx
+        self.ready: dict[str, float] | None = None  # metrics of the batch generated during the last step
+
+    def step(self, step: int) -> dict[str, float]:
+        cfg = self.ctx.cfg
+        t0 = time.perf_counter()
+        if self.ready is None:  # the first batch has nothing to overlap with
+            self.ready = ray.get(self.ctx.rollout.generate.remote(step))
+        rollout_metrics, self.ready = self.ready, None
+        next_ref = self.ctx.rollout.generate.remote(step)  # batch step+1, with θ_step, overlapping training
+        batch = read_step_batch(self.ctx.buffer, cfg.rollout.rollout_batch_size, step)
+        t1 = time.perf_counter()
+        train_metrics = train_on_batch(self.ctx, batch, step)
+        t2 = time.perf_counter()
+        self.ready = ray.get(next_ref)  # weights never change in the middle of a generation
+        t3 = time.perf_counter()
+        publish_metrics = publish(self.ctx, step + 1)
+        t4 = time.perf_counter()
+        return (
+            rollout_metrics
+            | train_metrics
+            | publish_metrics
+            | timing((t1 - t0) + (t3 - t2), t2 - t1, t4 - t3, train_metrics)
+            | {"async/trainer_idle_s": (t1 - t0) + (t3 - t2)}
+        )
+
+    def close(self) -> None:
+        pass
+
+
+class FullyAsyncLoop:
+    """Generation streams continuously; the trainer takes each batch as it arrives (staleness ≤ η)."""
+
+    def __init__(self, ctx: LoopContext, start_step: int) -> None:
+        self.ctx = ctx
+        ray.get(ctx.rollout.start_stream.remote(start_step, ctx.cfg.mode.max_staleness))
+
+    def step(self, step: int) -> dict[str, float]:
+        cfg = self.ctx.cfg
+        t0 = time.perf_counter()
+        batch = read_step_batch(self.ctx.buffer, cfg.rollout.rollout_batch_size, step)
+        t1 = time.perf_counter()
+        train_metrics = train_on_batch(self.ctx, batch, step)
+        t2 = time.perf_counter()
+        abort_s = ray.get(self.ctx.rollout.pause_stream.remote())
+        publish_metrics = publish(self.ctx, step + 1)
+        ray.get(self.ctx.rollout.resume_stream.remote(step + 1))
+        t3 = time.perf_counter()
+        stream_metrics = ray.get(self.ctx.rollout.stream_metrics.remote())
+        return (
+            batch_reward_metrics(batch)
+            | train_metrics
+            | publish_metrics
+            | stream_metrics
+            | timing(t1 - t0, t2 - t1, t3 - t2, train_metrics)
+            | {"async/trainer_idle_s": t1 - t0, "async/pause_abort_s": abort_s}
+        )
+
+    def close(self) -> None:
+        ray.get(self.ctx.rollout.stop_stream.remote())
+
+
+LOOPS = {"sync": SyncLoop, "one_step_async": OneStepAsyncLoop, "fully_async": FullyAsyncLoop}

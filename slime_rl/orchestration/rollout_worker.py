@@ -6,6 +6,7 @@ they are used, so nothing heavier than config crosses the Ray boundary. It also 
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import random
@@ -23,6 +24,7 @@ from slime_rl.rollout.evaluate import evaluate_greedy
 from slime_rl.rollout.filters import make_group_filter
 from slime_rl.rollout.manager import RolloutManager
 from slime_rl.rollout.rewards.hub import make_reward_fn
+from slime_rl.rollout.streaming import StreamingRollout
 from slime_rl.types import Sample
 
 logger = logging.getLogger(__name__)
@@ -76,6 +78,28 @@ class RolloutWorker:
 
     async def generate(self, version: int) -> dict[str, float]:
         return await self.manager.generate(version)
+
+    async def start_stream(self, version: int, max_staleness: int) -> None:
+        """Start fully-async generation in the background (see `StreamingRollout`)."""
+        self.stream = StreamingRollout(self.manager, max_staleness=max_staleness, version=version)
+        self.stream_task = asyncio.create_task(self.stream.run())
+
+    async def pause_stream(self) -> float:
+        """Interrupt generation for a weight update; returns the seconds the abort took."""
+        return await self.stream.pause()
+
+    async def resume_stream(self, version: int) -> None:
+        self.stream.resume(version)
+
+    async def stop_stream(self) -> dict[str, float]:
+        """End the stream (in-flight groups go back to the buffer) and return its counts."""
+        await self.stream.stop()
+        await self.stream_task
+        return self.stream_metrics()
+
+    def stream_metrics(self) -> dict[str, float]:
+        stats = {f"rollout/{key}": float(value) for key, value in self.stream.stats.items()}
+        return stats | {"async/engine_idle_s": self.stream.engine_idle_s}
 
     async def evaluate(self, version: int) -> dict[str, float]:
         if not self.eval_samples:
