@@ -13,14 +13,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import pickle
-import platform
 import statistics
-import subprocess
 import time
 import uuid
-from pathlib import Path
 
 import numpy as np
 import redis
@@ -28,6 +24,7 @@ import redis
 from slime_rl.buffer.server import EmbeddedRedis
 from slime_rl.buffer.store import RedisBuffer
 from slime_rl.config.buffer import BufferConfig
+from slime_rl.observability.environment import git_commit, hardware_info
 from slime_rl.types import Group, Sample, Status
 
 PROMPT_TOKENS = 256
@@ -120,33 +117,6 @@ def run_baseline(client: redis.Redis, groups: list[list[dict]]) -> tuple[float, 
     return time.perf_counter() - start, received
 
 
-def hardware() -> dict[str, object]:
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if "model name" in line
-        ),
-        platform.processor(),
-    )
-    mem_kb = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines() if "MemTotal" in line)
-    return {
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "memory_gib": round(mem_kb / 2**20, 1),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-    }
-
-
-def git_commit() -> str:
-    root = Path(__file__).resolve().parents[1]
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--", "slime_rl/buffer", "benchmarks"], cwd=root,
-                           capture_output=True, text=True).stdout.strip()  # fmt: skip
-    return commit + ("-dirty" if dirty else "")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--groups", type=int, default=256, help="groups per repeat")
@@ -195,7 +165,7 @@ def main() -> None:
         "appendonly": args.appendonly,
         "redis_py": redis.__version__,
         "hiredis": redis.utils.HIREDIS_AVAILABLE,
-        "hardware": hardware(),
+        "hardware": hardware_info(),
         "git_commit": git_commit(),
     }
     print(json.dumps(result))

@@ -14,11 +14,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import platform
 import random
 import statistics
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -30,6 +27,7 @@ from slime_rl.config.engine import EngineConfig
 from slime_rl.engines.client import EngineClient
 from slime_rl.engines.protocol import GenerateRequest, SamplingParams
 from slime_rl.engines.server import EngineProcess
+from slime_rl.observability.environment import git_commit, hardware_info
 from slime_rl.toy.model import make_toy_model
 
 
@@ -97,35 +95,6 @@ async def inter_token_latencies(url: str, prompt: list[int], batch: int, num_tok
     return [g for row in gaps for g in row]
 
 
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-def hardware() -> dict:
-    cpu = (
-        next(
-            (
-                line.split(":", 1)[1].strip()
-                for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")
-            ),
-            platform.processor(),
-        )
-        if Path("/proc/cpuinfo").exists()
-        else platform.processor()
-    )
-    return {
-        "cpu": cpu,
-        "num_cpus": os.cpu_count(),
-        "torch": torch.__version__,
-        "torch_threads": 1,
-        "python": platform.python_version(),
-    }
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--num-requests", type=int, default=64)
@@ -184,7 +153,7 @@ def main() -> None:
             "params": sum(p.numel() for p in model.parameters()),
         },  # fmt: skip
         "repeats": args.repeats,
-        "hardware": hardware(),
+        "hardware": hardware_info(),
         "git_commit": git_commit(),
     }
     print(json.dumps(result))  # the benchmark's one output line

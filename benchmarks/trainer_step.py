@@ -17,9 +17,7 @@ import argparse
 import json
 import os
 import pickle
-import platform
 import statistics
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -31,6 +29,7 @@ from safetensors.torch import load_file
 
 from slime_rl.config import AlgorithmConfig, EngineConfig, ModelConfig, TrainerConfig
 from slime_rl.engines.server import EngineProcess
+from slime_rl.observability.environment import git_commit, hardware_info
 from slime_rl.processes import free_port
 from slime_rl.toy.model import make_toy_model
 from slime_rl.types import Sample, TrainBatch
@@ -94,24 +93,6 @@ def memcpy_bandwidth_bytes_per_s(num_bytes: int = 256 << 20, repeats: int = 5) -
     return num_bytes / statistics.median(times)
 
 
-def hardware() -> dict[str, object]:
-    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
-    cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo if "model name" in line), platform.processor())
-    return {"cpu": cpu, "cpu_count": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__}
-
-
-def git_commit() -> str:
-    root = Path(__file__).resolve().parents[1]
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(
-        ["git", "status", "--porcelain", "--", "slime_rl/trainer", "benchmarks/trainer_step.py"],
-        cwd=root,
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
-    return commit + ("-dirty" if dirty else "")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--hidden-size", type=int, default=128)
@@ -163,7 +144,7 @@ def main() -> None:
             "publish_efficiency": (num_bytes / bandwidth) / publish_s,
         },
         "repeats": args.repeats,
-        "hardware": hardware(),
+        "hardware": hardware_info(),
         "git_commit": git_commit(),
     }
     print(json.dumps(report, indent=2))
