@@ -304,7 +304,9 @@ class Scheduler:
             return rid_prefix is None or (rid_prefix != "" and request.rid.startswith(rid_prefix))
 
         victims = [r for r in self._running if matches(r)]
-        for request in victims:
+        if len(victims) == len(self._running):  # nothing stays: drop every row, no K/V compaction needed
+            self._running = []
+        for request in victims if self._running else ():
             self._release(request)
         kept = deque(r for r in self._waiting if not matches(r))
         victims += [r for r in self._waiting if matches(r)]
