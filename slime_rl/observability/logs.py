@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from rich.console import Console
 from rich.logging import RichHandler
 
 
@@ -15,7 +16,8 @@ def setup_logging(level: str = "INFO", log_file: Path | None = None) -> None:
     for handler in list(root.handlers):
         if getattr(handler, "_slime_rl", False):
             root.removeHandler(handler)
-    console = RichHandler(show_path=False, rich_tracebacks=True, markup=False)
+    # stderr: stdout stays clean for what a command prints as its result (a benchmark's JSON, a resolved config).
+    console = RichHandler(console=Console(stderr=True), show_path=False, rich_tracebacks=True, markup=False)
     console._slime_rl = True  # type: ignore[attr-defined]
     root.addHandler(console)
     if log_file is not None:

@@ -21,6 +21,7 @@ from omegaconf import OmegaConf
 from slime_rl.buffer.server import redis_service
 from slime_rl.buffer.store import RedisBuffer
 from slime_rl.config.root import SlimeRLConfig
+from slime_rl.errors import ConfigError
 from slime_rl.observability.logs import setup_logging
 from slime_rl.observability.metrics import MetricsLogger
 from slime_rl.observability.plots import plot_curves
@@ -68,12 +69,13 @@ def prepare_run_dir(cfg: SlimeRLConfig) -> Path:
     if cfg.toy.enabled:
         from slime_rl.toy.experiment import prepare_toy
 
-        assert cfg.buffer.data.path and cfg.eval.path, "experiment=toy sets both data paths"
+        if not cfg.buffer.data.path:
+            raise ConfigError("toy.enabled=true needs buffer.data.path (experiment=toy sets it)")
         prepare_toy(
             cfg.toy,
             model_path=Path(cfg.model.path),
             train_path=Path(cfg.buffer.data.path),
-            eval_path=Path(cfg.eval.path),
+            eval_path=Path(cfg.eval.path) if cfg.eval.path else None,
             seed=cfg.seed,
         )
     return run_dir
