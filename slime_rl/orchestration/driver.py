@@ -132,9 +132,7 @@ def run_training(cfg: SlimeRLConfig) -> None:
     with (
         redis_service(cfg.buffer, run_dir / "redis") as redis_url,
         ray_session(cfg.cluster),
-        contextlib.closing(
-            RedisBuffer.from_url(redis_url, run_id(cfg), max_staleness=cfg.buffer.max_staleness)
-        ) as buffer,
+        contextlib.closing(open_buffer(cfg, redis_url)) as buffer,
         MetricsLogger(run_dir) as metrics,
     ):
         placement = create_placement(cfg.cluster, cfg.trainer, cfg.engine)

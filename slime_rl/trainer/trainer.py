@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from functools import partial
 from typing import Any
@@ -64,6 +65,10 @@ class MegatronTrainer:
 
     def init(self) -> None:
         """Join the process groups, build the model from `model_cfg.path`, wrap it in DDP, build the optimizer."""
+        # Megatron warns on every import that the optional fused kernels (Apex, Transformer Engine) are
+        # missing; the local fallbacks are what this trainer uses on purpose.
+        warnings.filterwarnings("ignore", message=".*(Apex|Transformer Engine).*not installed")
+        warnings.filterwarnings("ignore", message="full scope is deprecated")
         from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
         from megatron.core.distributed.finalize_model_grads import finalize_model_grads
         from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
