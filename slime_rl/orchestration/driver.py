@@ -122,7 +122,7 @@ def warm_up_sft(cfg: SlimeRLConfig, ctx: LoopContext) -> dict[str, float]:
         samples = ray.get(ctx.rollout.sft_samples.remote(cfg.toy.sft_batch_size, step, cfg.toy.sft_distractor_prob))
         metrics = ctx.trainers.train_sft(make_sft_batches(samples, dp_size=cfg.trainer.data_parallel_size, step=step))
     ctx.trainers.set_lr(cfg.trainer.lr)
-    logger.info("SFT warm-up: %d steps, last loss %.4f", cfg.toy.sft_steps, metrics.get("train/sft_loss", float("nan")))
+    logger.info("SFT warm-up: %d steps, last loss %.4f", cfg.toy.sft_steps, metrics.get("train/loss", float("nan")))
     return metrics
 
 

@@ -8,24 +8,17 @@ import uuid
 import httpx
 import pytest
 
-from slime_rl.config.engine import EngineConfig
 from slime_rl.engines.client import EngineClient, EngineError
 from slime_rl.engines.protocol import GenerateRequest, SamplingParams
-from slime_rl.engines.server import EngineProcess
-from slime_rl.toy.model import make_toy_model
+from tests.integration.conftest import toy_engine
 
 PROMPT = [1, 6, 7, 77, 8, 85]
 
 
 @pytest.fixture(scope="module")
 def engine_url(tmp_path_factory):
-    model = make_toy_model(tmp_path_factory.mktemp("toy") / "model", seed=0)
-    cfg = EngineConfig(max_running_requests=4, max_context_len=512, startup_timeout_s=120)
-    engine = EngineProcess(cfg, str(model), log_path=str(tmp_path_factory.mktemp("logs") / "engine.log"))
-    try:
-        yield engine.start()
-    finally:
-        engine.stop()
+    with toy_engine(tmp_path_factory, max_running_requests=4, max_context_len=512) as url:
+        yield url
 
 
 def run(coro):

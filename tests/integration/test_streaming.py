@@ -12,37 +12,20 @@ import pytest
 
 from slime_rl.buffer.codec import decode_group
 from slime_rl.buffer.store import RedisBuffer
-from slime_rl.config.engine import EngineConfig
 from slime_rl.config.rollout import RolloutConfig
 from slime_rl.engines.client import EngineClient
-from slime_rl.engines.server import EngineProcess
 from slime_rl.rollout.manager import RolloutManager
 from slime_rl.rollout.streaming import StreamingRollout
-from slime_rl.toy.model import make_toy_model
 from slime_rl.types import Group, Sample
+from tests.integration.conftest import toy_engine
 
 MAX_NEW_TOKENS = 96
 
 
 @pytest.fixture(scope="module")
 def engine_url(tmp_path_factory):
-    model = make_toy_model(tmp_path_factory.mktemp("toy") / "model", seed=0)
-    cfg = EngineConfig(max_running_requests=32, max_context_len=256, startup_timeout_s=120)
-    engine = EngineProcess(cfg, str(model), log_path=str(tmp_path_factory.mktemp("logs") / "engine.log"))
-    try:
-        yield engine.start()
-    finally:
-        engine.stop()
-
-
-@pytest.fixture
-def buffer(redis_url):
-    buf = RedisBuffer.from_url(redis_url, f"stream-{uuid.uuid4().hex[:8]}")
-    try:
-        yield buf
-    finally:
-        buf.clear()
-        buf.close()
+    with toy_engine(tmp_path_factory, max_running_requests=32, max_context_len=256) as url:
+        yield url
 
 
 def _refill(buffer: RedisBuffer, group_size: int):
