@@ -18,8 +18,8 @@ demo: setup
 	$(BIN)/slime-rl train experiment=toy $(ARGS)
 
 test: setup
-	$(BIN)/ruff check slime_rl tests benchmarks launch
-	$(BIN)/ruff format --check slime_rl tests benchmarks launch
+	$(BIN)/ruff check slime_rl tests benchmarks launch examples
+	$(BIN)/ruff format --check slime_rl tests benchmarks launch examples
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest tests $(ARGS)
 
