@@ -55,6 +55,9 @@ class Router:
         argv = [sys.executable, "-m", "sglang_router.launch_router", "--host", self.host, "--port", str(self.port)]
         argv += ["--policy", self.policy, "--request-timeout-secs", str(int(self.request_timeout_s))]
         argv += ["--log-level", "warn"]
+        # The router exports Prometheus metrics on 0.0.0.0:29000 by default: keep them on our host and on a
+        # port of their own, so two runs on one machine do not collide and nothing listens beyond loopback.
+        argv += ["--prometheus-host", self.host, "--prometheus-port", str(free_port(self.host))]
         if worker_urls:
             argv += ["--worker-urls", *worker_urls]
         self._proc = spawn(argv, log_path=str(self.log_path) if self.log_path else None)

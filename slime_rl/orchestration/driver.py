@@ -221,8 +221,9 @@ def run_rollout_only(cfg: SlimeRLConfig) -> None:
             with rollout_side(cfg, redis_url, placement) as side:
                 for step in range(cfg.mode.num_steps):
                     metrics.log(step + 1, ray.get(side.worker.generate.remote(0)))
+                where = cfg.buffer.url.split("@")[-1] if cfg.buffer.url else f"{run_dir / 'redis'} (AOF)"
                 logger.info(
-                    "rollout finished: %d steps; buffer at %s (run id %s)", cfg.mode.num_steps, redis_url, run_id(cfg)
+                    "rollout finished: %d steps; groups kept in %s, run id %s", cfg.mode.num_steps, where, run_id(cfg)
                 )
         finally:
             placement.remove()
