@@ -104,7 +104,7 @@ class RolloutManager:
         tasks: dict[asyncio.Task[Group], Group] = {}
         try:
             while len(state.published) < self.cfg.rollout_batch_size:
-                for group in self._take(self._num_to_take(state, len(tasks)), state):
+                for group in self.take(self._num_to_take(state, len(tasks)), state):
                     tasks[asyncio.create_task(self._run_group(group, version, semaphore, stop))] = group
                 if not tasks:
                     self._keep_rejected_when_starved(state)
@@ -124,7 +124,7 @@ class RolloutManager:
             return max(self.groups_in_flight_target - num_in_flight, 0)
         return max(self.cfg.rollout_batch_size - len(state.published) - num_in_flight, 0)
 
-    def _take(self, num_groups: int, state: StepState) -> list[Group]:
+    def take(self, num_groups: int, state: StepState) -> list[Group]:
         """Take groups partials-first; restart partials older than `max_partial_staleness` (counted)."""
         if num_groups <= 0:
             return []
@@ -149,10 +149,15 @@ class RolloutManager:
                 stop=stop,
                 seed=self.cfg.seed,
             )
-        if group.is_finished and any(s.reward is None for s in group.samples):
-            samples = [s for s in group.samples if s.reward is None and s.status is not Status.FAILED]
-            await score_samples(self.reward_fn, samples, [self.decode(s.response_ids) for s in samples])
+        if group.is_finished:
+            await self.score_group(group)
         return group
+
+    async def score_group(self, group: Group) -> None:
+        """Score the finished group's samples that have no reward yet (failed ones keep theirs)."""
+        samples = [s for s in group.samples if s.reward is None and s.status is not Status.FAILED]
+        if samples:
+            await score_samples(self.reward_fn, samples, [self.decode(s.response_ids) for s in samples])
 
     def _settle(self, group: Group, state: StepState) -> None:
         """Send one group that came back before the abort to exactly one place: stream, partials or drops."""
@@ -204,7 +209,7 @@ class RolloutManager:
         stop.set()
         pending = set(tasks)
         while pending and time.perf_counter() - start < self.cfg.abort_timeout_s:
-            await self._abort_engines()
+            await self.abort_engines()
             _, pending = await asyncio.wait(pending, timeout=ABORT_POLL_S)
         for task in pending:
             task.cancel()
@@ -221,7 +226,7 @@ class RolloutManager:
         state.stats["recycled_finished"] += sum(g.is_finished for g in groups)
         return time.perf_counter() - start
 
-    async def _abort_engines(self) -> None:
+    async def abort_engines(self) -> None:
         results = await asyncio.gather(*(engine.abort_all() for engine in self.engines), return_exceptions=True)
         for engine, result in zip(self.engines, results, strict=True):
             if isinstance(result, Exception):

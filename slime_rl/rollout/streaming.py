@@ -72,7 +72,7 @@ class StreamingRollout:
                 break
             room = min(self.capacity(), self.manager.groups_in_flight_target - len(self._tasks))
             state = StepState(version=self.version)
-            for group in self.manager._take(room, state) if room > 0 else []:
+            for group in self.manager.take(room, state) if room > 0 else []:
                 self._tasks[asyncio.create_task(self._run_group(group))] = group
             self.stats.update(state.stats)
             self._wake.clear()
@@ -111,7 +111,7 @@ class StreamingRollout:
             finally:
                 self._requests_out -= 1
         if group.is_finished:
-            await self.manager._run_group(group, self.version, self._semaphore, self._stop_requests)
+            await self.manager.score_group(group)
         return group
 
     def _settle(self, group: Group) -> None:
@@ -133,7 +133,7 @@ class StreamingRollout:
         self._generating.clear()
         self._stop_requests.set()
         while self._requests_out:
-            await self.manager._abort_engines()
+            await self.manager.abort_engines()
             await asyncio.sleep(0.01)
         self._paused_at = time.perf_counter()
         return self._paused_at - start
