@@ -216,7 +216,7 @@ def run_rollout_only(cfg: SlimeRLConfig) -> None:
         ray_session(cfg.cluster),
         MetricsLogger(run_dir) as metrics,
     ):
-        placement = create_placement(cfg.cluster, cfg.trainer, cfg.engine)
+        placement = create_placement(cfg.cluster, cfg.trainer, cfg.engine, with_trainer=False)
         try:
             with rollout_side(cfg, redis_url, placement) as side:
                 for step in range(cfg.mode.num_steps):

@@ -48,10 +48,18 @@ def engine_gpus(engine: EngineConfig) -> int:
 
 
 def create_placement(
-    cluster: ClusterConfig, trainer: TrainerConfig, engine: EngineConfig, timeout_s: float = 120.0
+    cluster: ClusterConfig,
+    trainer: TrainerConfig,
+    engine: EngineConfig,
+    timeout_s: float = 120.0,
+    *,
+    with_trainer: bool = True,
 ) -> Placement:
-    """Reserve the bundles and wait for them; a cluster that is too small fails with what it lacks."""
-    world, engines = trainer.world_size, engine.num_engines
+    """Reserve the bundles and wait for them; a cluster that is too small fails with what it lacks.
+
+    `with_trainer=False` (a rollout-only run) reserves the engines' bundles alone.
+    """
+    world, engines = (trainer.world_size if with_trainer else 0), engine.num_engines
     trainer_cpus, trainer_gpus = trainer.num_cpus_per_rank, trainer.num_gpus_per_rank
     engine_cpus, gpus_per_engine = engine.num_threads, engine_gpus(engine)
     if cluster.colocate:
