@@ -55,7 +55,7 @@ class EngineRequest:
     output_ids: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
     cache_len: int = 0  # tokens whose K/V are in this request's slot
-    generator: torch.Generator | None = None
+    stop_ids: frozenset[int] = frozenset()  # tokens that end it (set by the scheduler on submit)
 
 
 class Scheduler:
@@ -109,9 +109,10 @@ class Scheduler:
                 f"request {request.rid}: prompt has {len(request.input_ids)} tokens; the context limit is "
                 f"{self.runner.max_len} (prompt + at least one generated token)"
             )
-        if request.params.sampling_seed is not None:
-            request.generator = torch.Generator(device=self.runner.device)
-            request.generator.manual_seed(request.params.sampling_seed)
+        params = request.params
+        request.stop_ids = frozenset(params.stop_token_ids or ()) | (
+            frozenset() if params.ignore_eos else frozenset(self.eos_token_ids)
+        )
         with self._cond:
             if request.rid in self._live:
                 raise ValueError(f"request id {request.rid!r} is already running; rids must be unique")
@@ -234,16 +235,15 @@ class Scheduler:
     def _sample(self, rows: list[EngineRequest], logits: torch.Tensor) -> None:
         """Sample one token for each of `rows` (logits [len(rows), V]), then finish rows that are done."""
         for i, request in enumerate(rows):
-            if len(request.output_ids) < request.params.min_new_tokens:
-                banned = list(self._stop_ids(request))
-                if banned:
-                    logits[i, banned] = float("-inf")
+            if len(request.output_ids) < request.params.min_new_tokens and request.stop_ids:
+                logits[i, list(request.stop_ids)] = float("-inf")
         params = [r.params for r in rows]
         row_sampling = make_row_sampling(
             [p.temperature for p in params],
             [p.top_p for p in params],
             [p.top_k for p in params],
-            [r.generator for r in rows],
+            [p.sampling_seed for p in params],
+            [len(r.output_ids) for r in rows],
             logits.device,
         )
         tokens, logprobs = sample(logits, row_sampling, self._shared_generator)
@@ -260,13 +260,9 @@ class Scheduler:
             self._release(request)
             self._finish(request, finish)
 
-    def _stop_ids(self, request: EngineRequest) -> set[int]:
-        ids = set(request.params.stop_token_ids or ())
-        return ids if request.params.ignore_eos else ids | self.eos_token_ids
-
     def _finish_reason(self, request: EngineRequest, token: int) -> FinishReason | None:
         num_out = len(request.output_ids)
-        if token in self._stop_ids(request):  # banned before min_new_tokens, so this respects it
+        if token in request.stop_ids:  # banned before min_new_tokens, so this respects it
             return FinishReason(type="stop", matched=token)
         if num_out >= request.params.max_new_tokens or request.cache_len >= self.runner.max_len:
             return FinishReason(type="length", length=num_out)
