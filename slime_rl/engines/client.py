@@ -9,6 +9,9 @@ Retries: only failures where the request cannot have taken effect, or the server
 (`init_weights_update_group`, `update_weights_from_distributed`) are never retried: the other ranks
 are already inside the collective.
 
+TLS context: httpx builds a new one (loading the CA bundle) for every client, about 20 ms each, which
+dominated short-lived clients such as a weight publish's; every client here shares `shared_ssl_context`.
+
 Connection pools: httpcore's pool scans every connection of a pool on each request start and end (and
 counts idle connections once per idle connection), so one pool serving a few hundred concurrent
 requests spends more CPU on bookkeeping than on the requests. Requests therefore lease the least busy
@@ -19,8 +22,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
+import ssl
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -35,6 +40,12 @@ logger = logging.getLogger(__name__)
 _RETRY_STATUS = (502, 503, 504)
 _RETRY_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError)
 POOL_CONNECTIONS = 16  # concurrent requests per httpx pool before another pool is opened
+
+
+@functools.cache
+def shared_ssl_context() -> ssl.SSLContext:
+    """httpx's default verifying TLS context, built once per process."""
+    return httpx.create_ssl_context()
 
 
 class EngineError(ServiceError):
@@ -115,7 +126,11 @@ class EngineClient:
             limits = httpx.Limits(max_connections=None, max_keepalive_connections=POOL_CONNECTIONS)
             self._pools.append(
                 httpx.AsyncClient(
-                    base_url=self.base_url, timeout=self.timeout_s, limits=limits, transport=self._transport
+                    base_url=self.base_url,
+                    timeout=self.timeout_s,
+                    limits=limits,
+                    transport=self._transport,
+                    verify=shared_ssl_context(),
                 )
             )
             self._in_flight.append(0)

@@ -198,8 +198,8 @@ class Scheduler:
             future.set_exception(RuntimeError("engine shut down"))
 
     def _admit(self) -> None:
-        batch: list[EngineRequest] = []
-        prompts: list[list[int]] = []
+        """Prefill waiting requests (FIFO) while slots and `max_prefill_tokens` prompt tokens allow."""
+        batch: list[tuple[EngineRequest, list[int]]] = []
         budget = self.max_prefill_tokens
         while self._waiting and len(self._running) + len(batch) < self.max_running_requests:
             request = self._waiting[0]
@@ -212,18 +212,34 @@ class Scheduler:
             if batch and len(prompt) > budget:
                 break
             self._waiting.popleft()
-            batch.append(request)
-            prompts.append(prompt)
+            batch.append((request, prompt))
             budget -= len(prompt)
-        if not batch:
-            return
-        logits = self.runner.prefill(len(self._running), prompts)
-        for request, prompt in zip(batch, prompts, strict=True):
-            request.cache_len = len(prompt)
-            self._running.append(request)
-        fresh = [i for i, request in enumerate(batch) if not request.output_ids]
-        if fresh:
-            self._sample([batch[i] for i in fresh], logits[fresh])
+        for chunk in self._prefill_chunks(batch):
+            logits = self.runner.prefill(len(self._running), [prompt for _, prompt in chunk])
+            for request, prompt in chunk:
+                request.cache_len = len(prompt)
+                self._running.append(request)
+            fresh = [i for i, (request, _) in enumerate(chunk) if not request.output_ids]
+            if fresh:
+                self._sample([chunk[i][0] for i in fresh], logits[fresh])
+
+    def _prefill_chunks(
+        self, batch: list[tuple[EngineRequest, list[int]]]
+    ) -> list[list[tuple[EngineRequest, list[int]]]]:
+        """Split a prefill batch into forwards of similar lengths, each padded to at most `max_prefill_tokens`.
+
+        Prefill pads every prompt of a forward to the longest one and attends quadratically over that width,
+        so one long resumed partial (prompt + its generated tokens) in a batch of short fresh prompts would
+        multiply the cost; sorting by length keeps the padding small. A prompt longer than the budget runs
+        alone.
+        """
+        chunks: list[list[tuple[EngineRequest, list[int]]]] = []
+        for item in sorted(batch, key=lambda item: len(item[1])):
+            if chunks and (len(chunks[-1]) + 1) * len(item[1]) <= self.max_prefill_tokens:
+                chunks[-1].append(item)
+            else:
+                chunks.append([item])
+        return chunks
 
     def _decode_step(self) -> None:
         rows = self._running

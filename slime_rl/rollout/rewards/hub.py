@@ -24,6 +24,7 @@ from typing import Any, Protocol
 import httpx
 
 from slime_rl.config.rollout import RewardConfig
+from slime_rl.engines.client import shared_ssl_context
 from slime_rl.errors import ConfigError
 from slime_rl.rollout.rewards.math import math_reward
 from slime_rl.toy.tasks import is_correct
@@ -108,7 +109,7 @@ def _remote(url: str, timeout_s: float) -> RewardFn:
                 for s, r in zip(samples, responses, strict=True)
             ]
         }
-        async with httpx.AsyncClient(timeout=timeout_s) as http:
+        async with httpx.AsyncClient(timeout=timeout_s, verify=shared_ssl_context()) as http:
             response = await http.post(url, json=body)
             response.raise_for_status()
             rewards = response.json()["rewards"]
