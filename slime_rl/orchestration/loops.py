@@ -180,9 +180,8 @@ class FullyAsyncLoop:
         t2 = time.perf_counter()
         abort_s = ray.get(self.ctx.rollout.pause_stream.remote())
         publish_metrics = publish(self.ctx, step + 1)
-        ray.get(self.ctx.rollout.resume_stream.remote(step + 1))
+        stream_metrics = ray.get(self.ctx.rollout.resume_stream.remote(step + 1))
         t3 = time.perf_counter()
-        stream_metrics = ray.get(self.ctx.rollout.stream_metrics.remote())
         return (
             batch_reward_metrics(batch)
             | train_metrics

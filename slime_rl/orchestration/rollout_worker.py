@@ -88,8 +88,10 @@ class RolloutWorker:
         """Interrupt generation for a weight update; returns the seconds the abort took."""
         return await self.stream.pause()
 
-    async def resume_stream(self, version: int) -> None:
+    async def resume_stream(self, version: int) -> dict[str, float]:
+        """Continue under weights `version`; returns the stream's counts so far (one round trip per step)."""
         self.stream.resume(version)
+        return self.stream_metrics()
 
     async def stop_stream(self) -> dict[str, float]:
         """End the stream (in-flight groups go back to the buffer) and return its counts."""
