@@ -4,7 +4,9 @@ Each mode runs the real driver (local Ray, embedded Redis, native engine behind 
 trainer on CPU) for `--steps` steps with disaggregated placement: one CPU for the engine, one for the
 trainer. The workload (toy model size, response length, batch) is sized so that rollout and training take
 comparable time. The first `--warmup` steps and the last step (which saves a checkpoint) are left out;
-figures are medians over the remaining steps.
+a run's figures are medians over its remaining steps. Modes run in turn (sync, one-step, fully async,
+sync, ...) for `--repeats` rounds, and each reported figure is the median over the rounds: on a small
+machine one run's step times move by about 10% with whatever else the CPU is doing.
 
 `ideal` = (T_rollout + T_train) / max(T_rollout, T_train) from the sync run's own timings: the speedup a
 perfect overlap of the two would give. Prints one JSON object; never asserts.
@@ -64,6 +66,7 @@ def run_mode(mode: str, args: argparse.Namespace, out_dir: Path) -> dict[str, fl
         "step_time_s": median("perf/step_time_s"),
         "rollout_time_s": median("perf/rollout_time_s"),
         "train_time_s": median("perf/train_time_s"),
+        "train_compute_time_s": median("perf/train_compute_time_s"),
         "weight_sync_time_s": median("perf/weight_sync_time_s"),
         "trainer_idle_s": median("async/trainer_idle_s"),
         "staleness_max": max(r.get("async/staleness_max") or 0.0 for r in steps),
@@ -81,10 +84,19 @@ def main() -> None:
     parser.add_argument("--rollout-batch-size", type=int, default=8)
     parser.add_argument("--n-samples-per-prompt", type=int, default=8)
     parser.add_argument("--max-staleness", type=int, default=1, help="eta of fully_async")
+    parser.add_argument("--repeats", type=int, default=3, help="rounds over the three modes (medians are reported)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="slime-rl-async-") as tmp:
-        results = {mode: run_mode(mode, args, Path(tmp)) for mode in MODES}
+    runs: dict[str, list[dict[str, float]]] = {mode: [] for mode in MODES}
+    for round_index in range(args.repeats):
+        for mode in MODES:
+            with tempfile.TemporaryDirectory(prefix=f"slime-rl-async-{round_index}-") as tmp:
+                runs[mode].append(run_mode(mode, args, Path(tmp)))
+    results = {
+        mode: {key: statistics.median(r[key] for r in values) for key in values[0]} for mode, values in runs.items()
+    }
+    for mode, values in runs.items():
+        results[mode]["staleness_max"] = max(r["staleness_max"] for r in values)
     sync = results["sync"]
     ideal = (sync["rollout_time_s"] + sync["train_time_s"]) / max(sync["rollout_time_s"], sync["train_time_s"])
     speedup_one_step = sync["step_time_s"] / results["one_step_async"]["step_time_s"]
@@ -99,6 +111,9 @@ def main() -> None:
                 "fully_async_fraction_of_ideal": round(speedup_fully_async / ideal, 3),
                 "one_step_fraction_of_ideal": round(speedup_one_step / ideal, 3),
                 "modes": results,
+                "runs": {
+                    mode: [{k: round(v, 3) for k, v in r.items()} for r in values] for mode, values in runs.items()
+                },
                 "workload": vars(args),
                 "placement": "disaggregated: engine 1 CPU (1 thread), trainer 1 CPU (1 thread)",
                 "hardware": hardware_info(),

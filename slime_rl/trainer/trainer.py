@@ -334,7 +334,10 @@ class MegatronTrainer:
         keys = [k for k in step_metrics[0] if k != "perf/num_tokens"]
         out = {k: float(np.mean([m.get(k, np.nan) for m in step_metrics])) for k in keys}
         num_tokens = sum(m["perf/num_tokens"] for m in step_metrics)
-        return out | {"perf/train_tokens_per_s": num_tokens / max(elapsed_s, 1e-9), "perf/train_time_s": elapsed_s}
+        return out | {
+            "perf/train_tokens_per_s": num_tokens / max(elapsed_s, 1e-9),
+            "perf/train_compute_time_s": elapsed_s,
+        }
 
     def publish_weights(self, engine_urls: list[str], version: int) -> dict[str, float]:
         """Send the current weights to every engine as weight `version` (collective; rank 0 talks to engines)."""

@@ -120,9 +120,9 @@ def test_trainer_checkpoint_resume_gives_identical_next_step(tp, toy_model, tmp_
         load_then_step, model_path=toy_model, trainer_cfg=cfg, batch=batch, checkpoint_dir=cfg.checkpoint_dir
     )
     assert loaded[0]["step"] == 1 and loaded[0]["version"] == 1
-    assert loaded[0]["next"] | {"perf/train_tokens_per_s": 0, "perf/train_time_s": 0} == saved[0]["next"] | {
+    assert loaded[0]["next"] | {"perf/train_tokens_per_s": 0, "perf/train_compute_time_s": 0} == saved[0]["next"] | {
         "perf/train_tokens_per_s": 0,
-        "perf/train_time_s": 0,
+        "perf/train_compute_time_s": 0,
     }
     for a, b in zip(loaded[0]["logprobs"], saved[0]["logprobs"], strict=True):
         np.testing.assert_array_equal(a, b)
