@@ -5,8 +5,11 @@ and the real embedded Redis buffer; no Ray. Each run is `--steps` consecutive ro
 = step, so recycled partials are resumed across versions); after every step the published groups are read
 and acknowledged as a trainer would. Throughput counts trained (published) samples and their response
 tokens over the wall time of all steps; work APRIL leaves in partials after the last step is not counted,
-which favours APRIL in short runs (its trained samples are shorter: compare `mean_response_tokens`), so
-`speedup_tokens` is reported beside `speedup` and runs are 15 steps by default.
+which favours APRIL's samples/s in short runs (the groups it leaves behind are the longest, so its trained
+samples are shorter: compare `mean_response_tokens`) and understates its tokens/s. Hence three ratios:
+`speedup` (trained samples/s), `speedup_tokens` (trained tokens/s) and `speedup_generated_tokens`, which
+also counts the tokens in the partials left after the last step: every token generated during the run,
+each counted once, the unbiased measure of rollout throughput. Runs are 15 steps by default.
 
 Workload (per-prompt long tail): real long-tail rollouts are long because of the prompt (a hard problem gets
 long answers from all its samples), not because of one unlucky sample per group. The toy model is taught
@@ -19,8 +22,8 @@ distribution (from the APRIL-off runs, which publish groups in the order they we
 p50/p90/p99 sample length and the share of length variance between prompts. Each sample gets a
 per-request sampling seed derived from `rollout.seed` and its uid, identical in both modes.
 
-Modes alternate (off, on, off, on, ...) for `--repeats` runs each; figures are medians. `speedup` is
-on / off for samples/s and tokens/s. Also reported: APRIL's off-policy token fraction (tokens of trained
+Modes alternate (off, on, off, on, ...) for `--repeats` runs each; figures are medians and every
+`speedup*` is on / off. Also reported: APRIL's off-policy token fraction (tokens of trained
 samples generated under an older weight version) and its mean abort wait. Nothing is asserted.
 """
 
@@ -45,7 +48,7 @@ from slime_rl.buffer.server import EmbeddedRedis
 from slime_rl.buffer.store import RedisBuffer
 from slime_rl.config import BufferConfig
 from slime_rl.config.engine import EngineConfig
-from slime_rl.config.rollout import RolloutConfig
+from slime_rl.config.rollout import RolloutConfig, groups_in_flight
 from slime_rl.engines.client import EngineClient
 from slime_rl.engines.server import EngineProcess
 from slime_rl.observability.environment import git_commit, hardware_info
@@ -182,12 +185,16 @@ async def run_mode(
                 buffer.ack(batch)
             elapsed = time.perf_counter() - start
         unaccounted = buffer.snapshot()["unaccounted"]
+        # Partials left after the last step hold generated but untrained tokens (APRIL only): the work done.
+        leftover = buffer.take_groups(groups_in_flight(cfg))
+        generated = tokens + sum(len(s.response_ids) for g in leftover for s in g.samples)
     finally:
         buffer.clear()
         buffer.close()
     figures = {
         "samples_per_s": samples / elapsed,
         "tokens_per_s": tokens / elapsed,
+        "generated_tokens_per_s": generated / elapsed,
         "seconds": elapsed,
         "mean_response_tokens": tokens / max(samples, 1),
         "off_policy_token_frac": stale / max(tokens, 1),
@@ -251,13 +258,14 @@ def main() -> None:
                 runs["on"].append(asyncio.run(run_mode(url, redis_address.url, april, args))[0])
         finally:
             engine.stop()
-    keys = ("samples_per_s", "tokens_per_s", "mean_response_tokens")
+    keys = ("samples_per_s", "tokens_per_s", "generated_tokens_per_s", "mean_response_tokens")
     off = {key: median_of(runs["off"], key) for key in keys}
     on = {key: median_of(runs["on"], key) for key in keys}
     result = {
         "benchmark": "april",
         "speedup": round(on["samples_per_s"] / off["samples_per_s"], 3),
         "speedup_tokens": round(on["tokens_per_s"] / off["tokens_per_s"], 3),
+        "speedup_generated_tokens": round(on["generated_tokens_per_s"] / off["generated_tokens_per_s"], 3),
         "off": {key: round(value, 2) for key, value in off.items()},
         "on": {key: round(value, 2) for key, value in on.items()},
         "on_off_policy_token_frac": round(median_of(runs["on"], "off_policy_token_frac"), 4),
