@@ -230,15 +230,21 @@ class Scheduler:
 
         Prefill pads every prompt of a forward to the longest one and attends quadratically over that width,
         so one long resumed partial (prompt + its generated tokens) in a batch of short fresh prompts would
-        multiply the cost; sorting by length keeps the padding small. A prompt longer than the budget runs
+        multiply the cost. Prompts go in length order and a forward takes the next one only while its padded
+        size stays within the budget and at most twice its real tokens. A prompt longer than the budget runs
         alone.
         """
         chunks: list[list[tuple[EngineRequest, list[int]]]] = []
+        real = 0  # real tokens of the last chunk
         for item in sorted(batch, key=lambda item: len(item[1])):
-            if chunks and (len(chunks[-1]) + 1) * len(item[1]) <= self.max_prefill_tokens:
+            width = len(item[1])
+            padded = (len(chunks[-1]) + 1) * width if chunks else 0
+            if chunks and padded <= self.max_prefill_tokens and padded <= 2 * (real + width):
                 chunks[-1].append(item)
+                real += width
             else:
                 chunks.append([item])
+                real = width
         return chunks
 
     def _decode_step(self) -> None:
