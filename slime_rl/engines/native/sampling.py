@@ -34,6 +34,7 @@ class RowSampling:
     counters: torch.Tensor  # int64 [B]; index of the token being sampled within its request
     seeded: torch.Tensor  # bool [B]; False = noise from the shared generator
     any_seeded: bool
+    all_seeded: bool
     needs_filter: bool  # any row with top_k > 0 or top_p < 1
     all_greedy: bool
 
@@ -54,6 +55,7 @@ def make_row_sampling(
         counters=torch.tensor(counters, dtype=torch.int64, device=device),
         seeded=torch.tensor([s is not None for s in seeds], dtype=torch.bool, device=device),
         any_seeded=any(s is not None for s in seeds),
+        all_seeded=all(s is not None for s in seeds),
         needs_filter=any(k > 0 for k in top_ks) or any(p < 1.0 for p in top_ps),
         all_greedy=all(t < GREEDY_BELOW for t in temperatures),
     )
@@ -103,10 +105,13 @@ def _filter(logits: torch.Tensor, rows: RowSampling) -> torch.Tensor:
 
 
 def _gumbel(shape: tuple[int, int], rows: RowSampling, device, shared: torch.Generator | None) -> torch.Tensor:
-    noise = torch.empty(shape, dtype=torch.float32, device=device).exponential_(generator=shared)
-    if rows.any_seeded:
-        seeded = -hashed_uniform(rows.seeds, rows.counters, shape[1]).log().float()  # Exp(1)
-        noise = torch.where(rows.seeded[:, None], seeded, noise)
+    """Gumbel noise [B, V]: hashed for seeded rows, from the shared generator for the others (drawn only if any)."""
+    if not rows.any_seeded:
+        return -torch.empty(shape, dtype=torch.float32, device=device).exponential_(generator=shared).log()
+    noise = -hashed_uniform(rows.seeds, rows.counters, shape[1]).log().float()  # Exp(1)
+    if not rows.all_seeded:
+        unseeded = torch.empty(shape, dtype=torch.float32, device=device).exponential_(generator=shared)
+        noise = torch.where(rows.seeded[:, None], noise, unseeded)
     return -noise.log()
 
 

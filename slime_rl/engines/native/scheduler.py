@@ -72,7 +72,7 @@ class Scheduler:
     ) -> None:
         self.runner = runner
         self.max_running_requests = max_running_requests
-        self.eos_token_ids = set(eos_token_ids)
+        self.eos_token_ids = frozenset(eos_token_ids)
         self.max_prefill_tokens = max_prefill_tokens
         self.weight_version = weight_version
         self._cond = threading.Condition()
@@ -111,7 +111,7 @@ class Scheduler:
             )
         params = request.params
         request.stop_ids = frozenset(params.stop_token_ids or ()) | (
-            frozenset() if params.ignore_eos else frozenset(self.eos_token_ids)
+            frozenset() if params.ignore_eos else self.eos_token_ids
         )
         with self._cond:
             if request.rid in self._live:
