@@ -5,8 +5,9 @@ Workload: `--num-requests` prompts of random characters; most responses are shor
 so both sides produce exactly the same useful tokens. The static baseline runs `generate()` on batches of
 `--batch-size` prompts, each batch running until its longest response is done (what static batching does
 when a few samples are long); the engine (over HTTP, continuous batching, `--batch-size` slots) gets all
-requests at once. Both use one torch thread. Also reports the engine's median inter-token latency
-(streaming) at batch 1 and 32. Figures are medians of `--repeats` runs; nothing is asserted.
+requests at once. Both run on `--device` (cpu or cuda) in the engine's default dtype, with one torch thread.
+Also reports the engine's median inter-token latency (streaming) at batch 1 and 32. Figures are medians
+of `--repeats` runs; nothing is asserted.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from transformers import AutoModelForCausalLM
 
 from slime_rl.config.engine import EngineConfig
 from slime_rl.engines.client import EngineClient
+from slime_rl.engines.native.runner import resolve_dtype
 from slime_rl.engines.protocol import GenerateRequest, SamplingParams
 from slime_rl.engines.server import EngineProcess
 from slime_rl.observability.environment import git_commit, hardware_info
@@ -49,8 +51,8 @@ def static_run(model, prompts: list[list[int]], lengths: list[int], batch_size: 
     for start in range(0, len(prompts), batch_size):
         batch, batch_lengths = prompts[start : start + batch_size], lengths[start : start + batch_size]
         width = max(len(p) for p in batch)
-        ids = torch.tensor([[0] * (width - len(p)) + p for p in batch])
-        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in batch])
+        ids = torch.tensor([[0] * (width - len(p)) + p for p in batch], device=model.device)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in batch], device=model.device)
         longest = max(batch_lengths)
         model.generate(
             input_ids=ids,
@@ -104,20 +106,24 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--hidden-size", type=int, default=128)
     parser.add_argument("--num-layers", type=int, default=4)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda, for both the engine and generate()")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     torch.set_num_threads(1)
     prompts, lengths = workload(args)
+    dtype = resolve_dtype("auto", args.device)  # what the engine uses by default
     useful_tokens = sum(lengths)
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = make_toy_model(
             Path(tmp) / "model", hidden_size=args.hidden_size, num_layers=args.num_layers, num_heads=4, num_kv_heads=2,
             intermediate_size=4 * args.hidden_size, max_position_embeddings=1024,
         )  # fmt: skip
-        model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(args.device).eval()
         static_run(model, prompts[:2], [4, 4], args.batch_size)  # warm-up
         static_s = [static_run(model, prompts, lengths, args.batch_size) for _ in range(args.repeats)]
-        cfg = EngineConfig(max_running_requests=max(args.batch_size, 32), max_context_len=512, num_threads=1)
+        cfg = EngineConfig(
+            device=args.device, max_running_requests=max(args.batch_size, 32), max_context_len=512, num_threads=1
+        )
         engine = EngineProcess(cfg, str(model_dir))
         try:
             url = engine.start()
@@ -148,6 +154,8 @@ def main() -> None:
         },
         "model": {
             "arch": "llama",
+            "device": args.device,
+            "dtype": str(dtype).removeprefix("torch."),
             "hidden_size": args.hidden_size,
             "num_layers": args.num_layers,
             "params": sum(p.numel() for p in model.parameters()),

@@ -1,11 +1,14 @@
-"""Trainer benchmark: RL training tokens/s at TP=1 and TP=2 on CPU, and weight-publish efficiency.
+"""Trainer benchmark: RL training tokens/s at TP=1 and TP=2, and weight-publish efficiency.
 
-Prints one JSON object:
+Runs where the trainer runs: on CPU (gloo, one torch thread per rank) or, when CUDA is present, on the
+GPUs (NCCL, one GPU per rank; TP sizes above the GPU count are skipped). Prints one JSON object:
 - `train.tp{1,2}`: median `perf/train_tokens_per_s` of a GRPO step (recompute of old logprobs included)
-  over `--repeats` steps after one warm-up step; one process per rank, one torch thread each, gloo.
-- `publish`: median time of `publish_weights` (gather + gloo broadcast) to one native engine, the bytes
+  over `--repeats` steps after one warm-up step; one process per rank.
+- `publish`: median time of `publish_weights` (gather + broadcast) to one native engine, the bytes
   moved, the memcpy bandwidth of this machine measured in the same run, and
   `publish_efficiency` = (bytes / bandwidth) / time: 1.0 would be a single memcpy of the weights.
+  The engine shares the trainer's device kind; with a single GPU the transport is `disk`, since NCCL
+  refuses two ranks on one device.
 Medians of several repeats; hardware and git commit included; never asserts.
 
 Usage: python benchmarks/trainer_step.py [--hidden-size 128 --num-layers 4 --repeats 5]
@@ -115,15 +118,21 @@ def main() -> None:
         num_params = sum(t.numel() for t in load_file(f"{model_path}/model.safetensors").values())
         vocab = 40
         batch = make_batch(args.num_samples, args.prompt_len, args.response_len, vocab)
+        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
         train = {}
-        for tp in (1, 2):
+        for tp in [tp for tp in (1, 2) if not gpus or tp <= gpus]:
             cfg = TrainerConfig(tensor_model_parallel_size=tp, micro_batch_size=4, lr=1e-4)
             result = run(model_path, cfg, batch, args.repeats, None)
             tokens_per_s = statistics.median(result["tokens_per_s"])
             train[f"tp{tp}"] = {"processes": tp, "train_tokens_per_s": tokens_per_s}
-        engine = EngineProcess(EngineConfig(max_running_requests=4, max_context_len=128), model_path)
+        transport = "disk" if gpus == 1 else "distributed"
+        engine_device = f"cuda:{gpus - 1}" if gpus else "cpu"
+        engine = EngineProcess(
+            EngineConfig(device=engine_device, max_running_requests=4, max_context_len=128), model_path
+        )
         try:
-            result = run(model_path, TrainerConfig(), batch, args.repeats, engine.start())
+            trainer_cfg = TrainerConfig(weight_sync=transport, checkpoint_dir=f"{tmp}/checkpoints")
+            result = run(model_path, trainer_cfg, batch, args.repeats, engine.start())
         finally:
             engine.stop()
     bandwidth = memcpy_bandwidth_bytes_per_s()
@@ -134,10 +143,14 @@ def main() -> None:
         "model": {"hidden_size": args.hidden_size, "num_layers": args.num_layers, "num_params": num_params},
         "batch": {"num_samples": args.num_samples, "tokens_per_sample": args.prompt_len + args.response_len},
         "train": train,
-        "tp2_over_tp1": train["tp2"]["train_tokens_per_s"] / train["tp1"]["train_tokens_per_s"],
+        "tp2_over_tp1": train["tp2"]["train_tokens_per_s"] / train["tp1"]["train_tokens_per_s"]
+        if "tp2" in train
+        else None,
+        "device": f"{gpus} x {torch.cuda.get_device_name(0)}" if gpus else "cpu",
         "publish": {
             "engines": 1,
-            "transport": "gloo broadcast",
+            "transport": transport if transport == "disk" else f"{'nccl' if gpus else 'gloo'} broadcast",
+            "engine_device": engine_device,
             "publish_time_s": publish_s,
             "bytes": num_bytes,
             "memcpy_bytes_per_s": bandwidth,

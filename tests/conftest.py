@@ -18,3 +18,15 @@ def redis_url():
 
     with EmbeddedRedis(BufferConfig(appendonly=False)) as address:
         yield address.url
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `gpu` need a CUDA device; elsewhere they are reported as skipped, never silently dropped."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device (run on a GPU machine: pytest -m gpu)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

@@ -61,7 +61,9 @@ def init_parallel(
         raise ValueError(f"world_size={world_size} is not a multiple of tp*pp={tp_size * pp_size}")
     backend = "nccl" if has_cuda() else "gloo"
     if has_cuda():
-        torch.cuda.set_device(torch.cuda.current_device())
+        # One GPU per rank: rank i of a single-node launch takes device i; under Ray each actor sees only its
+        # own GPU (CUDA_VISIBLE_DEVICES), so the modulo gives 0. NCCL refuses two ranks on one device.
+        torch.cuda.set_device(rank % torch.cuda.device_count())
     dist.init_process_group(
         backend=backend,
         init_method=f"tcp://{master_addr}:{master_port}",

@@ -64,12 +64,26 @@ def run_ranks(
     model_path: str,
     trainer_cfg: TrainerConfig,
     algo_cfg: AlgorithmConfig | None = None,
+    device: str = "cpu",
     **kwargs: Any,
 ) -> list[Any]:
-    """Run `scenario(trainer, **kwargs)` on `trainer_cfg.world_size` fresh processes; results by rank."""
+    """Run `scenario(trainer, **kwargs)` on `trainer_cfg.world_size` fresh processes; results by rank.
+
+    `device="cpu"` hides any GPU from the ranks, so the CPU path (gloo) is what runs on a GPU machine too;
+    `device="cuda"` lets the trainer take the GPUs (NCCL, one per rank).
+    """
     world_size = trainer_cfg.world_size
     payload = pickle.dumps((scenario, ModelConfig(path=model_path), trainer_cfg, algo_cfg or AlgorithmConfig(), kwargs))
+    saved = os.environ.get("CUDA_VISIBLE_DEVICES")
     with tempfile.TemporaryDirectory() as out_dir:
         os.environ.setdefault("OMP_NUM_THREADS", "1")
-        mp.spawn(_worker, args=(world_size, free_port("127.0.0.1"), out_dir, payload), nprocs=world_size)
+        if device == "cpu":
+            os.environ["CUDA_VISIBLE_DEVICES"] = ""  # read by the spawned ranks when they initialise CUDA
+        try:
+            mp.spawn(_worker, args=(world_size, free_port("127.0.0.1"), out_dir, payload), nprocs=world_size)
+        finally:
+            if saved is None:
+                os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+            else:
+                os.environ["CUDA_VISIBLE_DEVICES"] = saved
         return [torch.load(Path(out_dir) / f"rank{r}.pt", weights_only=False) for r in range(world_size)]
