@@ -35,6 +35,7 @@ import json
 import math
 import random
 import statistics
+import sys
 import tempfile
 import time
 import uuid
@@ -204,6 +205,11 @@ async def run_mode(
     return figures, group_lengths
 
 
+def report_progress(message: str) -> None:
+    """One line on stderr per finished phase: a long run (or one cut off by a time limit) shows how far it got."""
+    print(f"[april] {message}", file=sys.stderr, flush=True)
+
+
 def median_of(runs: list[dict[str, float]], key: str) -> float:
     return statistics.median(run[key] for run in runs)
 
@@ -225,6 +231,7 @@ def main() -> None:
     parser.add_argument("--sft-lr", type=float, default=3e-3)
     parser.add_argument("--sft-max-response-tokens", type=int, default=128, help="SFT responses are cut here")
     parser.add_argument("--max-running-requests", type=int, default=128, help="engine batch slots")
+    parser.add_argument("--device", default="cpu", help="the engine's device: cpu or cuda (the SFT stays on CPU)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -243,19 +250,30 @@ def main() -> None:
         sft_start = time.perf_counter()
         model_dir, sft_loss = per_prompt_length_model(Path(tmp) / "model", args)
         sft_s = time.perf_counter() - sft_start
+        report_progress(f"SFT of the length model: {sft_s:.1f} s, final loss {sft_loss:.3f}")
         engine_cfg = EngineConfig(
-            max_running_requests=args.max_running_requests, max_context_len=1024, num_threads=1, startup_timeout_s=300
+            device=args.device,
+            max_running_requests=args.max_running_requests,
+            max_context_len=1024,
+            num_threads=1,
+            startup_timeout_s=300,
         )
         engine = EngineProcess(engine_cfg, str(model_dir), log_path=str(Path(tmp) / "engine.log"))
         try:
             url = engine.start()
             warmup = RolloutConfig(**{**vars(base), "rollout_batch_size": 1, "max_new_tokens": 8})
             asyncio.run(run_mode(url, redis_address.url, warmup, argparse.Namespace(**{**vars(args), "steps": 1})))
-            for _ in range(args.repeats):
+            for repeat in range(1, args.repeats + 1):
                 figures, lengths = asyncio.run(run_mode(url, redis_address.url, base, args))
                 runs["off"].append(figures)
                 off_lengths += lengths
                 runs["on"].append(asyncio.run(run_mode(url, redis_address.url, april, args))[0])
+                for mode in ("off", "on"):
+                    run = runs[mode][-1]
+                    report_progress(
+                        f"run {repeat}/{args.repeats} APRIL {mode}: {run['seconds']:.1f} s, "
+                        f"{run['samples_per_s']:.1f} samples/s, {run['generated_tokens_per_s']:.0f} generated tokens/s"
+                    )
         finally:
             engine.stop()
     keys = ("samples_per_s", "tokens_per_s", "generated_tokens_per_s", "mean_response_tokens")
@@ -288,6 +306,7 @@ def main() -> None:
             "median_tokens": args.median_tokens,
             "length_sigma": args.length_sigma,
             "engine_max_running_requests": args.max_running_requests,
+            "engine_device": args.device,
             "seed": args.seed,
         },
         "repeats": args.repeats,
