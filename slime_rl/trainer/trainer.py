@@ -23,6 +23,7 @@ import torch
 import torch.distributed as dist
 
 from slime_rl.config import AlgorithmConfig, ModelConfig, TrainerConfig
+from slime_rl.cuda_compat import avoid_per_shape_attention_plans
 from slime_rl.errors import ConfigError
 from slime_rl.trainer import checkpoint, weights
 from slime_rl.trainer.batching import MicroBatch, build_micro_batches, flat_response_array, seq_length, split_flat
@@ -59,7 +60,11 @@ class MegatronTrainer:
         self.rank, self.world_size = rank, world_size
         self.master_addr, self.master_port = master_addr, master_port
         self.dtype = _DTYPES[model_cfg.dtype]
-        self.device = torch.device("cuda", torch.cuda.current_device()) if has_cuda() else torch.device("cpu")
+
+    @property
+    def device(self) -> torch.device:
+        """This rank's device; on CUDA, the GPU `init_parallel` selected."""
+        return torch.device("cuda", torch.cuda.current_device()) if has_cuda() else torch.device("cpu")
 
     # -- set-up ----------------------------------------------------------------------------------------
 
@@ -76,7 +81,9 @@ class MegatronTrainer:
         cfg = self.cfg
         if cfg.world_size != self.world_size:
             raise ConfigError(f"trainer tp*pp*dp={cfg.world_size} but the group has {self.world_size} ranks")
-        if not has_cuda():
+        if has_cuda():
+            avoid_per_shape_attention_plans()
+        else:
             if self.dtype != torch.float32:
                 raise ConfigError(f"model.dtype={self.model_cfg.dtype!r}: CPU training needs float32")
             torch.set_num_threads(cfg.num_cpus_per_rank)

@@ -107,3 +107,13 @@ def test_cuda_trainer_logprobs_match_cuda_engine_and_published_weights_reach_it(
     after = generate(fp32_engine_url, temperature=0.0)
     assert all(version == "1" for _, _, version in after)
     assert [ids for ids, _, _ in after] != [ids for ids, _, _ in before]
+
+
+def test_cuda_runner_turns_off_per_shape_cudnn_attention(toy_model):
+    from slime_rl.engines.native.runner import ModelRunner
+
+    torch.backends.cuda.enable_cudnn_sdp(True)
+    runner = ModelRunner(toy_model, device="cuda", dtype=torch.bfloat16, num_slots=4, max_len=64)
+    assert not torch.backends.cuda.cudnn_sdp_enabled()  # cuda_compat: a new plan per shape costs 80+ ms
+    logits = [runner.decode([5] * 4, [n] * 4) for n in (3, 4, 5)]  # a new KV length every step
+    assert all(out.shape == (4, runner.vocab_size) and torch.isfinite(out).all() for out in logits)

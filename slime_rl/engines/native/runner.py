@@ -14,6 +14,7 @@ from collections.abc import Iterable
 import torch
 from transformers import AutoModelForCausalLM
 
+from slime_rl.cuda_compat import avoid_per_shape_attention_plans
 from slime_rl.engines.native.kv_cache import RaggedKVCache
 
 logger = logging.getLogger(__name__)
@@ -35,6 +36,8 @@ class ModelRunner:
     def __init__(self, model_path: str, *, device: str, dtype: torch.dtype, num_slots: int, max_len: int) -> None:
         self.device = torch.device(device)
         self.dtype = dtype
+        if self.device.type == "cuda":
+            avoid_per_shape_attention_plans()
         self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype, attn_implementation="sdpa")
         self.model.to(self.device).eval()
         config = self.model.config
