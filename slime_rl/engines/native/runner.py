@@ -1,6 +1,7 @@
 """Model runner: an HF causal LM plus its ragged KV cache; batched prefill and one-forward decode steps.
 
-Owns the model object and the tensors fed to it (ids, per-row positions, 4D boolean attention masks).
+Owns the model object and the tensors fed to it (ids, per-row positions, 4D attention masks, the decode
+attention's row buckets from ragged_attention.py).
 It does not pick rows, sample or track requests (scheduler.py and sampling.py do). Only the model
 thread calls it.
 """
@@ -16,6 +17,7 @@ from transformers import AutoModelForCausalLM
 
 from slime_rl.cuda_compat import avoid_per_shape_attention_plans
 from slime_rl.engines.native.kv_cache import RaggedKVCache
+from slime_rl.engines.native.ragged_attention import ATTENTION_NAME, plan_buckets
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +40,7 @@ class ModelRunner:
         self.dtype = dtype
         if self.device.type == "cuda":
             avoid_per_shape_attention_plans()
-        self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype, attn_implementation="sdpa")
+        self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype, attn_implementation=ATTENTION_NAME)
         self.model.to(self.device).eval()
         config = self.model.config
         self.vocab_size = int(config.vocab_size)
@@ -61,9 +63,11 @@ class ModelRunner:
             "cache" if "cache" in inspect.signature(self._decoder.forward).parameters else "past_key_values"
         )
 
-    def _forward(self, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def _forward(self, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, **attention) -> torch.Tensor:
         cache = {self._cache_kwarg: self.cache}
-        out = self._decoder(input_ids=ids, position_ids=positions, attention_mask=mask, use_cache=True, **cache)
+        out = self._decoder(
+            input_ids=ids, position_ids=positions, attention_mask=mask, use_cache=True, **cache, **attention
+        )
         return out.last_hidden_state
 
     @torch.inference_mode()
@@ -93,7 +97,8 @@ class ModelRunner:
         mask.masked_fill_(beyond, torch.finfo(self.dtype).min)
         self.cache.begin_decode(pos, attend_len)
         ids = torch.tensor(tokens, dtype=torch.long, device=self.device)[:, None]
-        hidden = self._forward(ids, pos[:, None], mask[:, None, None, :])
+        buckets = plan_buckets([p + 1 for p in positions], self.device)
+        hidden = self._forward(ids, pos[:, None], mask[:, None, None, :], decode_buckets=buckets)
         return self._lm_head(hidden[:, 0])
 
     def move_row(self, src: int, dst: int, length: int) -> None:
