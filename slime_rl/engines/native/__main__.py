@@ -29,7 +29,15 @@ def main(argv: list[str] | None = None) -> None:
     engine = NativeEngine(args)
     engine.start()
     try:
-        uvicorn.run(build_app(engine), host=args.host, port=args.port, log_level="warning", timeout_keep_alive=60)
+        uvicorn.run(
+            build_app(engine),
+            host=args.host,
+            port=args.port,
+            loop="uvloop",  # see pyproject.toml: the HTTP layer shares the GIL with the model thread
+            http="httptools",
+            log_level="warning",
+            timeout_keep_alive=60,
+        )
     finally:
         engine.stop()
 
