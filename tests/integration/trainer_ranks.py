@@ -13,6 +13,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import numpy as np
 import torch
@@ -74,16 +75,8 @@ def run_ranks(
     """
     world_size = trainer_cfg.world_size
     payload = pickle.dumps((scenario, ModelConfig(path=model_path), trainer_cfg, algo_cfg or AlgorithmConfig(), kwargs))
-    saved = os.environ.get("CUDA_VISIBLE_DEVICES")
-    with tempfile.TemporaryDirectory() as out_dir:
+    hide_gpus = {"CUDA_VISIBLE_DEVICES": ""} if device == "cpu" else {}  # read by the ranks as they start
+    with tempfile.TemporaryDirectory() as out_dir, mock.patch.dict(os.environ, hide_gpus):
         os.environ.setdefault("OMP_NUM_THREADS", "1")
-        if device == "cpu":
-            os.environ["CUDA_VISIBLE_DEVICES"] = ""  # read by the spawned ranks when they initialise CUDA
-        try:
-            mp.spawn(_worker, args=(world_size, free_port("127.0.0.1"), out_dir, payload), nprocs=world_size)
-        finally:
-            if saved is None:
-                os.environ.pop("CUDA_VISIBLE_DEVICES", None)
-            else:
-                os.environ["CUDA_VISIBLE_DEVICES"] = saved
+        mp.spawn(_worker, args=(world_size, free_port("127.0.0.1"), out_dir, payload), nprocs=world_size)
         return [torch.load(Path(out_dir) / f"rank{r}.pt", weights_only=False) for r in range(world_size)]

@@ -66,3 +66,7 @@ def test_runner_decode_over_ragged_rows_matches_a_full_forward(tmp_path, monkeyp
     with torch.no_grad():
         expected = torch.stack([reference(torch.tensor([p + [5]])).logits[0, -1] for p in prompts])
     torch.testing.assert_close(logits, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_devices_without_a_measured_bucket_cost_keep_one_padded_batch():
+    assert plan_buckets([41] * 95 + [501], torch.device("cuda")) is None

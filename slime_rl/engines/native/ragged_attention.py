@@ -21,10 +21,12 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 ATTENTION_NAME = "slime_rl_ragged_sdpa"
 
-# Fixed cost of one more bucket, in row-tokens of padded attention. Measured on the 2-core CPU with the toy
-# model (2 layers, fp32, 96 rows): 0.12 µs per row-token, and 630 µs for two buckets over one (row gathers,
-# one more SDPA call and the scatter, in every layer), so about 5,000 row-tokens.
-BUCKET_OVERHEAD_ROW_TOKENS = 5000
+# Fixed cost of one more bucket, in row-tokens of padded attention, by device type. Measured on the 2-core CPU
+# with the toy model (2 layers, fp32, 96 rows): 0.12 µs per row-token, and 630 µs for two buckets over one
+# (row gathers, one more SDPA call and the scatter, in every layer), so about 5,000 row-tokens. Not measured
+# on CUDA, where padded decode attention is cheap and every bucket adds kernel launches: CUDA keeps one
+# padded batch until it is.
+BUCKET_OVERHEAD_ROW_TOKENS = {"cpu": 5000}
 MIN_BUCKET_LEN = 64  # lengths up to this share one bucket: below it a split never pays
 
 
@@ -40,6 +42,9 @@ def plan_buckets(lengths: list[int], device: torch.device) -> list[DecodeBucket]
     Rows are grouped by power-of-two length classes; adjacent classes merge, shortest first, while padding the
     shorter class to the longer one costs no more than a bucket of its own.
     """
+    overhead = BUCKET_OVERHEAD_ROW_TOKENS.get(device.type)
+    if overhead is None or len(lengths) < 2:
+        return None
     order = sorted(range(len(lengths)), key=lengths.__getitem__)
     classes: list[list[int]] = []
     bound = 0
@@ -51,7 +56,7 @@ def plan_buckets(lengths: list[int], device: torch.device) -> list[DecodeBucket]
     buckets = [classes[0]]
     for rows in classes[1:]:
         padding = len(buckets[-1]) * (lengths[rows[-1]] - lengths[buckets[-1][-1]])
-        if padding <= BUCKET_OVERHEAD_ROW_TOKENS:
+        if padding <= overhead:
             buckets[-1] = buckets[-1] + rows
         else:
             buckets.append(rows)
