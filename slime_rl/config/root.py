@@ -61,6 +61,17 @@ class SlimeRLConfig:
                 f"(rollout.rollout_batch_size * rollout.n_samples_per_prompt = "
                 f"{self.rollout.rollout_batch_size * self.rollout.n_samples_per_prompt}); lower it"
             )
+        if (
+            self.trainer.weight_sync == "distributed"
+            and self.trainer.num_gpus_per_rank > 0
+            and self.engine.kind == "native"
+            and self.engine.device == "cpu"
+        ):
+            raise ConfigError(
+                "trainer.weight_sync=distributed broadcasts over NCCL from GPU trainer ranks "
+                f"(trainer.num_gpus_per_rank={self.trainer.num_gpus_per_rank}), which a native engine on "
+                "engine.device=cpu cannot join; set engine.device=cuda or trainer.weight_sync=disk"
+            )
         corrects_with_rollout_logprobs = self.algorithm.use_tis or self.algorithm.off_policy in ("tis", "decoupled_ppo")
         if self.rollout.partial_policy == "tis" and not corrects_with_rollout_logprobs:
             raise ConfigError(

@@ -61,3 +61,9 @@ def test_config_non_redis_url_is_rejected_with_fix():
 def test_config_micro_batch_larger_than_step_is_rejected():
     with pytest.raises(ConfigError, match="trainer.micro_batch_size=100"):
         load_config(["trainer.micro_batch_size=100", "rollout.rollout_batch_size=2", "rollout.n_samples_per_prompt=2"])
+
+
+def test_config_gpu_trainer_cannot_broadcast_weights_to_a_cpu_native_engine():
+    with pytest.raises(ConfigError, match="set engine.device=cuda or trainer.weight_sync=disk"):
+        load_config(["trainer=gpu", "engine.device=cpu"])
+    assert load_config(["trainer=gpu", "engine.device=cpu", "trainer.weight_sync=disk"]).trainer.weight_sync == "disk"
