@@ -70,3 +70,14 @@ def test_runner_decode_over_ragged_rows_matches_a_full_forward(tmp_path, monkeyp
 
 def test_devices_without_a_measured_bucket_cost_keep_one_padded_batch():
     assert plan_buckets([41] * 95 + [501], torch.device("cuda")) is None
+
+
+def test_causal_prefill_of_right_padded_prompts_matches_each_prompt_alone(tmp_path):
+    model_dir = make_toy_model(tmp_path / "model", seed=1)
+    runner = ModelRunner(str(model_dir), device="cpu", dtype=torch.float32, num_slots=4, max_len=128)
+    prompts = [[1, 7, 8], [1] + list(range(10, 60)), [1, 9, 30, 31, 32, 33]]
+    logits = runner.prefill(0, prompts)  # one forward, padded to 51 tokens
+    reference = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    with torch.no_grad():
+        expected = torch.stack([reference(torch.tensor([p])).logits[0, -1] for p in prompts])
+    torch.testing.assert_close(logits, expected, atol=1e-4, rtol=1e-4)

@@ -6,8 +6,11 @@ rows × longest row. Here the rows, sorted by length, are split into buckets who
 separately, each over its own key length, so the cost is about Σ rows_b × length_b plus a fixed cost per
 bucket. Projections and MLP still run once over the whole batch; only attention is split.
 
-It plugs into transformers as an attention implementation (`ATTENTION_NAME`). Without a bucket plan
-(prefill, or a decode step where one padded batch is cheapest) it is plain SDPA.
+It plugs into transformers as an attention implementation (`ATTENTION_NAME`). Without a bucket plan (a
+decode step where one padded batch is cheapest) it is plain SDPA. A prefill of right-padded prompts runs
+SDPA with `is_causal` instead of the explicit mask the model builds: the same result, since real tokens never
+see the padding after them, and on CPU a causal kernel that skips the masked half (25% less attention time
+at 8 rows of 300 tokens).
 """
 
 from __future__ import annotations
@@ -72,9 +75,15 @@ def ragged_sdpa_forward(
     value: torch.Tensor,
     attention_mask: torch.Tensor | None,
     decode_buckets: list[DecodeBucket] | None = None,
+    causal_prefill: bool = False,
     **kwargs,
 ) -> tuple[torch.Tensor, None]:
-    """SDPA over `decode_buckets` (query [B, H, 1, D], key/value [B, KV, L, D]); plain SDPA without them."""
+    """SDPA over `decode_buckets` (query [B, H, 1, D], key/value [B, KV, L, D]); plain SDPA without them.
+
+    `causal_prefill`: the query covers the keys position for position (a prefill from position 0).
+    """
+    if causal_prefill:
+        return sdpa_attention_forward(module, query, key, value, None, is_causal=True, **kwargs)
     if decode_buckets is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
     out = query.new_empty((query.shape[0], query.shape[2], query.shape[1], value.shape[-1]))  # [B, 1, H, D]

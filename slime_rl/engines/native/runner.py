@@ -82,7 +82,7 @@ class ModelRunner:
         # Right padding: with a causal mask, real tokens never see the padding after them.
         causal = torch.ones((width, width), dtype=torch.bool, device=self.device).tril()[None, None]
         self.cache.begin_prefill(start, len(prompts), width)
-        hidden = self._forward(ids.to(self.device), positions, causal)
+        hidden = self._forward(ids.to(self.device), positions, causal, causal_prefill=True)
         last = hidden[torch.arange(len(prompts), device=self.device), lengths - 1]
         return self._lm_head(last)
 
