@@ -63,7 +63,9 @@ class ModelRunner:
             "cache" if "cache" in inspect.signature(self._decoder.forward).parameters else "past_key_values"
         )
 
-    def _forward(self, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, **attention) -> torch.Tensor:
+    def _forward(
+        self, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None, **attention
+    ) -> torch.Tensor:
         cache = {self._cache_kwarg: self.cache}
         out = self._decoder(
             input_ids=ids, position_ids=positions, attention_mask=mask, use_cache=True, **cache, **attention
@@ -79,10 +81,10 @@ class ModelRunner:
         for i, prompt in enumerate(prompts):
             ids[i, : len(prompt)] = torch.tensor(prompt, dtype=torch.long)
         positions = torch.arange(width, device=self.device).expand(len(prompts), width)
-        # Right padding: with a causal mask, real tokens never see the padding after them.
-        causal = torch.ones((width, width), dtype=torch.bool, device=self.device).tril()[None, None]
+        # Right padding: attention is causal (ragged_attention's `causal_prefill`), so real tokens never see the
+        # padding after them and no mask is built.
         self.cache.begin_prefill(start, len(prompts), width)
-        hidden = self._forward(ids.to(self.device), positions, causal, causal_prefill=True)
+        hidden = self._forward(ids.to(self.device), positions, None, causal_prefill=True)
         last = hidden[torch.arange(len(prompts), device=self.device), lengths - 1]
         return self._lm_head(last)
 
