@@ -5,7 +5,8 @@ Workload: `--num-requests` prompts of random characters; most responses are shor
 so both sides produce exactly the same useful tokens. The static baseline runs `generate()` on batches of
 `--batch-size` prompts, each batch running until its longest response is done (what static batching does
 when a few samples are long); the engine (over HTTP, continuous batching, `--batch-size` slots) gets all
-requests at once. Both run on `--device` (cpu or cuda) in the engine's default dtype, with one torch thread.
+requests at once. Both run on `--device` (cpu or cuda) in the engine's default dtype, with one torch thread
+and, on CUDA, with the cuDNN attention backend off as in the engine (`slime_rl.cuda_compat`).
 Also reports the engine's median inter-token latency (streaming) at batch 1 and 32. Figures are medians
 of `--repeats` runs; nothing is asserted.
 """
@@ -25,6 +26,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from slime_rl.config.engine import EngineConfig
+from slime_rl.cuda_compat import avoid_per_shape_attention_plans
 from slime_rl.engines.client import EngineClient
 from slime_rl.engines.native.runner import resolve_dtype
 from slime_rl.engines.protocol import GenerateRequest, SamplingParams
@@ -110,6 +112,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     torch.set_num_threads(1)
+    avoid_per_shape_attention_plans()  # else generate() pays cuDNN plan building that the engine does not
     prompts, lengths = workload(args)
     dtype = resolve_dtype("auto", args.device)  # what the engine uses by default
     useful_tokens = sum(lengths)
