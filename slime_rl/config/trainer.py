@@ -11,7 +11,7 @@ class TrainerConfig:
     tensor_model_parallel_size: int = 1  # TP ranks
     pipeline_model_parallel_size: int = 1  # PP stages
     data_parallel_size: int = 1  # DP replicas; world size = tp * pp * dp
-    micro_batch_size: int = 4  # sequences per micro-batch
+    micro_batch_size: int = 4  # most sequences per micro-batch; a batch is spread evenly over the fewest needed
     num_steps_per_batch: int = 1  # optimizer steps per train() call; the batch is split into this many mini-batches
     logprob_temperature: float = 1.0  # temperature of trainer log-probs; keep equal to rollout.temperature
     seed: int = 1234  # torch seed of every rank

@@ -2,14 +2,16 @@
 
 Layout contract: sample i (prompt P, response R tokens) becomes one row of `input_ids` holding its
 first P + R - 1 tokens; the logits at positions P-1 .. P+R-2 predict the response tokens. Rows are
-right-padded with token 0 to one sequence length for the whole batch, and every micro-batch has
-exactly `micro_batch_size` rows (extra rows are all padding): pipeline schedules exchange activations
-of one fixed shape. Per-token tensors are flat, `[T]`, over the response tokens of the micro-batch's
-samples in order; `token_slice` locates them in the flat `[T_batch]` arrays of the whole batch.
+right-padded with token 0 to one sequence length for the whole batch, and every micro-batch of a batch
+has the same number of rows (`micro_batch_rows`; extra rows are all padding): pipeline schedules
+exchange activations of one fixed shape. Per-token tensors are flat, `[T]`, over the response tokens
+of the micro-batch's samples in order; `token_slice` locates them in the flat `[T_batch]` arrays of the
+whole batch.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,6 +43,17 @@ class MicroBatch:
 def seq_length(samples: list[Sample]) -> int:
     """Padded input length for `samples`: the longest prompt + response, minus the final token."""
     return max(1, max((s.num_tokens - 1 for s in samples), default=1))
+
+
+def micro_batch_rows(num_samples: int, max_rows: int) -> int:
+    """Rows per micro-batch for a batch of `num_samples`: the fewest micro-batches of at most `max_rows`,
+    with the samples spread evenly over them, so a batch has fewer padding rows than micro-batches.
+
+    A fixed `max_rows` would pad a small batch (a warm-up batch, a DP rank's share) up to it, and the padding
+    rows cost as much compute as real ones: 64 samples under `micro_batch_size=128` ran 128 rows.
+    """
+    num_micro_batches = max(1, math.ceil(num_samples / max_rows))
+    return max(1, math.ceil(num_samples / num_micro_batches))
 
 
 def build_micro_batches(samples: list[Sample], *, micro_batch_size: int, seq_len: int) -> list[MicroBatch]:

@@ -26,7 +26,14 @@ from slime_rl.config import AlgorithmConfig, ModelConfig, TrainerConfig
 from slime_rl.cuda_compat import avoid_per_shape_attention_plans
 from slime_rl.errors import ConfigError
 from slime_rl.trainer import checkpoint, weights
-from slime_rl.trainer.batching import MicroBatch, build_micro_batches, flat_response_array, seq_length, split_flat
+from slime_rl.trainer.batching import (
+    MicroBatch,
+    build_micro_batches,
+    flat_response_array,
+    micro_batch_rows,
+    seq_length,
+    split_flat,
+)
 from slime_rl.trainer.cpu_compat import device_scope, has_cuda, optimizer_step
 from slime_rl.trainer.logprobs import vocab_parallel_logprobs
 from slime_rl.trainer.model import arch_from_hf, build_gpt_model, transformer_config
@@ -158,7 +165,8 @@ class MegatronTrainer:
         from megatron.core.pipeline_parallel import get_forward_backward_func
 
         seq_len = seq_length(samples)
-        mbs = build_micro_batches(samples, micro_batch_size=self.cfg.micro_batch_size, seq_len=seq_len)
+        rows = micro_batch_rows(len(samples), self.cfg.micro_batch_size)
+        mbs = build_micro_batches(samples, micro_batch_size=rows, seq_len=seq_len)
 
         def forward_step(data_iterator: Iterator[MicroBatch], model: torch.nn.Module):
             mb = next(data_iterator).to(self.device)
@@ -173,7 +181,7 @@ class MegatronTrainer:
                 model=[self.ddp],
                 num_microbatches=len(mbs),
                 seq_length=seq_len,
-                micro_batch_size=self.cfg.micro_batch_size,
+                micro_batch_size=rows,
                 forward_only=forward_only,
             )
 

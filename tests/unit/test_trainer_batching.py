@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from slime_rl.trainer.batching import build_micro_batches, seq_length, split_flat
+from slime_rl.trainer.batching import build_micro_batches, micro_batch_rows, seq_length, split_flat
 from slime_rl.types import Sample
 
 
@@ -32,6 +32,14 @@ def test_micro_batches_align_logits_positions_with_response_tokens():
     assert first.token_slice == slice(0, 4) and first.num_samples == 2
     # The last micro-batch is padded to two rows; its sample has no response token.
     assert second.input_ids.shape == (2, 4) and second.num_samples == 1 and second.token_slice == slice(4, 4)
+
+
+def test_micro_batch_rows_uses_the_fewest_micro_batches_and_spreads_samples_evenly():
+    assert micro_batch_rows(64, max_rows=128) == 64  # a small batch is not padded up to the maximum
+    assert micro_batch_rows(256, max_rows=128) == 128
+    assert micro_batch_rows(130, max_rows=128) == 65  # two micro-batches of 65, not 128 + 2 real rows
+    assert micro_batch_rows(5, max_rows=2) == 2  # three micro-batches: one padding row in all
+    assert micro_batch_rows(0, max_rows=4) == 1  # a DP rank without samples builds no micro-batch
 
 
 def test_split_flat_returns_one_array_per_sample():
