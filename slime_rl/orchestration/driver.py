@@ -118,8 +118,16 @@ def warm_up_sft(cfg: SlimeRLConfig, ctx: LoopContext) -> dict[str, float]:
     """Supervised warm-up on ground-truth answers (toy): a policy that succeeds sometimes, not never."""
     metrics: dict[str, float] = {}
     ctx.trainers.set_lr(cfg.toy.sft_lr)
+
+    def request_samples(step: int) -> ray.ObjectRef:
+        return ctx.rollout.sft_samples.remote(cfg.toy.sft_batch_size, step, cfg.toy.sft_distractor_prob)
+
+    # The rollout worker builds step k+1's samples while the trainer trains on step k's.
+    next_samples = request_samples(0)
     for step in range(cfg.toy.sft_steps):
-        samples = ray.get(ctx.rollout.sft_samples.remote(cfg.toy.sft_batch_size, step, cfg.toy.sft_distractor_prob))
+        samples = ray.get(next_samples)
+        if step + 1 < cfg.toy.sft_steps:
+            next_samples = request_samples(step + 1)
         metrics = ctx.trainers.train_sft(make_sft_batches(samples, dp_size=cfg.trainer.data_parallel_size, step=step))
     ctx.trainers.set_lr(cfg.trainer.lr)
     logger.info("SFT warm-up: %d steps, last loss %.4f", cfg.toy.sft_steps, metrics.get("train/loss", float("nan")))
