@@ -3,9 +3,14 @@
 Global normalisation: a step's loss is a mean over the trained tokens (or samples) of *all*
 micro-batches and data-parallel ranks. Each micro-batch therefore reduces with
 `reduction="token_sum_norm"` and a normaliser counted over the whole step (`StepTotals`), so the
-micro-batch losses add up to the step loss. `sample_mean` is the same sum with each token weighted by
-1 / (its sample's trained tokens). Metrics are returned as additive shares too: token means times
-this micro-batch's share of the step's trained tokens.
+micro-batch losses add up to the step loss. The normaliser follows `algorithm.loss_reduction`:
+- `token_mean`: the step's trained tokens;
+- `sample_mean`: the step's samples with a trained token, each token weighted by 1 / (its sample's
+  trained tokens);
+- `token_sum_norm` (Dr.GRPO): the constant `loss_norm_tokens_per_sample` x the step's samples, so a
+  sample's weight does not depend on its length or on the other samples' lengths.
+Metrics are returned as additive shares too: token means times this micro-batch's share of the step's
+trained tokens.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ class StepTotals:
 
     num_tokens: int  # trained response tokens
     num_samples: int  # samples with at least one trained token
+    num_all_samples: int  # every sample of the step, trained tokens or not (Dr.GRPO's constant normaliser)
 
 
 @dataclass(slots=True, kw_only=True)
@@ -51,6 +57,15 @@ def _sample_weights(inputs: TokenInputs, reduction: str) -> Tensor | None:
     return 1.0 / counts.clamp_min(1)[inputs.sample_index]
 
 
+def loss_normaliser(algo: AlgorithmConfig, totals: StepTotals) -> float:
+    """The step-wide denominator of `algo.loss_reduction` (see the module docstring)."""
+    if algo.loss_reduction == "sample_mean":
+        return float(max(totals.num_samples, 1))
+    if algo.loss_reduction == "token_sum_norm":
+        return float(algo.loss_norm_tokens_per_sample * max(totals.num_all_samples, 1))
+    return float(max(totals.num_tokens, 1))
+
+
 def _token_share(values: Tensor, mask: Tensor, totals: StepTotals) -> Tensor:
     """This micro-batch's additive share of the step's token mean of `values`."""
     return torch.where(mask, values.detach(), torch.zeros_like(values)).sum() / max(totals.num_tokens, 1)
@@ -63,7 +78,7 @@ def rl_objective(inputs: TokenInputs, algo: AlgorithmConfig, totals: StepTotals)
     `kl`, `entropy`, `logprob_diff` and the policy loss's own metrics).
     """
     sample_weights = _sample_weights(inputs, algo.loss_reduction)
-    normaliser = float(max(totals.num_samples if sample_weights is not None else totals.num_tokens, 1))
+    normaliser = loss_normaliser(algo, totals)
     mask = inputs.mask
     common = {"reduction": "token_sum_norm", "loss_normaliser": normaliser}
     # Off-policy corrections multiply the per-token loss (see `algorithms.policy_loss`).

@@ -217,11 +217,12 @@ class MegatronTrainer:
 
         trained = [int(s.loss_mask.sum()) for s in samples]
         counts = torch.tensor(
-            [sum(trained), sum(t > 0 for t in trained), sum(s.num_tokens for s in samples)], device=self.device
+            [sum(trained), sum(t > 0 for t in trained), len(samples), sum(s.num_tokens for s in samples)],
+            device=self.device,
         )
         dist.all_reduce(counts, group=mpu.get_data_parallel_group())
-        num_tokens, num_samples, all_tokens = (int(c) for c in counts.tolist())
-        return StepTotals(num_tokens=num_tokens, num_samples=num_samples), all_tokens
+        num_tokens, num_samples, num_all_samples, all_tokens = (int(c) for c in counts.tolist())
+        return StepTotals(num_tokens=num_tokens, num_samples=num_samples, num_all_samples=num_all_samples), all_tokens
 
     def _optimizer_step(self, samples: list[Sample], loss_fn: LossFn) -> dict[str, float]:
         """One optimizer step on `samples`; returns `train/...` metrics (the same on every rank)."""
