@@ -13,7 +13,7 @@ class AlgorithmConfig:
     loss_reduction: str = "token_mean"  # token_mean | sample_mean | token_sum_norm (Dr.GRPO constant normaliser)
     loss_norm_tokens_per_sample: int = 0  # token_sum_norm: tokens per sample in the denominator (Dr.GRPO: max len)
     eps_clip: float = 0.2  # PPO clip below 1 (epsilon_low), dimensionless ratio offset
-    eps_clip_high: float = 0.28  # PPO clip above 1 (DAPO clip-higher), dimensionless ratio offset
+    eps_clip_high: float = 0.2  # PPO clip above 1 (DAPO's clip-higher: 0.28), dimensionless ratio offset
     kl_coef: float = 0.0  # KL loss weight against the reference policy; 0 = no reference model
     kl_type: str = "k3"  # k1 | k2 | k3 estimator of KL(pi || ref)
     entropy_coef: float = 0.0  # entropy bonus weight (loss -= entropy_coef * mean token entropy in nats)
@@ -44,6 +44,12 @@ class AlgorithmConfig:
         if self.behav_weight_cap <= 1:
             raise ConfigError(
                 f"algorithm.behav_weight_cap must be > 1 (AReaL drops tokens above it), got {self.behav_weight_cap}"
+            )
+        if (self.use_tis or self.off_policy == "tis") and not self.recompute_old_logprobs:
+            raise ConfigError(
+                "algorithm.use_tis / algorithm.off_policy=tis weight tokens by pi_old / pi_rollout, but with "
+                "algorithm.recompute_old_logprobs=false pi_old is the rollout logprobs and every weight is 1; set "
+                "algorithm.recompute_old_logprobs=true"
             )
         if self.off_policy == "decoupled_ppo" and not self.recompute_old_logprobs:
             raise ConfigError(
