@@ -18,7 +18,7 @@ import torch
 from slime_rl.algorithms.advantages import compute_advantages
 from slime_rl.buffer.batching import partition_balanced
 from slime_rl.config.algorithm import AlgorithmConfig
-from slime_rl.types import Group, Sample, TrainBatch
+from slime_rl.types import Group, Sample, Status, TrainBatch
 
 
 def mask_stale_tokens(sample: Sample, version: int) -> Sample:
@@ -55,8 +55,10 @@ def make_train_batches(
     ]
     group_size = len(groups[0].samples) if groups else 1
     rewards = torch.tensor([s.reward or 0.0 for s in samples], dtype=torch.float32)
+    # A failed sample's reward 0 is not a score: it stays out of its group's mean and std.
+    scored = torch.tensor([s.status is not Status.FAILED for s in samples])
     advantages = compute_advantages(
-        algorithm.advantage_estimator, rewards, group_size, normalize_std=algorithm.normalize_std
+        algorithm.advantage_estimator, rewards, group_size, normalize_std=algorithm.normalize_std, valid=scored
     ).numpy()
     parts = partition_balanced([s.num_tokens for s in samples], dp_size)
     return [TrainBatch(step=step, samples=[samples[i] for i in part], advantages=advantages[part]) for part in parts]

@@ -14,7 +14,7 @@ from collections.abc import Callable
 import numpy as np
 
 from slime_rl.errors import ConfigError
-from slime_rl.types import Group
+from slime_rl.types import Group, Status
 
 GroupFilter = Callable[[Group], bool]
 
@@ -24,8 +24,13 @@ def keep_all(group: Group) -> bool:
 
 
 def nonzero_std(group: Group) -> bool:
-    """Keep groups whose rewards differ (DAPO dynamic sampling, Yu et al. 2025)."""
-    return float(np.std([s.reward or 0.0 for s in group.samples])) > 0.0
+    """Keep groups whose scored samples' rewards differ (DAPO dynamic sampling, Yu et al. 2025).
+
+    Failed samples have no score and do not count: a group whose only differing reward is a failure
+    carries no GRPO signal.
+    """
+    rewards = [s.reward or 0.0 for s in group.samples if s.status is not Status.FAILED]
+    return len(rewards) > 1 and float(np.std(rewards)) > 0.0
 
 
 BUILTIN_FILTERS: dict[str, GroupFilter] = {"nonzero_std": nonzero_std}

@@ -18,3 +18,13 @@ def batched_rank_reward(samples, responses):
 
 def raising_reward(sample, response):
     raise ZeroDivisionError("bad reward")
+
+
+def reward_raising_on_label_7(sample, response):
+    if sample.label == "7":
+        raise ZeroDivisionError("bad reward")
+    return 1.0
+
+
+def reward_returning_text(sample, response):
+    return "high"

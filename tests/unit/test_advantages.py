@@ -91,3 +91,27 @@ def test_compute_advantages_grpo_passes_normalize_std_and_eps():
 def test_compute_advantages_unknown_name_raises_config_error_listing_names():
     with pytest.raises(ConfigError, match=r"dr_grpo.*grpo.*gspo.*reinforce_pp"):
         compute_advantages("ppo", torch.zeros(2), 2, normalize_std=True)
+
+
+def test_grpo_advantages_leave_invalid_samples_out_of_group_stats():
+    # Valid rewards [1, 0, 1]: mean 2/3, Bessel std sqrt(((1/3)^2 * 2 + (2/3)^2) / 2) = sqrt(1/3).
+    # The failed third sample (reward 0) neither shifts the mean nor gets an advantage.
+    rewards = torch.tensor([1.0, 0.0, 0.0, 1.0])
+    valid = torch.tensor([True, True, False, True])
+    adv = grpo_advantages(rewards, group_size=4, normalize_std=True, eps=0.0, valid=valid)
+    std = (1 / 3) ** 0.5
+    torch.testing.assert_close(adv, torch.tensor([(1 / 3) / std, (-2 / 3) / std, 0.0, (1 / 3) / std]))
+
+
+def test_grpo_advantages_group_with_one_valid_sample_gives_zero():
+    adv = grpo_advantages(torch.tensor([5.0, 0.0]), group_size=2, valid=torch.tensor([True, False]))
+    torch.testing.assert_close(adv, torch.zeros(2))
+
+
+def test_reinforce_pp_advantages_batch_std_over_valid_samples_only():
+    # Groups [0, 2] and [1, (failed)]: centred [-1, 1, 0, 0]; batch std over the 3 valid values
+    # (-1, 1, 0) is 1, so the advantages are the centred values.
+    rewards = torch.tensor([0.0, 2.0, 1.0, 0.0])
+    valid = torch.tensor([True, True, True, False])
+    adv = reinforce_pp_advantages(rewards, group_size=2, eps=0.0, valid=valid)
+    torch.testing.assert_close(adv, torch.tensor([-1.0, 1.0, 0.0, 0.0]))

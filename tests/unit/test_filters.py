@@ -15,6 +15,12 @@ def test_nonzero_std_drops_groups_whose_rewards_tie():
     assert nonzero_std(_group([0.0, 1.0, 1.0]))
 
 
+def test_nonzero_std_ignores_failed_samples():
+    group = _group([1.0, 1.0, 1.0])
+    group.samples[0].fail("reward: boom")  # reward 0 now, but it is no score
+    assert not nonzero_std(group)
+
+
 def test_make_group_filter_none_keeps_everything():
     assert make_group_filter(None) is keep_all
 

@@ -77,6 +77,22 @@ def test_raising_reward_marks_samples_failed_and_untrained():
         assert "ZeroDivisionError" in sample.metadata["error"]
 
 
+def test_per_sample_reward_raising_on_one_sample_fails_that_sample_only():
+    samples, failed = _score(
+        "custom", ["a", "b", "c"], path="tests.unit.rewards_fixtures:reward_raising_on_label_7", labels=["1", "7", "2"]
+    )
+    assert failed == 1
+    assert [s.status for s in samples] == [Status.PENDING, Status.FAILED, Status.PENDING]
+    assert [s.reward for s in samples] == [1.0, 0.0, 1.0]
+    assert samples[0].loss_mask.sum() == 2
+
+
+def test_reward_returning_a_non_number_fails_the_sample_naming_the_value():
+    samples, failed = _score("custom", ["a"], path="tests.unit.rewards_fixtures:reward_returning_text")
+    assert failed == 1
+    assert "'high'" in samples[0].metadata["error"]
+
+
 def test_unknown_reward_kind_lists_choices():
     with pytest.raises(ConfigError, match=r"rollout.reward.kind='nope' is unknown; choose one of \['addition'"):
         make_reward_fn(RewardConfig(kind="nope"))

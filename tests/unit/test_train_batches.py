@@ -24,6 +24,14 @@ def test_make_train_batches_centres_each_group_before_the_split():
     np.testing.assert_allclose(batches[0].advantages, [-0.5, 0.5, -1.0, 1.0])
 
 
+def test_make_train_batches_leave_failed_samples_out_of_the_group_mean():
+    group = _group("a", [1.0, 0.0, 1.0, 0.0])
+    group.samples[3].fail("reward: boom")  # its reward 0 is no score
+    batches = make_train_batches([group], AlgorithmConfig(normalize_std=False), dp_size=1, step=0)
+    # scored rewards [1, 0, 1]: mean 2/3; the failed sample gets 0 and trains nothing
+    np.testing.assert_allclose(batches[0].advantages, [1 / 3, -2 / 3, 1 / 3, 0.0], rtol=1e-6)
+
+
 def test_make_train_batches_splits_samples_evenly_and_keeps_advantages_aligned():
     groups = [_group("a", [0.0, 1.0]), _group("b", [2.0, 4.0])]
     batches = make_train_batches(groups, AlgorithmConfig(normalize_std=False), dp_size=2, step=0)

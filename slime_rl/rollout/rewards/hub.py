@@ -9,7 +9,9 @@ Kinds:
   `rollout.reward.url`, answered by `{"rewards": [float, ...]}` in the same order.
 
 Failure policy (DESIGN.md §5): a reward that raises marks the samples it was scoring `failed`, with
-reward 0.0 and a zero loss mask; the run continues and the failures are counted by the caller.
+reward 0.0 and a zero loss mask; the run continues and the failures are counted by the caller. A
+per-sample reward (a rule, or a custom function without `batched_reward`) fails only the sample whose
+call raised or returned something that is not a number; a batched or remote reward fails its batch.
 """
 
 from __future__ import annotations
@@ -33,10 +35,25 @@ from slime_rl.types import Sample
 logger = logging.getLogger(__name__)
 
 
-class RewardFn(Protocol):
-    """Scores a batch of samples given their decoded responses; one float per sample, same order."""
+# One entry per sample: its reward, or the exception that scoring that sample raised.
+RewardResult = float | Exception
 
-    async def __call__(self, samples: Sequence[Sample], responses: Sequence[str]) -> list[float]: ...
+
+class RewardFn(Protocol):
+    """Scores a batch of samples given their decoded responses; one result per sample, same order.
+
+    Raising fails the whole batch; an exception in a sample's place fails that sample alone.
+    """
+
+    async def __call__(self, samples: Sequence[Sample], responses: Sequence[str]) -> list[RewardResult]: ...
+
+
+def _as_reward(value: Any) -> RewardResult:
+    """`value` as a float reward, or a TypeError naming what came back instead."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return TypeError(f"reward function returned {value!r}, not a number")
 
 
 def batched_reward(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -46,8 +63,14 @@ def batched_reward(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _rule(check: Callable[[str, str | None], float]) -> RewardFn:
-    async def score(samples: Sequence[Sample], responses: Sequence[str]) -> list[float]:
-        return [check(response, sample.label) for sample, response in zip(samples, responses, strict=True)]
+    async def score(samples: Sequence[Sample], responses: Sequence[str]) -> list[RewardResult]:
+        results: list[RewardResult] = []
+        for sample, response in zip(samples, responses, strict=True):
+            try:
+                results.append(_as_reward(check(response, sample.label)))
+            except Exception as err:  # one malformed response must not fail its neighbours
+                results.append(err)
+        return results
 
     return score
 
@@ -83,20 +106,22 @@ def _custom(fn: Callable[..., Any]) -> RewardFn:
         result = fn(*args)
         return await result if inspect.isawaitable(result) else result
 
-    async def score(samples: Sequence[Sample], responses: Sequence[str]) -> list[float]:
-        if is_batched:
-            rewards = await call(list(samples), list(responses))
-        else:
-            rewards = await asyncio.gather(*(call(s, r) for s, r in zip(samples, responses, strict=True)))
+    async def score(samples: Sequence[Sample], responses: Sequence[str]) -> list[RewardResult]:
+        if not is_batched:  # per sample: a raising call fails its own sample only
+            results = await asyncio.gather(
+                *(call(s, r) for s, r in zip(samples, responses, strict=True)), return_exceptions=True
+            )
+            return [result if isinstance(result, Exception) else _as_reward(result) for result in results]
+        rewards = await call(list(samples), list(responses))
         if len(rewards) != len(samples):
             raise ValueError(f"reward function returned {len(rewards)} rewards for {len(samples)} samples")
-        return [float(r) for r in rewards]
+        return [_as_reward(r) for r in rewards]
 
     return score
 
 
 def _remote(url: str, timeout_s: float) -> RewardFn:
-    async def score(samples: Sequence[Sample], responses: Sequence[str]) -> list[float]:
+    async def score(samples: Sequence[Sample], responses: Sequence[str]) -> list[RewardResult]:
         body = {
             "samples": [
                 {
@@ -115,7 +140,7 @@ def _remote(url: str, timeout_s: float) -> RewardFn:
             rewards = response.json()["rewards"]
         if len(rewards) != len(samples):
             raise ValueError(f"remote reward {url} returned {len(rewards)} rewards for {len(samples)} samples")
-        return [float(r) for r in rewards]
+        return [_as_reward(r) for r in rewards]
 
     return score
 
@@ -138,17 +163,22 @@ def make_reward_fn(cfg: RewardConfig) -> RewardFn:
 
 
 async def score_samples(reward_fn: RewardFn, samples: Sequence[Sample], responses: Sequence[str]) -> int:
-    """Set `reward` on every sample; on a raising reward mark them failed (reward 0, nothing trained).
+    """Set `reward` on every sample; mark the samples whose scoring failed `failed` (reward 0, nothing trained).
 
     Returns the number of samples marked failed.
     """
     try:
-        rewards = await reward_fn(samples, responses)
+        results = await reward_fn(samples, responses)
     except Exception as err:  # a user's reward function may raise anything; the run must go on
-        logger.warning("reward function failed on %d samples (%r); marking them failed", len(samples), err)
-        for sample in samples:
-            sample.fail(f"reward: {err!r}")
-        return len(samples)
-    for sample, reward in zip(samples, rewards, strict=True):
-        sample.reward = reward
-    return 0
+        results = [err] * len(samples)
+    num_failed = 0
+    for sample, result in zip(samples, results, strict=True):
+        if isinstance(result, Exception):
+            sample.fail(f"reward: {result!r}")
+            num_failed += 1
+        else:
+            sample.reward = result
+    if num_failed:
+        first_error = next(r for r in results if isinstance(r, Exception))
+        logger.warning("reward failed on %d of %d samples (first: %r)", num_failed, len(samples), first_error)
+    return num_failed
