@@ -6,8 +6,10 @@ resumed run continues at the row where the last one stopped. It does not own the
 (`store`) or the wire format (`codec`).
 
 Rows are read, checked and tokenized once, at load. A malformed row raises DataError naming the file and
-line (JSONL, 1-based, blank lines skipped) or row (Parquet, 1-based); with `on_bad_row="skip"` it is
-skipped, counted and logged. Prompts longer than `max_prompt_tokens` are dropped, counted and logged.
+line (JSONL, 1-based line of the file; blank lines are skipped) or row (Parquet, 1-based); with
+`on_bad_row="skip"` it is skipped, counted and logged. Prompts longer than `max_prompt_tokens` are
+dropped, counted and logged. A prompt the engines could never serve (prompt + `max_new_tokens` over
+their context, which they answer with HTTP 400) is a bad row too, handled by `on_bad_row` the same way.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ class Cursor:
 
 @dataclass(slots=True)
 class _Row:
+    where: str  # file and line (or row) it came from
     prompt: str | list[dict[str, Any]]
     label: str | None
     metadata: dict[str, Any]
@@ -61,10 +64,20 @@ class PromptDataset:
             prompt and encoded without extra special tokens; otherwise the string is encoded as is.
         n_samples_per_prompt: samples in each group `make_group` builds.
         seed: shuffle seed; epoch e is ordered by a permutation drawn from (seed, e).
+        context_len: tokens per sequence (prompt + response) the engines accept; None = no check.
+        max_new_tokens: response tokens each sample may generate. A resumed sample (APRIL) sends its prompt
+            and response so far with the rest of this budget, so every request totals the same.
     """
 
     def __init__(
-        self, cfg: DataConfig, tokenizer: PreTrainedTokenizerBase, *, n_samples_per_prompt: int, seed: int
+        self,
+        cfg: DataConfig,
+        tokenizer: PreTrainedTokenizerBase,
+        *,
+        n_samples_per_prompt: int,
+        seed: int,
+        context_len: int | None = None,
+        max_new_tokens: int = 0,
     ) -> None:
         if cfg.path is None:
             raise ConfigError("buffer.data.path is null; give a .jsonl or .parquet prompt file")
@@ -79,12 +92,15 @@ class PromptDataset:
         self.shuffle = cfg.shuffle
         self.num_bad_rows = 0
         self.num_filtered_long = 0
+        self.num_over_context = 0
         rows = [row for row in self._parse(cfg) if row is not None]
         prompt_ids = _tokenize(tokenizer, [r.prompt for r in rows], cfg.apply_chat_template)
         keep = [
             i for i, ids in enumerate(prompt_ids) if cfg.max_prompt_tokens is None or len(ids) <= cfg.max_prompt_tokens
         ]
         self.num_filtered_long = len(rows) - len(keep)
+        if context_len is not None:
+            keep = [i for i in keep if self._fits(rows[i].where, len(prompt_ids[i]), context_len, max_new_tokens, cfg)]
         if self.num_filtered_long:
             logger.warning(
                 "%s: dropped %d prompts longer than buffer.data.max_prompt_tokens=%s",
@@ -97,7 +113,8 @@ class PromptDataset:
         if not self._rows:
             raise DataError(
                 f"{self.path}: no usable prompts ({self.num_bad_rows} malformed rows, "
-                f"{self.num_filtered_long} longer than max_prompt_tokens)"
+                f"{self.num_filtered_long} longer than max_prompt_tokens, {self.num_over_context} over the engines' "
+                "context)"
             )
         self._order_epoch = -1
         self._order = np.arange(0)
@@ -148,13 +165,38 @@ class PromptDataset:
     def _parse(self, cfg: DataConfig) -> Iterator[_Row | None]:
         for where, record in _read_records(self.path, cfg):
             try:
-                yield _parse_row(record, cfg)
+                yield _parse_row(where, record, cfg)
             except DataError as err:
                 if cfg.on_bad_row == "error":
                     raise DataError(f"{where}: {err}; fix the row or set buffer.data.on_bad_row=skip") from None
                 self.num_bad_rows += 1
                 logger.warning("%s: skipped malformed row: %s", where, err)
                 yield None
+
+    def _fits(self, where: str, num_tokens: int, context_len: int, max_new_tokens: int, cfg: DataConfig) -> bool:
+        """True if the engines accept this prompt with `max_new_tokens` to generate; else raise or count it.
+
+        Mirrors SGLang's check (REFERENCE.md §1): the input must leave room for one token, and input plus
+        `max_new_tokens` must fit the context.
+        """
+        total = num_tokens + max_new_tokens
+        if num_tokens < context_len and total <= context_len:
+            return True
+        problem = (
+            f"prompt has {num_tokens} tokens and max_new_tokens={max_new_tokens}: "
+            f"{num_tokens} + {max_new_tokens} = {total} > {context_len} tokens, the engines' context"
+            if total > context_len
+            else f"prompt has {num_tokens} tokens, which fills the engines' context of {context_len} tokens"
+        )
+        if cfg.on_bad_row == "error":
+            raise DataError(
+                f"{where}: {problem}; shorten the prompt, lower rollout.max_new_tokens (eval.max_new_tokens for "
+                "the eval set), drop long prompts with buffer.data.max_prompt_tokens, or set "
+                "buffer.data.on_bad_row=skip"
+            )
+        self.num_over_context += 1
+        logger.warning("%s: skipped prompt the engines cannot serve: %s", where, problem)
+        return False
 
 
 def _read_records(path: Path, cfg: DataConfig) -> Iterator[tuple[str, Any]]:
@@ -188,7 +230,7 @@ def _read_records(path: Path, cfg: DataConfig) -> Iterator[tuple[str, Any]]:
         raise DataError(f"prompt file {path} must end in .jsonl or .parquet")
 
 
-def _parse_row(record: Any, cfg: DataConfig) -> _Row:
+def _parse_row(where: str, record: Any, cfg: DataConfig) -> _Row:
     if isinstance(record, DataError):
         raise record
     if not isinstance(record, dict):
@@ -216,7 +258,7 @@ def _parse_row(record: Any, cfg: DataConfig) -> _Row:
         msgpack.packb(metadata)
     except (TypeError, ValueError, OverflowError) as err:
         raise DataError(f"metadata is not msgpack-serialisable ({err})") from err
-    return _Row(prompt=prompt, label=label, metadata=metadata)
+    return _Row(where=where, prompt=prompt, label=label, metadata=metadata)
 
 
 def _tokenize(tokenizer: PreTrainedTokenizerBase, prompts: list[Any], chat: bool) -> list[list[int]]:
@@ -274,6 +316,7 @@ def fill_prompts(buffer: RedisBuffer, dataset: PromptDataset, min_groups: int) -
                         **dataset.fingerprint(),
                         "num_bad_rows": dataset.num_bad_rows,
                         "num_filtered_long": dataset.num_filtered_long,
+                        "num_over_context": dataset.num_over_context,
                     },
                 )
                 pipe.execute()

@@ -15,7 +15,9 @@ class DataConfig:
     apply_chat_template: bool = False  # wrap the prompt as one user turn with the tokenizer's chat template
     max_prompt_tokens: int | None = None  # prompts longer than this are dropped and counted; None = keep all
     shuffle: bool = True  # reshuffle every epoch with (seed, epoch)
-    on_bad_row: str = "error"  # error | skip: "skip" drops malformed rows and counts them
+    # error | skip: what to do with a malformed row, or a prompt that with max_new_tokens exceeds the engines'
+    # context (they would answer HTTP 400); "skip" drops and counts it, "error" stops at its file and line
+    on_bad_row: str = "error"
 
     def __post_init__(self) -> None:
         check_choice("buffer.data.on_bad_row", self.on_bad_row, ("error", "skip"))

@@ -51,11 +51,24 @@ def shared_ssl_context() -> ssl.SSLContext:
 
 
 class EngineError(ServiceError):
-    """An engine call failed: HTTP error status, `success: false`, or no answer after the retries."""
+    """An engine call failed: HTTP error status, `success: false`, or no answer after the retries.
 
-    def __init__(self, message: str, *, status_code: int | None = None) -> None:
+    `status_code` is the HTTP status when the server answered (None when it did not) and `detail` the
+    server's own error message, when it sent one.
+    """
+
+    def __init__(self, message: str, *, status_code: int | None = None, detail: str | None = None) -> None:
         super().__init__(message)
         self.status_code = status_code
+        self.detail = detail
+
+    @property
+    def is_bad_request(self) -> bool:
+        """True when the server refused the request itself (HTTP 4xx), so sending it again cannot succeed.
+
+        408 (timeout) and 429 (too many requests) are 4xx that mean "try again later", not a bad request.
+        """
+        return self.status_code is not None and 400 <= self.status_code < 500 and self.status_code not in (408, 429)
 
 
 @dataclass(slots=True, kw_only=True)
@@ -170,9 +183,11 @@ class EngineClient:
                 elif response.is_success or (ok_400 and response.status_code == 400):
                     return response
                 else:
+                    detail = _error_message(response)
                     raise EngineError(
-                        f"{method} {self.base_url}{path} -> HTTP {response.status_code}: {_error_message(response)}",
+                        f"{method} {self.base_url}{path} -> HTTP {response.status_code}: {detail}",
                         status_code=response.status_code,
+                        detail=detail,
                     )
             await asyncio.sleep(self.backoff_s * 2**attempt)
         raise AssertionError("unreachable")
@@ -192,20 +207,6 @@ class EngineClient:
         response = await self._request("POST", "/generate", request.to_json())
         return GenerateOutput.from_json(response.json())
 
-    async def generate_batch(self, requests: list[GenerateRequest]) -> list[GenerateOutput]:
-        """Generate for several token-id prompts in one call (SGLang batch input); outputs keep the order."""
-        if not requests or any(r.input_ids is None for r in requests):
-            raise ValueError("generate_batch needs at least one request, all with input_ids")
-        body: dict[str, Any] = {
-            "input_ids": [list(r.input_ids or []) for r in requests],
-            "sampling_params": [r.sampling_params.to_json() for r in requests],
-            "return_logprob": [r.return_logprob for r in requests],
-        }
-        if all(r.rid is not None for r in requests):
-            body["rid"] = [r.rid for r in requests]
-        response = await self._request("POST", "/generate", body)
-        return [GenerateOutput.from_json(item) for item in response.json()]
-
     async def generate_stream(self, request: GenerateRequest) -> AsyncIterator[GenerateOutput]:
         """Yield cumulative outputs as tokens arrive; the last one has a `finish_reason`. Not retried."""
         path = "/generate"
@@ -214,9 +215,11 @@ class EngineClient:
                 async with client.stream("POST", path, json=request.to_json(stream=True)) as response:
                     if not response.is_success:
                         await response.aread()
+                        detail = _error_message(response)
                         raise EngineError(
-                            f"POST {self.base_url}{path} -> HTTP {response.status_code}: {_error_message(response)}",
+                            f"POST {self.base_url}{path} -> HTTP {response.status_code}: {detail}",
                             status_code=response.status_code,
+                            detail=detail,
                         )
                     async for line in response.aiter_lines():
                         if not line.startswith("data:"):

@@ -189,3 +189,15 @@ class EngineLoad:
             num_waiting_reqs=sum(int(r.get("num_waiting_reqs", 0)) for r in ranks),
             num_used_tokens=sum(int(r.get("num_used_tokens", 0)) for r in ranks),
         )
+
+
+def served_context_len(server_info: dict[str, Any]) -> int | None:
+    """Tokens per sequence (prompt + response) a `/get_server_info` body says the server accepts.
+
+    The native engine reports `max_context_len`; SGLang reports its `context_length` argument, which is None
+    unless set, in which case it serves the model's own limit (and this returns None).
+    """
+    for key in ("max_context_len", "context_length"):
+        if server_info.get(key) is not None:
+            return int(server_info[key])
+    return None

@@ -10,6 +10,7 @@ import asyncio
 import dataclasses
 import logging
 import random
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -20,6 +21,7 @@ from slime_rl.config.buffer import DataConfig
 from slime_rl.config.eval import EvalConfig
 from slime_rl.config.rollout import RolloutConfig
 from slime_rl.engines.client import EngineClient
+from slime_rl.engines.protocol import served_context_len
 from slime_rl.rollout.evaluate import evaluate_greedy
 from slime_rl.rollout.filters import make_group_filter
 from slime_rl.rollout.manager import RolloutManager
@@ -28,6 +30,37 @@ from slime_rl.rollout.streaming import StreamingRollout
 from slime_rl.types import Sample
 
 logger = logging.getLogger(__name__)
+
+
+def context_len(model_path: str, server_infos: list[dict[str, Any]]) -> int | None:
+    """Tokens per sequence (prompt + response) every engine accepts: the least any `/get_server_info` declares,
+    else the model's `max_position_embeddings` (what SGLang serves without `--context-length`); None if
+    neither says."""
+    declared = [n for n in map(served_context_len, server_infos) if n is not None]
+    if declared:
+        return min(declared)
+    from transformers import AutoConfig
+
+    positions = getattr(AutoConfig.from_pretrained(model_path), "max_position_embeddings", None)
+    return int(positions) if positions else None
+
+
+def engine_context_len(engine_urls: list[str], model_path: str, *, timeout_s: float) -> int | None:
+    """`context_len` of the engines at `engine_urls`, asked now. Blocks; callable inside a running event loop."""
+
+    async def server_infos() -> list[dict[str, Any]]:
+        clients = [EngineClient(url, timeout_s=timeout_s) for url in engine_urls]
+        try:
+            return list(await asyncio.gather(*(client.get_server_info() for client in clients)))
+        finally:
+            for client in clients:
+                await client.aclose()
+
+    # Ray runs an async actor's __init__ inside the actor's event loop, where asyncio.run is refused: ask from
+    # a thread with its own loop (fresh clients, since httpx pools belong to the loop that opened them).
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        infos = pool.submit(asyncio.run, server_infos()).result()
+    return context_len(model_path, infos)
 
 
 class RolloutWorker:
@@ -52,7 +85,16 @@ class RolloutWorker:
 
         self.tokenizer: Any = AutoTokenizer.from_pretrained(model_path)
         self.buffer = RedisBuffer.from_url(redis_url, run_id, max_staleness=max_staleness)
-        self.dataset = PromptDataset(data, self.tokenizer, n_samples_per_prompt=rollout.n_samples_per_prompt, seed=seed)
+        # Prompts the engines would refuse (HTTP 400) are bad rows, caught at load with their file and line.
+        context = engine_context_len(engine_urls, model_path, timeout_s=request_timeout_s)
+        self.dataset = PromptDataset(
+            data,
+            self.tokenizer,
+            n_samples_per_prompt=rollout.n_samples_per_prompt,
+            seed=seed,
+            context_len=context,
+            max_new_tokens=rollout.max_new_tokens,
+        )
         self.reward_fn = make_reward_fn(rollout.reward)
         self.router = EngineClient(router_url, timeout_s=request_timeout_s)
         self.manager = RolloutManager(
@@ -69,7 +111,14 @@ class RolloutWorker:
         self.eval_max_new_tokens = evaluation.max_new_tokens or rollout.max_new_tokens
         if evaluation.path:
             eval_cfg = dataclasses.replace(data, path=evaluation.path, shuffle=False)
-            eval_set = PromptDataset(eval_cfg, self.tokenizer, n_samples_per_prompt=1, seed=seed)
+            eval_set = PromptDataset(
+                eval_cfg,
+                self.tokenizer,
+                n_samples_per_prompt=1,
+                seed=seed,
+                context_len=context,
+                max_new_tokens=self.eval_max_new_tokens,
+            )
             rows = range(min(len(eval_set), evaluation.max_prompts))
             self.eval_samples = [eval_set.make_group(row).samples[0] for row in rows]
 

@@ -77,7 +77,10 @@ async def generate_sample(
 ) -> None:
     """Extend `sample` by one request (its remaining budget) and set its status from the finish reason.
 
-    `metadata["gen_time_s"]` accumulates the wall time of the sample's requests (all resumes included).
+    An engine that refuses the request (HTTP 4xx, e.g. prompt + budget over its context) fails the sample:
+    status `failed`, `metadata["error"]` = "engine: <status> <message>", nothing trained; resending it could
+    never succeed. Other engine failures raise `EngineError`. `metadata["gen_time_s"]` accumulates the wall
+    time of the sample's requests (all resumes included).
     """
     remaining = max_new_tokens - len(sample.response_ids)
     if remaining <= 0:
@@ -93,7 +96,14 @@ async def generate_sample(
         return_logprob=True,
     )
     start = time.perf_counter()
-    output = await client.generate(request)
+    try:
+        output = await client.generate(request)
+    except EngineError as err:
+        if not err.is_bad_request:
+            raise
+        logger.warning("sample %s: engine refused the request (%s); the sample fails", sample.uid, err)
+        sample.fail(f"engine: {err.status_code} {err.detail}")
+        return
     sample.metadata["gen_time_s"] = sample.metadata.get("gen_time_s", 0.0) + time.perf_counter() - start
     sample.append_tokens(
         np.asarray(output.output_ids, np.int32),
@@ -120,9 +130,11 @@ async def generate_group(
     """Run every unfinished sample of `group` once, `semaphore` bounding requests in flight.
 
     Returns the same group. Samples stay `aborted` when their request was aborted, and samples whose turn
-    comes after `stop` is set are not sent at all (so an abort cannot be outrun by a queued request); if
-    an engine fails after the client's retries, the failed samples keep their previous tokens and status
-    so the caller can recycle the group without losing anything.
+    comes after `stop` is set are not sent at all (so an abort cannot be outrun by a queued request). A
+    sample whose request the engine refused (HTTP 4xx) comes back `failed` (see `generate_sample`), so it
+    finishes its group like any other sample. If an engine fails otherwise (5xx, no answer) after the
+    client's retries, the samples keep their previous tokens and status so the caller can recycle the
+    group without losing anything.
     """
 
     async def run(sample: Sample) -> None:

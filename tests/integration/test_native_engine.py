@@ -10,6 +10,7 @@ import pytest
 
 from slime_rl.engines.client import EngineClient, EngineError
 from slime_rl.engines.protocol import GenerateRequest, SamplingParams
+from slime_rl.orchestration.rollout_worker import engine_context_len
 from tests.integration.conftest import toy_engine
 
 PROMPT = [1, 6, 7, 77, 8, 85]
@@ -17,7 +18,8 @@ PROMPT = [1, 6, 7, 77, 8, 85]
 
 @pytest.fixture(scope="module")
 def engine_url(tmp_path_factory):
-    with toy_engine(tmp_path_factory, max_running_requests=4, max_context_len=512) as url:
+    # Configured above the toy model's 512 positions: the engine serves (and reports) 512.
+    with toy_engine(tmp_path_factory, max_running_requests=4, max_context_len=1024) as url:
         yield url
 
 
@@ -173,3 +175,50 @@ def test_control_endpoints_answer_sglang_shapes(engine_url):
     for path in ("/server_info", "/model_info", "/health_generate", "/get_load"):
         assert httpx.get(f"{engine_url}{path}").status_code == 200
     assert httpx.post(f"{engine_url}/pause_generation", json={"mode": "nap"}).status_code == 400
+
+
+def test_server_reports_the_model_position_limit_as_its_context(engine_url):
+    server = httpx.get(f"{engine_url}/get_server_info").json()
+    model = httpx.get(f"{engine_url}/get_model_info").json()
+    assert server["max_context_len"] == 512 == model["max_context_len"]  # min(configured 1024, model's 512)
+
+
+def test_request_over_the_context_is_http_400_with_sglang_messages(engine_url):
+    def post(num_input: int, params: dict) -> httpx.Response:
+        body = {"input_ids": [7] * num_input, "sampling_params": {"ignore_eos": True, **params}}
+        return httpx.post(f"{engine_url}/generate", json=body, timeout=60)
+
+    too_long = post(512, {"max_new_tokens": 1})
+    over_total = post(500, {"max_new_tokens": 13})
+    exact_fit = post(500, {"max_new_tokens": 12})
+    no_budget = post(500, {})  # SGLang: no max_new_tokens given means whatever fits (default 128)
+
+    assert too_long.status_code == 400
+    assert too_long.json()["error"]["message"] == (
+        "The input (512 tokens) is longer than the model's context length (512 tokens)."
+    )
+    assert over_total.status_code == 400
+    assert over_total.json()["error"]["message"] == (
+        "Requested token count exceeds the model's maximum context length of 512 tokens. You requested a total "
+        "of 513 tokens: 500 tokens from the input messages and 13 tokens for the completion. Please reduce the "
+        "number of tokens in the input messages or the completion to fit within the limit."
+    )
+    assert exact_fit.status_code == 200
+    assert exact_fit.json()["meta_info"]["finish_reason"] == {"type": "length", "length": 12}
+    assert no_budget.status_code == 200 and no_budget.json()["meta_info"]["completion_tokens"] == 12
+
+
+def test_batch_with_one_request_over_the_context_runs_none_of_it(engine_url):
+    body = {"input_ids": [PROMPT, [7] * 510], "rid": "ctx", "sampling_params": {"max_new_tokens": 5}}
+    response = httpx.post(f"{engine_url}/generate", json=body, timeout=60)
+    assert response.status_code == 400 and "515 tokens" in response.json()["error"]["message"]
+    assert httpx.get(f"{engine_url}/get_server_info").json()["internal_states"][0]["num_running_reqs"] == 0
+
+
+def test_rollout_worker_reads_the_engine_context_even_inside_a_running_loop(engine_url):
+    model_path = httpx.get(f"{engine_url}/get_model_info").json()["model_path"]
+
+    async def like_a_ray_actor_init() -> int | None:  # Ray runs an async actor's __init__ inside its loop
+        return engine_context_len([engine_url], model_path, timeout_s=30)
+
+    assert run(like_a_ray_actor_init()) == 512

@@ -1,4 +1,4 @@
-"""Prompt datasets: reading JSONL and Parquet, bad rows, the length filter and the per-epoch order."""
+"""Prompt datasets: JSONL and Parquet, bad rows, the length filter, the context check and the per-epoch order."""
 
 from __future__ import annotations
 
@@ -35,8 +35,15 @@ def write_jsonl(path, lines: list[str]):
     return str(path)
 
 
-def load(path, tokenizer, n=2, seed=0, **cfg) -> PromptDataset:
-    return PromptDataset(DataConfig(path=path, **cfg), tokenizer, n_samples_per_prompt=n, seed=seed)
+def load(path, tokenizer, n=2, seed=0, context_len=None, max_new_tokens=0, **cfg) -> PromptDataset:
+    return PromptDataset(
+        DataConfig(path=path, **cfg),
+        tokenizer,
+        n_samples_per_prompt=n,
+        seed=seed,
+        context_len=context_len,
+        max_new_tokens=max_new_tokens,
+    )
 
 
 def test_dataset_reads_jsonl_rows_into_pending_groups(tmp_path, tokenizer):
@@ -134,6 +141,43 @@ def test_dataset_with_no_usable_rows_says_why(tmp_path, tokenizer):
 
     with pytest.raises(DataError, match="1 longer than max_prompt_tokens"):
         load(path, tokenizer, max_prompt_tokens=1)
+
+
+def test_dataset_prompt_over_context_error_names_file_and_line(tmp_path, tokenizer):
+    rows = [json.dumps({"prompt": p, "label": "x"}) for p in ["one two", "one two three"]]
+    path = write_jsonl(tmp_path / "long.jsonl", [rows[0], "", rows[1]])
+
+    # "one two" is 2 tokens: 2 + 3 = 5 fits a context of 5; "one two three" needs 3 + 3 = 6 on line 3.
+    with pytest.raises(DataError, match=r"long\.jsonl:3: prompt has 3 tokens.*3 \+ 3 = 6 > 5 .*on_bad_row=skip"):
+        load(path, tokenizer, context_len=5, max_new_tokens=3)
+
+
+def test_dataset_skips_and_counts_prompts_over_context_when_asked(tmp_path, tokenizer):
+    rows = [{"prompt": p, "label": "x"} for p in ["one two three", "one two", "two three four"]]
+    path = write_jsonl(tmp_path / "p.jsonl", [json.dumps(r) for r in rows])
+
+    dataset = load(path, tokenizer, shuffle=False, on_bad_row="skip", context_len=5, max_new_tokens=3)
+
+    assert len(dataset) == 1
+    assert dataset.num_over_context == 2 and dataset.num_bad_rows == 0
+    assert dataset.make_group(0).samples[0].prompt_ids.tolist() == [7, 8]
+
+
+def test_dataset_prompt_filling_the_context_is_refused_even_with_no_new_tokens(tmp_path, tokenizer):
+    # SGLang refuses an input of `context` tokens outright: nothing could be generated after it.
+    rows = [{"prompt": p, "label": "x"} for p in ["one two", "one two three"]]
+    path = write_jsonl(tmp_path / "p.jsonl", [json.dumps(r) for r in rows])
+
+    dataset = load(path, tokenizer, on_bad_row="skip", context_len=3, max_new_tokens=0)
+
+    assert len(dataset) == 1 and dataset.num_over_context == 1
+
+
+def test_dataset_with_only_prompts_over_context_says_why(tmp_path, tokenizer):
+    path = write_jsonl(tmp_path / "p.jsonl", [json.dumps({"prompt": "one two", "label": "x"})])
+
+    with pytest.raises(DataError, match="1 over the engines' context"):
+        load(path, tokenizer, on_bad_row="skip", context_len=4, max_new_tokens=3)
 
 
 def test_dataset_order_is_a_seeded_permutation_per_epoch(tmp_path, tokenizer):

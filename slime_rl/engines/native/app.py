@@ -19,7 +19,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from slime_rl.engines.native.engine import NativeEngine
-from slime_rl.engines.native.scheduler import EngineRequest, RequestUpdate
+from slime_rl.engines.native.scheduler import EngineRequest, RequestUpdate, context_error
 from slime_rl.engines.protocol import SamplingParams
 
 logger = logging.getLogger(__name__)
@@ -46,8 +46,12 @@ def _per_item(value: Any, count: int, name: str, is_batch: bool) -> list[Any]:
     return [value] * count
 
 
-def _parse_generate(body: dict[str, Any], tokenizer) -> tuple[list[dict[str, Any]], bool]:
-    """Split a `/generate` body into per-sequence items; returns (items, is_batch)."""
+def _parse_generate(body: dict[str, Any], tokenizer, context_len: int) -> tuple[list[dict[str, Any]], bool]:
+    """Split a `/generate` body into per-sequence items; returns (items, is_batch).
+
+    Raises BadRequest if any item does not fit `context_len` (so a batch runs whole or not at all). An item
+    that gives no `max_new_tokens` gets the default capped at what fits, as SGLang does.
+    """
     has_ids, has_text = body.get("input_ids") is not None, body.get("text") is not None
     if has_ids == has_text:
         raise BadRequest("exactly one of input_ids and text must be given")
@@ -76,6 +80,11 @@ def _parse_generate(body: dict[str, Any], tokenizer) -> tuple[list[dict[str, Any
             tokens = [int(t) for t in prompt]
         except (TypeError, ValueError) as err:
             raise BadRequest(f"request {item_rid}: {err}") from err
+        if not isinstance(params, dict) or params.get("max_new_tokens") is None:
+            parsed.max_new_tokens = max(0, min(parsed.max_new_tokens, context_len - len(tokens)))
+        error = context_error(len(tokens), parsed.max_new_tokens, context_len)
+        if error is not None:
+            raise BadRequest(error)
         items.append({"rid": str(item_rid), "input_ids": tokens, "params": parsed, "return_logprob": bool(logprob)})
     return items, is_batch
 
@@ -129,7 +138,7 @@ def build_app(engine: NativeEngine) -> FastAPI:
         started = time.monotonic()
         try:
             body = await request.json()
-            items, is_batch = _parse_generate(body, engine.tokenizer)
+            items, is_batch = _parse_generate(body, engine.tokenizer, engine.max_context_len)
             if body.get("stream") and is_batch:
                 raise BadRequest("streaming supports one sequence per request")
             queues = [submit(item, stream=bool(body.get("stream"))) for item in items]
@@ -252,6 +261,7 @@ def build_app(engine: NativeEngine) -> FastAPI:
                 "is_generation": True,
                 "preferred_sampling_params": None,
                 "weight_version": engine.weight_version,
+                "max_context_len": engine.max_context_len,
             }
         )
 

@@ -32,7 +32,7 @@ class NativeEngineArgs:
     device: str = "cpu"  # cpu | cuda | cuda:N
     dtype: str = "auto"  # auto = float32 on CPU, bfloat16 on CUDA
     max_running_requests: int = 64  # continuous-batching slots
-    max_context_len: int = 2048  # prompt + response tokens per sequence
+    max_context_len: int = 2048  # prompt + response tokens per sequence (capped at the model's position limit)
     max_prefill_tokens: int = 4096  # prompt tokens prefilled per step (a longer single prompt still runs alone)
     num_threads: int = 1  # torch CPU threads
     seed: int = 0  # seed of the shared sampling generator
@@ -88,8 +88,17 @@ class NativeEngine:
     def weight_version(self) -> str:
         return self.scheduler.weight_version
 
+    @property
+    def max_context_len(self) -> int:
+        """Tokens per sequence this engine serves: the configured value, capped at the model's positions."""
+        return self.runner.max_len
+
     def server_info(self) -> dict:
-        return {**asdict(self.args), "max_total_num_tokens": self.args.max_running_requests * self.runner.max_len}
+        return {
+            **asdict(self.args),
+            "max_context_len": self.max_context_len,
+            "max_total_num_tokens": self.args.max_running_requests * self.max_context_len,
+        }
 
     async def _on_model_thread(self, fn):
         return await asyncio.wrap_future(self.scheduler.call(fn))

@@ -45,6 +45,13 @@ class ModelRunner:
         config = self.model.config
         self.vocab_size = int(config.vocab_size)
         self.max_len = min(max_len, int(getattr(config, "max_position_embeddings", max_len)))
+        if self.max_len < max_len:
+            logger.info(
+                "max_context_len=%d exceeds the model's %d positions; serving %d tokens per sequence",
+                max_len,
+                self.max_len,
+                self.max_len,
+            )
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         self.cache = RaggedKVCache(
             num_layers=config.num_hidden_layers,

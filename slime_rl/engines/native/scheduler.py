@@ -33,6 +33,24 @@ logger = logging.getLogger(__name__)
 PAUSE_MODES = ("abort", "retract", "in_place")
 
 
+def context_error(num_input: int, max_new_tokens: int, context_len: int) -> str | None:
+    """SGLang's HTTP 400 message for a request that does not fit `context_len` tokens; None if it fits.
+
+    Same checks and words as SGLang without `--allow-auto-truncate` (REFERENCE.md §1): the input must be
+    shorter than the context, and input plus `max_new_tokens` must not exceed it.
+    """
+    if num_input >= context_len:
+        return f"The input ({num_input} tokens) is longer than the model's context length ({context_len} tokens)."
+    if num_input + max_new_tokens > context_len:
+        return (
+            f"Requested token count exceeds the model's maximum context length of {context_len} tokens. "
+            f"You requested a total of {num_input + max_new_tokens} tokens: {num_input} tokens from the input "
+            f"messages and {max_new_tokens} tokens for the completion. Please reduce the number of tokens in the "
+            "input messages or the completion to fit within the limit."
+        )
+    return None
+
+
 @dataclass(slots=True, kw_only=True)
 class RequestUpdate:
     """A snapshot of one request's output; `finish_reason` is set on the final update only."""
@@ -104,12 +122,10 @@ class Scheduler:
         """Queue `request`. Raises ValueError if its rid is still live or it cannot fit the context."""
         if len(request.input_ids) == 0:
             raise ValueError(f"request {request.rid}: empty input_ids")
-        if len(request.input_ids) >= self.runner.max_len:
-            raise ValueError(
-                f"request {request.rid}: prompt has {len(request.input_ids)} tokens; the context limit is "
-                f"{self.runner.max_len} (prompt + at least one generated token)"
-            )
         params = request.params
+        error = context_error(len(request.input_ids), params.max_new_tokens, self.runner.max_len)
+        if error is not None:
+            raise ValueError(error)
         request.stop_ids = frozenset(params.stop_token_ids or ()) | (
             frozenset() if params.ignore_eos else self.eos_token_ids
         )
@@ -286,7 +302,8 @@ class Scheduler:
         num_out = len(request.output_ids)
         if token in request.stop_ids:  # banned before min_new_tokens, so this respects it
             return FinishReason(type="stop", matched=token)
-        if num_out >= request.params.max_new_tokens or request.cache_len >= self.runner.max_len:
+        # submit() admits only requests whose input + max_new_tokens fit the context, so this is the only limit.
+        if num_out >= request.params.max_new_tokens:
             return FinishReason(type="length", length=num_out)
         return None
 
