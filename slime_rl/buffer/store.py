@@ -36,6 +36,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 
+import msgpack
 import redis
 
 from slime_rl.buffer.codec import decode_group, encode_group
@@ -108,6 +109,13 @@ class Batch:
     entry_ids: list[str]  # stream entry of each group, same order
     versions: list[int]  # weight version each group was published under, same order
     num_dropped_stale: int = 0  # groups this read dropped as stale (already counted and acknowledged)
+
+    def extend(self, other: Batch) -> None:
+        """Append the groups of a later read by the same consumer."""
+        self.groups += other.groups
+        self.entry_ids += other.entry_ids
+        self.versions += other.versions
+        self.num_dropped_stale += other.num_dropped_stale
 
 
 class RedisBuffer:
@@ -306,6 +314,36 @@ class RedisBuffer:
         """Groups taken by rollout and not yet published, recycled or dropped."""
         value = self.client.hget(self.keys.counters, "in_flight")
         return int(value) if value is not None else 0
+
+    def dump_state(self) -> bytes:
+        """Every key of this run, read in one MULTI/EXEC, as msgpack of Redis `DUMP` payloads (no pickle).
+
+        Saved beside a checkpoint's weights so a resumed run continues from the buffer those weights saw:
+        the dataset cursor, counters, partials and the stream with its consumer group.
+        """
+        names = [f.name for f in fields(BufferKeys)]
+        pipe = self.client.pipeline(transaction=True)
+        for name in names:
+            pipe.dump(getattr(self.keys, name))
+        return msgpack.packb(dict(zip(names, pipe.execute(), strict=True)), use_bin_type=True)
+
+    def restore_state(self, state: bytes) -> None:
+        """Put this run's keys back as `dump_state` saw them (keys absent then are deleted), in one MULTI/EXEC.
+
+        The payloads must come from a server whose RDB version this one reads (the same Redis or Valkey,
+        or an older one).
+        """
+        dumps = msgpack.unpackb(state, raw=False)
+        pipe = self.client.pipeline(transaction=True)
+        for name in (f.name for f in fields(BufferKeys)):
+            key = getattr(self.keys, name)
+            pipe.delete(key)
+            if dumps.get(name) is not None:
+                pipe.restore(key, 0, dumps[name], replace=True)
+        pipe.execute()
+        self._has_consumer_group = False
+        self._outstanding.clear()
+        self._recovered.clear()
 
     def clear(self) -> None:
         """Delete every key of this run (all queues, counters, the version and the dataset cursor)."""

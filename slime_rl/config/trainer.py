@@ -24,7 +24,8 @@ class TrainerConfig:
     clip_grad: float = 1.0  # global grad-norm clip; 0 = off
     num_cpus_per_rank: int = 1  # logical CPUs per rank actor (torch threads on CPU)
     num_gpus_per_rank: int = 0  # GPUs per rank actor (1 on GPU clusters)
-    save_interval: int = 0  # steps between checkpoints; 0 = only at the end
+    save_interval: int = 10  # steps between checkpoints (and at the end); 0 = only at the end
+    max_checkpoints_to_keep: int = 2  # newest checkpoints kept on disk; 0 = keep every one
     checkpoint_dir: str | None = None  # None = {run dir}/checkpoints
     load_checkpoint: bool = True  # resume from the latest checkpoint in checkpoint_dir when there is one
     weight_sync: str = "distributed"  # distributed (torch.distributed broadcast) | disk (safetensors dir)
@@ -38,6 +39,8 @@ class TrainerConfig:
         for key in ("micro_batch_size", "num_steps_per_batch", "weight_sync_bucket_mb"):
             check_min(f"trainer.{key}", getattr(self, key), 1)
         check_min("trainer.clip_grad", self.clip_grad, 0.0)
+        check_min("trainer.save_interval", self.save_interval, 0)
+        check_min("trainer.max_checkpoints_to_keep", self.max_checkpoints_to_keep, 0)
         if self.logprob_temperature <= 0:
             raise ConfigError(f"trainer.logprob_temperature must be > 0, got {self.logprob_temperature}")
 

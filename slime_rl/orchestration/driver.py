@@ -33,9 +33,11 @@ from slime_rl.orchestration.loops import LOOPS, LoopContext, publish
 from slime_rl.orchestration.placement import create_placement
 from slime_rl.orchestration.rollout_worker import RolloutWorker
 from slime_rl.orchestration.train_group import TrainGroup
+from slime_rl.trainer import checkpoint
 
 logger = logging.getLogger(__name__)
 
+BUFFER_STATE_FILE = "buffer_state.msgpack"  # the run's Redis keys inside a checkpoint's step directory
 CURVE_KEYS = ("rollout/reward_mean", "eval/accuracy", "train/loss", "rollout/response_len_mean")
 TIME_KEYS = ("perf/rollout_time_s", "perf/train_time_s", "perf/weight_sync_time_s")
 
@@ -159,8 +161,36 @@ def run_training(cfg: SlimeRLConfig) -> None:
     write_report(cfg, run_dir, metrics.jsonl_path)
 
 
+def save_checkpoint(cfg: SlimeRLConfig, ctx: LoopContext, step: int) -> None:
+    """Weights, optimizer and the buffer they continue from, as checkpoint `step`.
+
+    The buffer's state goes into the step directory before the trainer writes its `latest` marker, so a
+    crash at any point leaves a previous checkpoint whose weights and buffer agree.
+    """
+    assert cfg.trainer.checkpoint_dir is not None, "the trainer presets set trainer.checkpoint_dir"
+    step_dir = checkpoint.step_dir(cfg.trainer.checkpoint_dir, step)
+    step_dir.mkdir(parents=True, exist_ok=True)
+    (step_dir / BUFFER_STATE_FILE).write_bytes(ctx.buffer.dump_state())
+    ctx.trainers.save(step)
+
+
+def resume(cfg: SlimeRLConfig, ctx: LoopContext) -> int:
+    """Load the latest checkpoint (weights, optimizer, buffer); returns the step to start from (0 = fresh)."""
+    step = (ctx.trainers.load() if cfg.trainer.load_checkpoint else None) or 0
+    if step == 0:
+        return 0
+    assert cfg.trainer.checkpoint_dir is not None
+    state_file = checkpoint.step_dir(cfg.trainer.checkpoint_dir, step) / BUFFER_STATE_FILE
+    if state_file.exists():
+        ctx.buffer.restore_state(state_file.read_bytes())
+        logger.info("resumed at step %d with the buffer as checkpointed", step)
+    else:
+        logger.warning("checkpoint of step %d has no %s; the buffer is used as it is", step, BUFFER_STATE_FILE)
+    return step
+
+
 def run_loop(cfg: SlimeRLConfig, ctx: LoopContext, metrics: MetricsLogger) -> None:
-    start_step = (ctx.trainers.load() if cfg.trainer.load_checkpoint else None) or 0
+    start_step = resume(cfg, ctx)
     if start_step == 0 and cfg.toy.enabled and cfg.toy.sft_steps:
         metrics.log(0, warm_up_sft(cfg, ctx))
     publish(ctx, start_step)  # engines serve exactly the trainer's weights, also after SFT or a resume
@@ -174,14 +204,17 @@ def run_loop(cfg: SlimeRLConfig, ctx: LoopContext, metrics: MetricsLogger) -> No
                 record = loop.step(step)
                 done = step + 1
                 is_last = done == cfg.mode.num_steps
-                if cfg.eval.path and ((cfg.eval.interval and done % cfg.eval.interval == 0) or is_last):
+                is_eval = cfg.eval.path and ((cfg.eval.interval and done % cfg.eval.interval == 0) or is_last)
+                if is_eval:
                     record.update(ray.get(ctx.rollout.evaluate.remote(done)))
                 if (cfg.trainer.save_interval and done % cfg.trainer.save_interval == 0) or is_last:
-                    ctx.trainers.save(done)
+                    with loop.quiesced():
+                        save_checkpoint(cfg, ctx, done)
                 record["perf/step_time_s"] = time.perf_counter() - t0
                 record["perf/other_time_s"] = record["perf/step_time_s"] - sum(record.get(k, 0.0) for k in TIME_KEYS)
                 record.update({f"buffer/{k}": float(v) for k, v in ctx.buffer.snapshot().items()})
-                metrics.log(done, record)
+                if is_eval or is_last or done % cfg.mode.log_interval == 0:
+                    metrics.log(done, record)
                 progress.update(done, record)
     finally:
         loop.close()

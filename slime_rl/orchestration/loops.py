@@ -9,13 +9,19 @@
 
 A step returns one flat metrics record; the driver logs it. Time is split into rollout (time the trainer
 waits for data), train, weight sync and other.
+
+The trainer waits at most `mode.batch_timeout_s` for a step's groups; a short batch is an error that says
+what the buffer holds, never a smaller step. `quiesced()` brings the rollout side to rest for a checkpoint:
+nothing in flight, so the buffer saved beside the weights is exactly the state they continue from.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,6 +29,7 @@ import ray
 
 from slime_rl.buffer.store import Batch, RedisBuffer
 from slime_rl.config.root import SlimeRLConfig
+from slime_rl.errors import ServiceError
 from slime_rl.orchestration.batches import make_train_batches
 from slime_rl.orchestration.train_group import TrainGroup
 
@@ -42,11 +49,34 @@ class LoopContext:
     engine_urls: list[str]
 
 
-def read_step_batch(buffer: RedisBuffer, num_groups: int, trainer_version: int, timeout_s: float = 600.0) -> Batch:
-    """Read `num_groups` groups through the consumer group, waiting up to `timeout_s` for them to arrive."""
-    return buffer.read_batch(
-        TRAINER_CONSUMER, num_groups, block_ms=int(timeout_s * 1000), trainer_version=trainer_version
-    )
+READ_POLL_S = 2.0  # seconds between checks of the rollout side while the trainer waits for data
+
+
+def read_step_batch(ctx: LoopContext, step: int, check_rollout: Callable[[], None] | None = None) -> Batch:
+    """Read the step's `rollout_batch_size` groups through the consumer group.
+
+    Waits up to `mode.batch_timeout_s`, calling `check_rollout` (which raises if the rollout side failed)
+    every `READ_POLL_S`; raises `ServiceError` naming what the buffer holds if the batch is still short.
+    """
+    cfg = ctx.cfg
+    need = cfg.rollout.rollout_batch_size
+    deadline = time.monotonic() + cfg.mode.batch_timeout_s
+    batch = Batch(groups=[], entry_ids=[], versions=[])
+    while len(batch.groups) < need:
+        wait_s = min(READ_POLL_S, max(deadline - time.monotonic(), 0.0))
+        batch.extend(ctx.buffer.read_batch(TRAINER_CONSUMER, need - len(batch.groups), int(wait_s * 1000), step))
+        if check_rollout is not None:
+            check_rollout()
+        if len(batch.groups) < need and time.monotonic() >= deadline:
+            stats = ctx.buffer.snapshot()
+            raise ServiceError(
+                f"step {step}: the trainer waited {cfg.mode.batch_timeout_s:.0f} s (mode.batch_timeout_s) for "
+                f"{need} groups and got {len(batch.groups)}; the buffer has {stats['in_flight']} groups in flight, "
+                f"{stats['partials']} partials, {stats['prompts']} prompts, dropped_filter={stats['dropped_filter']}, "
+                f"dropped_stale={stats['dropped_stale']}. Check the rollout log and the engines' logs, or raise "
+                "mode.batch_timeout_s"
+            )
+    return batch
 
 
 def staleness_metrics(batch: Batch, trainer_version: int) -> dict[str, float]:
@@ -113,18 +143,32 @@ class SyncLoop:
 
     def __init__(self, ctx: LoopContext, start_step: int) -> None:
         self.ctx = ctx
+        waiting = ctx.buffer.queue_lengths()["samples"]
+        if waiting:
+            raise ServiceError(
+                f"the buffer of run {ctx.buffer.run_id!r} already holds {waiting} published groups that no "
+                "checkpoint accounts for; sync mode trains only the batch it just generated. Resume from the "
+                "checkpoint of the run that left them (trainer.load_checkpoint=true) or start under a new "
+                "buffer.run_id"
+            )
 
     def step(self, step: int) -> dict[str, float]:
         t0 = time.perf_counter()
         rollout_metrics = ray.get(self.ctx.rollout.generate.remote(step))
         t1 = time.perf_counter()
-        train_metrics = train_on_batch(
-            self.ctx, read_step_batch(self.ctx.buffer, self.ctx.cfg.rollout.rollout_batch_size, step), step
-        )
+        batch = read_step_batch(self.ctx, step)
+        # Invariant: the rollout side publishes one step's groups under that step's version and the buffer
+        # held nothing before (checked at start), so the oldest groups are the ones just generated.
+        assert all(v == step for v in batch.versions), f"sync step {step} read groups of versions {batch.versions}"
+        train_metrics = train_on_batch(self.ctx, batch, step)
         t2 = time.perf_counter()
         publish_metrics = publish(self.ctx, step + 1)
         t3 = time.perf_counter()
         return rollout_metrics | train_metrics | publish_metrics | timing(t1 - t0, t2 - t1, t3 - t2, train_metrics)
+
+    @contextlib.contextmanager
+    def quiesced(self) -> Iterator[None]:
+        yield  # between steps nothing is in flight
 
     def close(self) -> None:
         pass
@@ -135,16 +179,17 @@ class OneStepAsyncLoop:
 
     def __init__(self, ctx: LoopContext, start_step: int) -> None:
         self.ctx = ctx
-        self.ready: dict[str, float] | None = None  # metrics of the batch generated during the last step
+        # A resumed run's buffer already holds the batch generated during the step before the checkpoint.
+        is_batch_waiting = ctx.buffer.queue_lengths()["samples"] >= ctx.cfg.rollout.rollout_batch_size
+        self.ready: dict[str, float] | None = {} if is_batch_waiting else None
 
     def step(self, step: int) -> dict[str, float]:
-        cfg = self.ctx.cfg
         t0 = time.perf_counter()
         if self.ready is None:  # the first batch has nothing to overlap with
             self.ready = ray.get(self.ctx.rollout.generate.remote(step))
         rollout_metrics, self.ready = self.ready, None
         next_ref = self.ctx.rollout.generate.remote(step)  # batch step+1, with θ_step, overlapping training
-        batch = read_step_batch(self.ctx.buffer, cfg.rollout.rollout_batch_size, step)
+        batch = read_step_batch(self.ctx, step)
         t1 = time.perf_counter()
         train_metrics = train_on_batch(self.ctx, batch, step)
         t2 = time.perf_counter()
@@ -160,6 +205,10 @@ class OneStepAsyncLoop:
             | {"async/trainer_idle_s": (t1 - t0) + (t3 - t2)}
         )
 
+    @contextlib.contextmanager
+    def quiesced(self) -> Iterator[None]:
+        yield  # between steps the next batch is generated and published, nothing in flight
+
     def close(self) -> None:
         pass
 
@@ -169,18 +218,25 @@ class FullyAsyncLoop:
 
     def __init__(self, ctx: LoopContext, start_step: int) -> None:
         self.ctx = ctx
-        ray.get(ctx.rollout.start_stream.remote(start_step, ctx.cfg.mode.max_staleness))
+        self.version = start_step
+        self._start_stream()
+
+    def _start_stream(self) -> None:
+        ray.get(self.ctx.rollout.start_stream.remote(self.version, self.ctx.cfg.mode.max_staleness))
+
+    def _check_stream(self) -> None:
+        ray.get(self.ctx.rollout.check_stream.remote())
 
     def step(self, step: int) -> dict[str, float]:
-        cfg = self.ctx.cfg
         t0 = time.perf_counter()
-        batch = read_step_batch(self.ctx.buffer, cfg.rollout.rollout_batch_size, step)
+        batch = read_step_batch(self.ctx, step, check_rollout=self._check_stream)
         t1 = time.perf_counter()
         train_metrics = train_on_batch(self.ctx, batch, step)
         t2 = time.perf_counter()
         abort_s = ray.get(self.ctx.rollout.pause_stream.remote())
         publish_metrics = publish(self.ctx, step + 1)
         stream_metrics = ray.get(self.ctx.rollout.resume_stream.remote(step + 1))
+        self.version = step + 1
         t3 = time.perf_counter()
         return (
             batch_reward_metrics(batch)
@@ -190,6 +246,13 @@ class FullyAsyncLoop:
             | timing(t1 - t0, t2 - t1, t3 - t2, train_metrics)
             | {"async/trainer_idle_s": t1 - t0, "async/pause_abort_s": abort_s}
         )
+
+    @contextlib.contextmanager
+    def quiesced(self) -> Iterator[None]:
+        """Stop the stream (its in-flight groups go back to the partials) and start it again afterwards."""
+        ray.get(self.ctx.rollout.stop_stream.remote())
+        yield
+        self._start_stream()
 
     def close(self) -> None:
         ray.get(self.ctx.rollout.stop_stream.remote())

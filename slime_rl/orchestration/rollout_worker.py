@@ -129,12 +129,24 @@ class RolloutWorker:
         return await self.manager.generate(version)
 
     async def start_stream(self, version: int, max_staleness: int) -> None:
-        """Start fully-async generation in the background (see `StreamingRollout`)."""
-        self.stream = StreamingRollout(self.manager, max_staleness=max_staleness, version=version)
+        """Start fully-async generation in the background (see `StreamingRollout`).
+
+        Groups already published and waiting in the buffer (a resumed run's) count as accepted, so the
+        staleness bound holds across a restart.
+        """
+        num_buffered = self.buffer.queue_lengths()["samples"]
+        self.stream = StreamingRollout(
+            self.manager, max_staleness=max_staleness, version=version, num_buffered=num_buffered
+        )
         self.stream_task = asyncio.create_task(self.stream.run())
+
+    async def check_stream(self) -> None:
+        """Raise the error that ended the stream, if one did (the trainer calls it while it waits for data)."""
+        self.stream.raise_if_failed()
 
     async def pause_stream(self) -> float:
         """Interrupt generation for a weight update; returns the seconds the abort took."""
+        self.stream.raise_if_failed()
         return await self.stream.pause()
 
     async def resume_stream(self, version: int) -> dict[str, float]:
@@ -145,7 +157,8 @@ class RolloutWorker:
     async def stop_stream(self) -> dict[str, float]:
         """End the stream (in-flight groups go back to the buffer) and return its counts."""
         await self.stream.stop()
-        await self.stream_task
+        await asyncio.wait([self.stream_task])
+        self.stream.raise_if_failed()
         return self.stream_metrics()
 
     def stream_metrics(self) -> dict[str, float]:

@@ -2,15 +2,14 @@
 
 Flow of one `generate` call: take groups from the buffer (recycled partials first, then fresh prompts),
 restart partials that lag more than `max_partial_staleness` versions, generate every sample through the
-router, score finished groups, apply the dynamic-sampling filter, publish kept groups to the buffer's
-stream with the weight version, until `rollout_batch_size` groups are published.
+router, score finished groups and settle each returned group by the one settle policy
+(`rollout.settle`: filter, publish, recycle, failure cap), until `rollout_batch_size` groups are published.
 
 APRIL (arXiv 2509.18521): with `use_april`, `over_sampling_batch_size` groups stay in flight; once the
 target is met, every engine is aborted and every group still in flight goes back to the buffer's
 partials, keeping its tokens, finished members, rewards and versions. A group that finishes after the
 target is met (it raced the abort) is recycled too, finished: it is published first next step, under
-that step's version, after the staleness cap and the filter. A group whose engine failed is recycled
-the same way; more than `max_failed_groups_per_step` of those in one step raise instead of spinning.
+that step's version, after the staleness cap and the filter.
 
 Every group taken leaves through exactly one of publish, `record_drops` or `put_partials`, so the
 buffer's counters invariant holds across aborts and failures. Knows nothing about Ray.
@@ -21,35 +20,23 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 
 import numpy as np
 
-from slime_rl.config.rollout import RolloutConfig, groups_in_flight, max_filter_drops
+from slime_rl.config.rollout import RolloutConfig, groups_in_flight
 from slime_rl.engines.client import EngineClient
 from slime_rl.engines.protocol import SamplingParams
-from slime_rl.errors import ServiceError
+from slime_rl.errors import DataError
 from slime_rl.rollout.filters import GroupFilter, keep_all
 from slime_rl.rollout.generate import generate_group, restart_stale_group
 from slime_rl.rollout.rewards.hub import RewardFn, score_samples
+from slime_rl.rollout.settle import GroupSettler, StepState
 from slime_rl.types import Group, Sample, Status
 
 logger = logging.getLogger(__name__)
 
 ABORT_POLL_S = 0.05  # seconds between abort_all rounds while aborted requests are still returning
-
-
-@dataclass
-class StepState:
-    """What one `generate` call has done so far. `stats` are the counted `rollout/*` events."""
-
-    version: int
-    published: list[Group] = field(default_factory=list)
-    rejected: list[Group] = field(default_factory=list)  # filtered out, dropped at the end of the step
-    stats: Counter[str] = field(default_factory=Counter)
-    abort_wait_s: float = 0.0
 
 
 class RolloutManager:
@@ -80,7 +67,7 @@ class RolloutManager:
         self.refill_prompts = refill_prompts
         self.reward_fn = reward_fn
         self.decode = decode
-        self.group_filter = group_filter
+        self.settler = GroupSettler(cfg, buffer, group_filter)
         self.sampling = SamplingParams(
             max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k
         )
@@ -93,7 +80,7 @@ class RolloutManager:
         """Publish `rollout_batch_size` groups generated with weights `version`; return rollout metrics.
 
         Raises `ServiceError` (after recycling every group in flight) when more than
-        `max_failed_groups_per_step` groups failed on an engine, and RuntimeError when the buffer has no
+        `max_failed_groups_per_step` groups failed on an engine, and `DataError` when the buffer has no
         prompts left and the step cannot be filled.
         """
         start = time.perf_counter()
@@ -107,15 +94,17 @@ class RolloutManager:
                 for group in self.take(self._num_to_take(state, len(tasks)), state):
                     tasks[asyncio.create_task(self._run_group(group, version, semaphore, stop))] = group
                 if not tasks:
-                    self._keep_rejected_when_starved(state)
+                    if not self.settler.keep_rejected_when_starved(state):
+                        raise DataError("the buffer returned no prompt groups; is the dataset empty?")
                     continue
                 done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
                 for task in done:
-                    self._settle(tasks.pop(task), state)
+                    target_met = len(state.published) >= self.cfg.rollout_batch_size
+                    self.settler.settle(tasks.pop(task), state, target_met=target_met)
         finally:
             if tasks:
                 state.abort_wait_s = await self._abort_and_recycle(tasks, stop, state)
-            self.buffer.record_drops("filter", len(state.rejected))
+            self.settler.close(state)
         return rollout_metrics(state, time.perf_counter() - start)
 
     def _num_to_take(self, state: StepState, num_in_flight: int) -> int:
@@ -159,43 +148,6 @@ class RolloutManager:
         if samples:
             await score_samples(self.reward_fn, samples, [self.decode(s.response_ids) for s in samples])
 
-    def _settle(self, group: Group, state: StepState) -> None:
-        """Send one group that came back before the abort to exactly one place: stream, partials or drops."""
-        if not group.is_finished:  # an engine failed mid-group: keep its tokens, retry it
-            self.buffer.put_partials([group])
-            state.stats["recycled"] += 1
-            state.stats["engine_failed_groups"] += 1
-            if state.stats["engine_failed_groups"] > self.cfg.max_failed_groups_per_step:
-                raise ServiceError(
-                    f"{state.stats['engine_failed_groups']} groups failed on the engines in one step "
-                    f"(rollout.max_failed_groups_per_step={self.cfg.max_failed_groups_per_step}); their tokens "
-                    "are kept as partials. Check the engine logs and health."
-                )
-            return
-        state.stats["reward_failed"] += sum(s.metadata.get("error", "").startswith("reward") for s in group.samples)
-        if len(state.published) >= self.cfg.rollout_batch_size:
-            self.buffer.put_partials([group])  # raced the abort: first in line next step
-            state.stats["recycled"] += 1
-            state.stats["recycled_finished"] += 1
-        elif self.group_filter(group):
-            self._publish(group, state)
-        elif len(state.rejected) < max_filter_drops(self.cfg):
-            state.rejected.append(group)
-        else:  # DAPO's filter must not starve the step: past the drop budget, keep the group anyway
-            self._publish(group, state)
-            state.stats["filter_fallback_kept"] += 1
-
-    def _publish(self, group: Group, state: StepState) -> None:
-        self.buffer.publish([group], state.version)
-        state.published.append(group)
-
-    def _keep_rejected_when_starved(self, state: StepState) -> None:
-        """Nothing in flight and nothing to take: publish filtered-out groups rather than fail the step."""
-        if not state.rejected:
-            raise RuntimeError("the buffer returned no prompt groups; is the dataset empty?")
-        state.stats["filter_fallback_kept"] += 1
-        self._publish(state.rejected.pop(0), state)
-
     async def _abort_and_recycle(
         self, tasks: dict[asyncio.Task[Group], Group], stop: asyncio.Event, state: StepState
     ) -> float:
@@ -237,6 +189,19 @@ class RolloutManager:
         return any(not isinstance(load, BaseException) and load.num_reqs for load in loads)
 
 
+SETTLE_COUNTS = (
+    "recycled",
+    "recycled_finished",
+    "partial_resumed",
+    "partial_restarted",
+    "engine_failed_groups",
+    "engine_rejected_samples",
+    "reward_failed",
+    "dropped_filter",
+    "filter_fallback_kept",
+)
+
+
 def rollout_metrics(state: StepState, elapsed_s: float) -> dict[str, float]:
     """Flat `rollout/*` and `perf/*` metrics of one step: published groups, counted events and timings.
 
@@ -250,7 +215,6 @@ def rollout_metrics(state: StepState, elapsed_s: float) -> dict[str, float]:
     total_tokens = float(lengths.sum())
     longest = max(samples, key=lambda s: len(s.response_ids), default=None)
     longest_time_s = longest.metadata.get("gen_time_s", 0.0) if longest is not None else 0.0
-    counted = ("recycled", "recycled_finished", "partial_resumed", "partial_restarted", "engine_failed_groups")
     return {
         "rollout/reward_mean": float(rewards.mean()) if len(rewards) else 0.0,
         "rollout/reward_std": float(rewards.std()) if len(rewards) else 0.0,
@@ -263,10 +227,7 @@ def rollout_metrics(state: StepState, elapsed_s: float) -> dict[str, float]:
         "rollout/samples": float(len(samples)),
         "rollout/response_tokens": total_tokens,
         "rollout/off_policy_token_frac": stale_tokens / max(total_tokens, 1.0),
-        "rollout/dropped_filter": float(len(state.rejected)),
-        "rollout/filter_fallback_kept": float(state.stats["filter_fallback_kept"]),
-        "rollout/reward_failed": float(state.stats["reward_failed"]),
-        **{f"rollout/{key}": float(state.stats[key]) for key in counted},
+        **{f"rollout/{key}": float(state.stats[key]) for key in SETTLE_COUNTS},
         "perf/rollout_samples_per_s": len(samples) / max(elapsed_s, 1e-9),
         "perf/rollout_tokens_per_s": total_tokens / max(elapsed_s, 1e-9),
         "perf/longest_sample_tokens_per_s": len(longest.response_ids) / longest_time_s if longest_time_s else 0.0,

@@ -12,7 +12,14 @@ Weight updates interrupt generation: `pause()` stops new requests and aborts the
 partial outputs stay in their group; after `resume(version)` every unfinished sample continues from its
 own tokens under the new weights, and its new tokens record the new version in `weight_spans`.
 `stop()` ends the stream and recycles every group still in flight to the buffer's partials, so the
-buffer's counters invariant holds at every point. Knows nothing about Ray.
+buffer's counters invariant holds at every point.
+
+Returned groups are settled by the same policy as the per-step manager (`rollout.settle`); a settle
+window is one weight version: its filter-drop budget and engine-failure cap reset at each `resume`,
+where the groups the filter held are dropped. A round of requests that ends unfinished while no pause
+is under way means an engine failed: the group is settled (recycled, counted against the cap) instead
+of retried at once. An error in the stream (the failure cap) recycles every group still out and is
+raised by the next `pause`, `resume` or `stop` (`raise_if_failed`). Knows nothing about Ray.
 """
 
 from __future__ import annotations
@@ -23,7 +30,8 @@ import time
 from collections import Counter
 
 from slime_rl.rollout.generate import generate_group
-from slime_rl.rollout.manager import RolloutManager, StepState
+from slime_rl.rollout.manager import RolloutManager
+from slime_rl.rollout.settle import StepState
 from slime_rl.types import Group
 
 logger = logging.getLogger(__name__)
@@ -37,13 +45,17 @@ def admission_capacity(*, max_staleness: int, version: int, batch_groups: int, a
 class StreamingRollout:
     """Runs `manager`'s engines continuously. Methods other than `run` are called between steps."""
 
-    def __init__(self, manager: RolloutManager, *, max_staleness: int, version: int) -> None:
+    def __init__(self, manager: RolloutManager, *, max_staleness: int, version: int, num_buffered: int = 0) -> None:
+        """`num_buffered`: published groups already waiting in the buffer's stream (a resumed run's)."""
         self.manager = manager
         self.cfg = manager.cfg
         self.max_staleness = max_staleness
         self.version = version
-        self.accepted = version * self.cfg.rollout_batch_size
+        # AReaL's `accepted` counts every group published so far: the trained ones and those waiting.
+        self._accepted_before = version * self.cfg.rollout_batch_size + num_buffered  # before this window
         self.stats: Counter[str] = Counter()
+        self.window = StepState(version=version)  # the settle window of the current weight version
+        self.error: BaseException | None = None
         self._tasks: dict[asyncio.Task[Group], Group] = {}
         self._semaphore = asyncio.Semaphore(self.cfg.max_concurrent_requests)
         self._generating = asyncio.Event()  # set while the engines may be sent requests
@@ -55,6 +67,11 @@ class StreamingRollout:
         self._paused_at: float | None = None
         self.engine_idle_s = 0.0  # time the engines spent paused for weight updates
 
+    @property
+    def accepted(self) -> int:
+        """Groups published so far (AReaL's `accepted`), counting those before the stream started."""
+        return self._accepted_before + len(self.window.published)
+
     def capacity(self) -> int:
         return admission_capacity(
             max_staleness=self.max_staleness,
@@ -65,33 +82,58 @@ class StreamingRollout:
         )
 
     async def run(self) -> None:
-        """Admit, generate and publish until `stop()`; returns once every group has left the stream."""
+        """Admit, generate and publish until `stop()`; returns once every group has left the stream.
+
+        On an error (the engine-failure cap) every group still out is recycled before it is raised.
+        """
+        try:
+            await self._admit_and_settle()
+        except BaseException as err:
+            self.error = err
+            self._stopping = True
+            self._stop_requests.set()
+            self._generating.set()
+            raise
+        finally:
+            for task, group in list(self._tasks.items()):  # stopped: every group still out leaves the stream
+                await asyncio.wait([task])
+                if self.error is None and not task.exception():
+                    self._settle(group)
+                else:
+                    self.manager.buffer.put_partials([group])
+                    self.stats["recycled"] += 1
+            self._tasks.clear()
+            self._close_window()
+
+    async def _admit_and_settle(self) -> None:
         while not self._stopping:
             await self._generating.wait()
             if self._stopping:
                 break
             room = min(self.capacity(), self.manager.groups_in_flight_target - len(self._tasks))
-            state = StepState(version=self.version)
-            for group in self.manager.take(room, state) if room > 0 else []:
+            taken = self.manager.take(room, self.window) if room > 0 else []
+            for group in taken:
                 self._tasks[asyncio.create_task(self._run_group(group))] = group
-            self.stats.update(state.stats)
+            if not self._tasks and room > 0 and not taken:  # the buffer is out of prompts
+                self.manager.settler.keep_rejected_when_starved(self.window)
             self._wake.clear()
             waiters = {*self._tasks, asyncio.create_task(self._wake.wait())}
             done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
                 if task in self._tasks:
-                    self._settle(self._tasks.pop(task))
+                    group = self._tasks.pop(task)
                     task.result()
+                    self._settle(group)
             for task in waiters - done:
                 if task not in self._tasks:
                     task.cancel()
-        for task, group in list(self._tasks.items()):  # stopped: every group still out goes back to the buffer
-            await task
-            self._settle(group)
-        self._tasks.clear()
 
     async def _run_group(self, group: Group) -> Group:
-        """Generate until the group is finished, pausing across weight updates, then score it."""
+        """Generate until the group is finished, pausing across weight updates, then score it.
+
+        Returns early, unfinished, when the stream stops or when a round ends unfinished while no pause
+        was under way (an engine failed: the settle policy recycles and counts it).
+        """
         while not group.is_finished and not self._stopping:
             await self._generating.wait()
             if self._stopping:
@@ -110,22 +152,32 @@ class StreamingRollout:
                 )
             finally:
                 self._requests_out -= 1
+            if not group.is_finished and not self._stop_requests.is_set():
+                return group
         if group.is_finished:
             await self.manager.score_group(group)
         return group
 
     def _settle(self, group: Group) -> None:
-        """A finished group is published (or dropped by the filter); an unfinished one (stop) is recycled."""
-        if not group.is_finished:
+        """Settle a returned group by the shared policy; a stopped stream's unfinished groups are recycled."""
+        if self._stopping and not group.is_finished:
             self.manager.buffer.put_partials([group])
             self.stats["recycled"] += 1
-        elif self.manager.group_filter(group):
-            self.manager.buffer.publish([group], self.version)
-            self.accepted += 1
-            self.stats["published"] += 1
-        else:
-            self.manager.buffer.record_drops("filter", 1)
-            self.stats["dropped_filter"] += 1
+            return
+        self.manager.settler.settle(group, self.window)
+
+    def _close_window(self) -> None:
+        """Drop what the filter held and fold the window's counts into the stream's totals."""
+        self.manager.settler.close(self.window)
+        self.stats.update(self.window.stats)
+        self.stats["published"] += len(self.window.published)
+        self._accepted_before += len(self.window.published)
+        self.window = StepState(version=self.version)
+
+    def raise_if_failed(self) -> None:
+        """Re-raise the error that ended the stream, if one did."""
+        if self.error is not None:
+            raise self.error
 
     async def pause(self) -> float:
         """Stop sending requests and abort the in-flight ones; returns once none is out (seconds taken)."""
@@ -139,11 +191,16 @@ class StreamingRollout:
         return self._paused_at - start
 
     def resume(self, version: int) -> None:
-        """Continue every unfinished sample under weights `version` and admit new groups again."""
+        """Continue every unfinished sample under weights `version` and admit new groups again.
+
+        Closes the settle window of the previous version and opens one for `version`.
+        """
+        self.raise_if_failed()
+        self.version = version
+        self._close_window()
         if self._paused_at is not None:
             self.engine_idle_s += time.perf_counter() - self._paused_at
             self._paused_at = None
-        self.version = version
         self._stop_requests.clear()
         self._generating.set()
         self._wake.set()

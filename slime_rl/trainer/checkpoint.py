@@ -40,30 +40,41 @@ def _rank_file(step_dir: Path, kind: str, tp_rank: int, pp_rank: int) -> Path:
     return step_dir / f"{kind}_tp{tp_rank}_pp{pp_rank}.pt"
 
 
+def step_dir(root: str | Path, step: int) -> Path:
+    """The directory of checkpoint `step` under the checkpoint root."""
+    return Path(root) / f"step_{step:08d}"
+
+
 def save(trainer: MegatronTrainer, step: int) -> Path:
-    """Write this rank's share of checkpoint `step` (collective); returns the step directory."""
+    """Write this rank's share of checkpoint `step` (collective); returns the step directory.
+
+    Keeps the newest `trainer.max_checkpoints_to_keep` step directories (0 = all) once `latest` is written.
+    """
     layout = trainer.layout
-    step_dir = _root(trainer) / f"step_{step:08d}"
+    out_dir = step_dir(_root(trainer), step)
     if layout.dp_rank == 0:
-        step_dir.mkdir(parents=True, exist_ok=True)
+        out_dir.mkdir(parents=True, exist_ok=True)
         params = {name: p.detach().cpu() for name, p in trainer.model.named_parameters()}
-        torch.save(params, _rank_file(step_dir, "model", layout.tp_rank, layout.pp_rank))
-        torch.save(trainer.optimizer.state_dict(), _rank_file(step_dir, "optim", layout.tp_rank, layout.pp_rank))
+        torch.save(params, _rank_file(out_dir, "model", layout.tp_rank, layout.pp_rank))
+        torch.save(trainer.optimizer.state_dict(), _rank_file(out_dir, "optim", layout.tp_rank, layout.pp_rank))
     if dist.get_rank() == 0:
         meta = {"step": step, "version": trainer.version, "tp_size": layout.tp_size, "pp_size": layout.pp_size}
-        (step_dir / "meta.json").write_text(json.dumps(meta))
-        (step_dir / "hf").mkdir(exist_ok=True)
+        (out_dir / "meta.json").write_text(json.dumps(meta))
+        (out_dir / "hf").mkdir(exist_ok=True)
         for name in weights.HF_SIDE_FILES:
             if (Path(trainer.model_cfg.path) / name).exists():
-                shutil.copyfile(Path(trainer.model_cfg.path) / name, step_dir / "hf" / name)
+                shutil.copyfile(Path(trainer.model_cfg.path) / name, out_dir / "hf" / name)
     dist.barrier()
     if dist.get_rank() == 0:
         tmp = _root(trainer) / "latest.tmp"
-        tmp.write_text(step_dir.name)
+        tmp.write_text(out_dir.name)
         tmp.replace(_root(trainer) / "latest")
-        logger.info("saved checkpoint %s", step_dir)
+        logger.info("saved checkpoint %s", out_dir)
+        if trainer.cfg.max_checkpoints_to_keep:
+            for old in sorted(_root(trainer).glob("step_*"))[: -trainer.cfg.max_checkpoints_to_keep]:
+                shutil.rmtree(old)
     dist.barrier()
-    return step_dir
+    return out_dir
 
 
 def latest_step_dir(root: str | Path) -> Path | None:

@@ -219,3 +219,29 @@ def test_counters_invariant_holds_under_random_operations(buffer):
     assert stats["in_flight"] == stats["partials"] == stats["samples"] == stats["pending"] == 0
     assert stats["issued"] == stats["trained"] + dropped
     assert stats["trained"] > 0 and stats["dropped_stale"] > 0 and stats["dropped_filter"] > 0
+
+
+def test_buffer_restore_state_returns_every_key_to_the_dumped_state(buffer):
+    buffer.put_prompts([make_group(f"p{i}") for i in range(4)])
+    buffer.publish([finish(g, 0) for g in buffer.take_groups(2)], version=0)
+    buffer.client.hset(buffer.keys.dataset, mapping={"epoch": 0, "offset": 6})
+    state, before = buffer.dump_state(), buffer.snapshot()
+    # The run goes on past the checkpoint: more prompts issued and trained, the cursor moves.
+    buffer.publish([finish(g, 1) for g in buffer.take_groups(2)], version=1)
+    buffer.ack(buffer.read_batch("t", 4, block_ms=0, trainer_version=1))
+    buffer.client.hset(buffer.keys.dataset, "offset", 8)
+    buffer.set_version(2)
+
+    buffer.restore_state(state)
+    assert buffer.snapshot() == before
+    assert buffer.get_version() == 0
+    batch = buffer.read_batch("t", 4, block_ms=0, trainer_version=0)
+    assert sorted(g.group_id for g in batch.groups) == ["p0", "p1"]  # the stream as it was, re-readable
+
+
+def test_buffer_restore_state_deletes_keys_created_after_the_dump(buffer):
+    state = buffer.dump_state()  # an empty run
+    buffer.put_prompts([make_group("p0")])
+    buffer.put_partials(buffer.take_groups(1))
+    buffer.restore_state(state)
+    assert buffer.client.exists(*(getattr(buffer.keys, k) for k in ("prompts", "partials", "counters"))) == 0
