@@ -41,6 +41,7 @@ def workload_overrides(args: argparse.Namespace) -> list[str]:
         f"trainer.micro_batch_size={args.rollout_batch_size * args.n_samples_per_prompt}",
         f"mode.max_staleness={args.max_staleness}",
         "buffer.appendonly=false",
+        "trainer.save_interval=0",  # only the last step saves a checkpoint, and it is left out of the timings
         f"seed={args.seed}",
     ]
 

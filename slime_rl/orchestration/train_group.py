@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import numpy as np
 import ray
 
 from slime_rl.config.algorithm import AlgorithmConfig
@@ -56,9 +55,6 @@ class TrainerRank:
 
     def set_lr(self, lr: float) -> None:
         self.trainer.set_lr(lr)
-
-    def compute_logprobs(self, batch: TrainBatch) -> list[np.ndarray]:
-        return self.trainer.compute_logprobs(batch)
 
     def publish_weights(self, engine_urls: list[str], version: int) -> dict[str, float]:
         return self.trainer.publish_weights(engine_urls, version)

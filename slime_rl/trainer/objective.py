@@ -22,6 +22,7 @@ from torch import Tensor
 
 from slime_rl.algorithms import decoupled_behaviour_weights, kl_penalty, policy_loss, reduce_loss, tis_weights
 from slime_rl.config import AlgorithmConfig
+from slime_rl.config.algorithm import policy_loss_name
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +94,7 @@ def rl_objective(inputs: TokenInputs, algo: AlgorithmConfig, totals: StepTotals)
         correction = None
     if correction is not None:
         weights = correction if weights is None else weights * correction
-    loss_fn = policy_loss("gspo" if algo.advantage_estimator == "gspo" else "ppo_clip")
+    loss_fn = policy_loss(policy_loss_name(algo))
     pg_loss, pg_metrics = loss_fn(
         inputs.logprobs,
         inputs.old_logprobs,

@@ -130,7 +130,3 @@ class ModelRunner:
             param.copy_(tensor.to(device=param.device, dtype=param.dtype))
             count += 1
         return count
-
-    def parameter_specs(self) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
-        """Shape and dtype of every parameter, by HF name."""
-        return {name: (tuple(p.shape), p.dtype) for name, p in self._params.items()}
