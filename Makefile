@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 
 .PHONY: demo test lint setup clean
 
-$(BIN)/.installed: pyproject.toml
+$(BIN)/.installed: pyproject.toml setup.py
 	$(PY) -m venv $(VENV)
 	# torch first, pinned: on CPU machines this resolves to the local CPU wheel, never CUDA.
 	$(BIN)/pip install --quiet torch==2.13.0
@@ -18,8 +18,8 @@ demo: setup
 	$(BIN)/slime-rl train experiment=toy $(ARGS)
 
 test: setup
-	$(BIN)/ruff check slime_rl tests benchmarks launch examples
-	$(BIN)/ruff format --check slime_rl tests benchmarks launch examples
+	$(BIN)/ruff check slime_rl tests benchmarks launch examples setup.py
+	$(BIN)/ruff format --check slime_rl tests benchmarks launch examples setup.py
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest tests $(ARGS)
 

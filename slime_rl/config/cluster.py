@@ -7,11 +7,14 @@ from slime_rl.errors import ConfigError
 
 @dataclass
 class ClusterConfig:
-    address: str | None = None  # Ray address to join ("auto" or "host:port"); None starts a local Ray
+    # Ray address to join ("auto" or "host:port"); None starts a fresh local Ray that listens on 127.0.0.1 only.
+    # Joining uses the cluster's token auth: set RAY_AUTH_MODE=token and the token in RAY_AUTH_TOKEN,
+    # RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token (`ray get-auth-token` on the head node prints it).
+    address: str | None = None
     num_cpus: int = 2  # logical CPUs of a local Ray; set explicitly, placement groups wait forever otherwise
     num_gpus: int = 0  # GPUs of a local Ray
     object_store_memory_mb: int = 256  # MiB for a local Ray's object store (>= 75)
-    include_dashboard: bool = False  # start Ray's dashboard on a local Ray (127.0.0.1)
+    include_dashboard: bool = False  # start Ray's dashboard on a local Ray (127.0.0.1; needs the token too)
     colocate: bool = False  # True: engines and trainer share devices; False: disaggregated pools
 
     def __post_init__(self) -> None:

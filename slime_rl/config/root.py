@@ -86,11 +86,17 @@ class SlimeRLConfig:
 
 
 def config_dir() -> Path:
-    """The `configs/` tree: $SLIME_RL_CONFIG_DIR, else the one beside the package in a source checkout."""
-    path = Path(os.environ.get("SLIME_RL_CONFIG_DIR", Path(__file__).resolve().parents[2] / "configs"))
-    if not (path / "config.yaml").is_file():
-        raise ConfigError(f"no config.yaml in {path}; set SLIME_RL_CONFIG_DIR to the slime-rl configs/ folder")
-    return path
+    """The `configs/` tree: $SLIME_RL_CONFIG_DIR, else the wheel's copy inside the package, else the checkout's."""
+    if "SLIME_RL_CONFIG_DIR" in os.environ:
+        candidates = [Path(os.environ["SLIME_RL_CONFIG_DIR"])]
+    else:
+        package = Path(__file__).resolve().parents[1]
+        candidates = [package / "configs", package.parent / "configs"]  # installed wheel, source checkout
+    for path in candidates:
+        if (path / "config.yaml").is_file():
+            return path
+    searched = " or ".join(map(str, candidates))
+    raise ConfigError(f"no config.yaml in {searched}; set SLIME_RL_CONFIG_DIR to the slime-rl configs/ folder")
 
 
 def register_configs() -> None:

@@ -20,6 +20,7 @@ from omegaconf import OmegaConf
 
 from slime_rl.buffer.server import redis_service
 from slime_rl.buffer.store import RedisBuffer
+from slime_rl.config.model import check_model_path
 from slime_rl.config.root import SlimeRLConfig
 from slime_rl.errors import ConfigError
 from slime_rl.observability.logs import setup_logging
@@ -139,6 +140,7 @@ def warm_up_sft(cfg: SlimeRLConfig, ctx: LoopContext) -> dict[str, float]:
 def run_training(cfg: SlimeRLConfig) -> None:
     """Train with the configured loop until `mode.num_steps`; resumable from the latest checkpoint."""
     run_dir = prepare_run_dir(cfg)
+    check_model_path(cfg.model)  # before any service starts: a missing model would stall the engines
     with (
         redis_service(cfg.buffer, run_dir / "redis") as redis_url,
         ray_session(cfg.cluster),
@@ -252,6 +254,7 @@ def write_report(cfg: SlimeRLConfig, run_dir: Path, metrics_path: Path) -> None:
 def run_rollout_only(cfg: SlimeRLConfig) -> None:
     """Rollout without a trainer (debugging, data generation): `mode.num_steps` batches into the buffer."""
     run_dir = prepare_run_dir(cfg)
+    check_model_path(cfg.model)  # before any service starts: a missing model would stall the engines
     with (
         redis_service(cfg.buffer, run_dir / "redis") as redis_url,
         ray_session(cfg.cluster),

@@ -67,3 +67,33 @@ def test_config_gpu_trainer_cannot_broadcast_weights_to_a_cpu_native_engine():
     with pytest.raises(ConfigError, match="set engine.device=cuda or trainer.weight_sync=disk"):
         load_config(["trainer=gpu", "engine.device=cpu"])
     assert load_config(["trainer=gpu", "engine.device=cpu", "trainer.weight_sync=disk"]).trainer.weight_sync == "disk"
+
+
+def test_check_model_path_missing_directory_names_the_key_and_the_fix(tmp_path):
+    from slime_rl.config.model import ModelConfig, check_model_path
+
+    missing = tmp_path / "no_such_model"
+    with pytest.raises(ConfigError, match=r"model.path='.*no_such_model' does not exist") as err:
+        check_model_path(ModelConfig(path=str(missing)))
+    assert "set model.path=<HuggingFace model directory>" in str(err.value)
+    assert "experiment=toy" in str(err.value)
+
+
+def test_check_model_path_directory_without_weights_is_rejected(tmp_path):
+    from slime_rl.config.model import ModelConfig, check_model_path
+
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(ConfigError, match=r"model.path=.* has no \*.safetensors"):
+        check_model_path(ModelConfig(path=str(tmp_path)))
+    (tmp_path / "config.json").unlink()
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    with pytest.raises(ConfigError, match=r"model.path=.* has no config.json"):
+        check_model_path(ModelConfig(path=str(tmp_path)))
+
+
+def test_check_model_path_accepts_a_huggingface_directory(tmp_path):
+    from slime_rl.config.model import ModelConfig, check_model_path
+
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "model-00001-of-00002.safetensors").write_bytes(b"")
+    check_model_path(ModelConfig(path=str(tmp_path)))
