@@ -6,6 +6,7 @@ not have is an error (Hydra struct mode). `load_config` runs every `__post_init_
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,8 +108,32 @@ def register_configs() -> None:
         store.store(group=group, name="base", node=node)
 
 
+def unknown_keys(node: DictConfig, prefix: str = "") -> list[str]:
+    """Dotted keys of `node` that its schema dataclass does not have (dict-typed fields take any key).
+
+    Hydra's `+key=value` adds a key even under struct mode, and `OmegaConf.to_object` then drops it in
+    silence: a setting accepted that does nothing.
+    """
+    schema = OmegaConf.get_type(node)
+    if not dataclasses.is_dataclass(schema):
+        return []
+    names = {f.name for f in dataclasses.fields(schema)}
+    found = []
+    for key in node:
+        if key not in names:
+            found.append(f"{prefix}{key}")
+        elif isinstance(child := node._get_node(key), DictConfig):
+            found += unknown_keys(child, f"{prefix}{key}.")
+    return found
+
+
 def to_config(cfg: DictConfig) -> SlimeRLConfig:
     """Turn a composed DictConfig into the typed config, running every validation."""
+    if unknown := unknown_keys(cfg):
+        raise ConfigError(
+            f"unknown config key(s) {', '.join(unknown)}: the schema has no such setting, so it would do nothing; "
+            "check the spelling (`slime-rl train --cfg job` prints every key)"
+        )
     try:
         config = OmegaConf.to_object(cfg)
     except ConfigError:

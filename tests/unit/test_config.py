@@ -97,3 +97,17 @@ def test_check_model_path_accepts_a_huggingface_directory(tmp_path):
     (tmp_path / "config.json").write_text("{}")
     (tmp_path / "model-00001-of-00002.safetensors").write_bytes(b"")
     check_model_path(ModelConfig(path=str(tmp_path)))
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [("+rollout.bogus=1", "rollout.bogus"), ("+bogus=2", "bogus"), ("+trainer.optimizer.lr=1", "trainer.optimizer")],
+)
+def test_config_added_key_the_schema_lacks_is_rejected(override, key):
+    with pytest.raises(ConfigError, match=f"unknown config key\\(s\\) {key}"):
+        load_config([override])
+
+
+def test_config_added_key_under_a_dict_field_is_kept():
+    cfg = load_config(["engine=sglang", "+engine.sglang.chunked_prefill_size=4096"])
+    assert cfg.engine.sglang["chunked_prefill_size"] == 4096
