@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 logger = logging.getLogger(__name__)
 _PR_SET_PDEATHSIG = 1
@@ -27,7 +28,12 @@ def _die_with_parent() -> None:
 
 
 def spawn(argv: Sequence[str], *, log_path: str | None = None, env: dict[str, str] | None = None) -> subprocess.Popen:
-    """Start `argv` as a child that is killed when this process dies. Output goes to `log_path` or is dropped."""
+    """Start `argv` as a child that is killed when this process dies.
+
+    Output is appended to `log_path` (its folder is created) or dropped.
+    """
+    if log_path:
+        Path(log_path).parent.mkdir(parents=True, exist_ok=True)
     out = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115 - owned by the child
     preexec = _die_with_parent if sys.platform.startswith("linux") else None
     try:
@@ -35,6 +41,17 @@ def spawn(argv: Sequence[str], *, log_path: str | None = None, env: dict[str, st
     finally:
         if log_path:
             out.close()
+
+
+def log_tail(log_path: str | Path | None, num_lines: int = 30) -> str:
+    """The last `num_lines` lines of a child's log, for error messages; says so when there is none."""
+    if log_path is None:
+        return "(no log: the process was started without a log_path)"
+    path = Path(log_path)
+    if not path.exists():
+        return f"(no log at {path})"
+    lines = path.read_text(errors="replace").splitlines()[-num_lines:]
+    return "\n".join(lines) if lines else f"({path} is empty)"
 
 
 def stop(proc: subprocess.Popen, timeout_s: float = 10.0) -> None:

@@ -3,34 +3,69 @@
 from dataclasses import dataclass, field
 from typing import Any
 
-from slime_rl.config.checks import check_choice
+from slime_rl.config.checks import check_choice, check_min
 from slime_rl.errors import ConfigError
+
+ENGINE_KINDS = ("native", "sglang")
+# engine.* keys that SGLang gets as server arguments (engines/sglang.py), by SGLang ServerArgs name.
+SGLANG_SERVER_ARGS = {
+    "max_running_requests": "max_running_requests",
+    "max_context_len": "context_length",
+    "max_prefill_tokens": "max_prefill_tokens",
+    "dtype": "dtype",
+    "device": "device",
+    "weight_version": "weight_version",
+}
+SGLANG_LAUNCH_ARGS = ("model_path", "host", "port")  # set from model.path, engine.host and a free port
 
 
 @dataclass
 class EngineConfig:
-    kind: str = "native"  # native | sglang | simulated: engine implementation behind the router
+    kind: str = "native"  # native | sglang: engine implementation behind the router
     num_engines: int = 1  # engine servers behind the router
-    device: str = "cpu"  # cpu | cuda (native engine)
-    num_threads: int = 1  # torch threads per native engine on CPU
+    device: str = "cpu"  # cpu | cuda: where each engine runs (GPUs are reserved unless cpu)
+    num_threads: int = 1  # logical CPUs per engine (its Ray bundle); the native engine runs this many torch threads
     max_running_requests: int = 64  # concurrent sequences per engine (continuous-batching slots)
-    max_context_len: int = 2048  # prompt + response tokens per sequence
-    max_prefill_tokens: int = 4096  # prompt tokens the native engine prefills per step
-    dtype: str = "auto"  # auto | float32 | bfloat16 | float16 (native engine; auto = fp32 on CPU, bf16 on CUDA)
+    max_context_len: int = 2048  # prompt + response tokens per sequence (SGLang: --context-length)
+    max_prefill_tokens: int = 4096  # prompt tokens an engine prefills per step
+    dtype: str = "auto"  # auto | float32 | bfloat16 | float16; auto: native fp32 on CPU, bf16 on CUDA; SGLang's own
     weight_version: str = "0"  # version engines report until the first weight update
     host: str = "127.0.0.1"  # bind address of engines and router
     router_policy: str = "round_robin"  # round_robin | cache_aware | power_of_two | random
     startup_timeout_s: float = 300.0  # seconds to wait for an engine's /health
     request_timeout_s: float = 600.0  # seconds one HTTP request may take
-    sglang: dict[str, Any] = field(default_factory=dict)  # passed through to sglang ServerArgs as --key value
+    sglang: dict[str, Any] = field(default_factory=dict)  # kind=sglang: more ServerArgs, passed as --key value
 
     def __post_init__(self) -> None:
-        check_choice("engine.kind", self.kind, ("native", "sglang", "simulated"))
+        if self.kind == "simulated":
+            raise ConfigError(
+                f"engine.kind=simulated is not available yet (nothing serves it); choose {', '.join(ENGINE_KINDS)}"
+            )
+        check_choice("engine.kind", self.kind, ENGINE_KINDS)
+        check_choice("engine.device", self.device, ("cpu", "cuda"))
         check_choice("engine.dtype", self.dtype, ("auto", "float32", "bfloat16", "float16"))
         check_choice(
             "engine.router_policy", self.router_policy, ("round_robin", "cache_aware", "power_of_two", "random")
         )
-        if self.num_engines < 1:
-            raise ConfigError(f"engine.num_engines must be >= 1, got {self.num_engines}")
-        if self.max_running_requests < 1:
-            raise ConfigError(f"engine.max_running_requests must be >= 1, got {self.max_running_requests}")
+        for key in ("num_engines", "num_threads", "max_running_requests", "max_context_len", "max_prefill_tokens"):
+            check_min(f"engine.{key}", getattr(self, key), 1)
+        self._check_sglang_keys()
+
+    def _check_sglang_keys(self) -> None:
+        if self.sglang and self.kind != "sglang":
+            raise ConfigError(
+                f"engine.sglang.* ({', '.join(self.sglang)}) is passed to SGLang only; engine.kind={self.kind} "
+                "would ignore it. Remove it or set engine.kind=sglang"
+            )
+        typed = {arg: key for key, arg in SGLANG_SERVER_ARGS.items()}
+        for key in self.sglang:
+            name = key.replace("-", "_")
+            if name in SGLANG_LAUNCH_ARGS:
+                raise ConfigError(
+                    f"engine.sglang.{name} is set by slime-rl (model.path, engine.host and a free port); remove it"
+                )
+            if name in typed:
+                raise ConfigError(
+                    f"engine.sglang.{name} duplicates engine.{typed[name]}, which SGLang gets as --"
+                    f"{name.replace('_', '-')}; set engine.{typed[name]} instead"
+                )

@@ -30,12 +30,18 @@ class TrainerConfig:
     load_checkpoint: bool = True  # resume from the latest checkpoint in checkpoint_dir when there is one
     weight_sync: str = "distributed"  # distributed (torch.distributed broadcast) | disk (safetensors dir)
     weight_sync_bucket_mb: int = 64  # MiB per broadcast bucket
+    weight_publish_dir: str | None = None  # weight_sync=disk: newest published weights; None = {checkpoint_dir}/publish
 
     def __post_init__(self) -> None:
         for key in ("tensor_model_parallel_size", "pipeline_model_parallel_size", "data_parallel_size"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"trainer.{key} must be >= 1, got {getattr(self, key)}")
         check_choice("trainer.weight_sync", self.weight_sync, ("distributed", "disk"))
+        if self.weight_sync == "disk" and not (self.weight_publish_dir or self.checkpoint_dir):
+            raise ConfigError(
+                "trainer.weight_sync=disk writes the published weights under trainer.weight_publish_dir or, when "
+                "that is unset, {trainer.checkpoint_dir}/publish; both are unset. Set one of them (inside the run dir)"
+            )
         for key in ("micro_batch_size", "num_steps_per_batch", "weight_sync_bucket_mb"):
             check_min(f"trainer.{key}", getattr(self, key), 1)
         check_min("trainer.clip_grad", self.clip_grad, 0.0)

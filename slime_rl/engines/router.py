@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 
 from slime_rl.errors import ServiceError
-from slime_rl.processes import free_port, spawn, stop
+from slime_rl.processes import free_port, log_tail, spawn, stop
 
 logger = logging.getLogger(__name__)
 
@@ -72,8 +72,14 @@ class Router:
             except httpx.HTTPError:
                 pass
             time.sleep(0.1)
+        exit_code = self._proc.poll()
         self.stop()
-        raise ServiceError(f"sglang-router did not answer at {self.url} within {self.startup_timeout_s:.0f}s")
+        why = (
+            f"exited with code {exit_code} during start-up"
+            if exit_code is not None
+            else f"did not answer within {self.startup_timeout_s:.0f}s"
+        )
+        raise ServiceError(f"sglang-router at {self.url} {why}. Log tail ({self.log_path}):\n{log_tail(self.log_path)}")
 
     def _workers(self) -> list[dict]:
         response = httpx.get(f"{self.url}/workers", timeout=10.0)

@@ -18,7 +18,7 @@ import httpx
 from slime_rl.config.engine import EngineConfig
 from slime_rl.engines.sglang import sglang_command
 from slime_rl.errors import ConfigError, ServiceError
-from slime_rl.processes import free_port, spawn, stop
+from slime_rl.processes import free_port, log_tail, spawn, stop
 
 logger = logging.getLogger(__name__)
 
@@ -54,12 +54,6 @@ def native_command(cfg: EngineConfig, model_path: str, host: str, port: int) -> 
     ]
 
 
-def _log_tail(path: Path | None, num_lines: int = 20) -> str:
-    if path is None or not path.exists():
-        return "(no log)"
-    return "\n".join(path.read_text(errors="replace").splitlines()[-num_lines:])
-
-
 class EngineProcess:
     """One engine server. `start()` blocks until `/health` answers 200; `url` is valid after it."""
 
@@ -87,39 +81,43 @@ class EngineProcess:
         return build(self.cfg, self.model_path, self.cfg.host, port)
 
     def start(self, port: int | None = None) -> str:
-        """Start the server (on `port`, or a free one) and wait for it to be healthy; returns its URL."""
+        """Start the server (on `port`, or a free one) and wait for it to be healthy; returns its URL.
+
+        A failed start raises `ServiceError` with the tail of the engine's log.
+        """
         if self._proc is not None and self._proc.poll() is None:
             raise ServiceError(f"engine already running at {self.url} (pid {self._proc.pid})")
+        failure = "was not started"
         for attempt in range(_PORT_ATTEMPTS):
             self.port = port or free_port(self.cfg.host)
             self._proc = spawn(self.command(self.port), log_path=str(self.log_path) if self.log_path else None)
-            if self._wait_healthy():
+            failure = self._wait_healthy(self._proc)
+            if failure is None:
                 logger.info("%s engine up at %s (pid %d)", self.cfg.kind, self.url, self._proc.pid)
                 return self.url
-            if port is not None or attempt + 1 == _PORT_ATTEMPTS:
+            if port is not None or attempt + 1 == _PORT_ATTEMPTS or not failure.startswith("exited"):
                 break
             logger.warning("engine exited during start-up on port %d; retrying on another port", self.port)
         raise ServiceError(
-            f"{self.cfg.kind} engine for {self.model_path} did not become healthy at {self.url} within "
-            f"{self.cfg.startup_timeout_s:.0f}s (engine.startup_timeout_s). Log tail:\n{_log_tail(self.log_path)}"
+            f"{self.cfg.kind} engine for {self.model_path} at {self.url} {failure}. "
+            f"Log tail ({self.log_path}):\n{log_tail(self.log_path)}"
         )
 
-    def _wait_healthy(self) -> bool:
-        """True once /health answers 200; False if the process exited. Stops it on timeout."""
-        assert self._proc is not None
+    def _wait_healthy(self, proc: subprocess.Popen) -> str | None:
+        """None once /health answers 200, else why not (it exited, or it timed out and was stopped)."""
         deadline = time.monotonic() + self.cfg.startup_timeout_s
         with httpx.Client(timeout=2.0) as http:
             while time.monotonic() < deadline:
-                if self._proc.poll() is not None:
-                    return False
+                if proc.poll() is not None:
+                    return f"exited with code {proc.returncode} during start-up"
                 try:
                     if http.get(f"{self.url}/health").status_code == 200:
-                        return True
+                        return None
                 except httpx.HTTPError:
                     pass
                 time.sleep(0.1)
-        stop(self._proc)
-        return False
+        stop(proc)
+        return f"did not become healthy within {self.cfg.startup_timeout_s:.0f}s (engine.startup_timeout_s)"
 
     def is_alive(self) -> bool:
         return self._proc is not None and self._proc.poll() is None

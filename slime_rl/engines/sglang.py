@@ -1,8 +1,11 @@
 """Command line of the real SGLang server (`engine.kind=sglang`, GPU clusters).
 
-Owns the mapping from `EngineConfig` to `python -m sglang.launch_server` flags: every `engine.sglang.*`
-key passes through as `--key-with-dashes value` (as slime's `--sglang-*` flags do). It does not import
-sglang, which is an optional extra installed only on GPU machines.
+Owns the mapping from `EngineConfig` to `python -m sglang.launch_server` flags: the typed `engine.*`
+keys SGLang understands become their ServerArgs (`config.engine.SGLANG_SERVER_ARGS`, e.g.
+`max_context_len` -> `--context-length`), and every `engine.sglang.*` key passes through as
+`--key-with-dashes value` (as slime's `--sglang-*` flags do). The config rejects `engine.sglang` keys
+that repeat a typed key or the launch arguments. It does not import sglang, which is an optional extra
+installed only on GPU machines.
 """
 
 from __future__ import annotations
@@ -11,10 +14,7 @@ import json
 import sys
 from typing import Any
 
-from slime_rl.config.engine import EngineConfig
-from slime_rl.errors import ConfigError
-
-_OWNED_KEYS = ("model_path", "host", "port")  # set from the model and the process launcher
+from slime_rl.config.engine import SGLANG_SERVER_ARGS, EngineConfig
 
 
 def _flag_values(key: str, value: Any) -> list[str]:
@@ -31,7 +31,7 @@ def _flag_values(key: str, value: Any) -> list[str]:
 
 
 def sglang_command(cfg: EngineConfig, model_path: str, host: str, port: int) -> list[str]:
-    """argv that starts SGLang serving `model_path` on `host:port` with `cfg.sglang` passed through.
+    """argv that starts SGLang serving `model_path` on `host:port`: typed keys, then `cfg.sglang`.
 
     Booleans become bare flags (False drops the flag), lists become repeated values, dicts JSON.
     """
@@ -46,13 +46,8 @@ def sglang_command(cfg: EngineConfig, model_path: str, host: str, port: int) -> 
         "--port",
         str(port),
     ]
-    options = dict(cfg.sglang)
-    for key in options:
-        if key.replace("-", "_") in _OWNED_KEYS:
-            raise ConfigError(
-                f"engine.sglang.{key} is set by slime-rl (model.path, engine.host and a free port); remove it"
-            )
-    options.setdefault("weight_version", cfg.weight_version)
-    for key, value in options.items():
+    for key, server_arg in SGLANG_SERVER_ARGS.items():
+        argv += _flag_values(server_arg, getattr(cfg, key))
+    for key, value in cfg.sglang.items():
         argv += _flag_values(key.replace("-", "_"), value)
     return argv

@@ -93,7 +93,7 @@ class RolloutSide:
 @contextlib.contextmanager
 def rollout_side(cfg: SlimeRLConfig, redis_url: str, placement) -> Iterator[RolloutSide]:
     """Engines behind a router, and the rollout worker that drives them."""
-    with EngineFleet(cfg.engine, cfg.model.path, placement) as fleet:
+    with EngineFleet(cfg.engine, cfg.model.path, placement, log_dir=cfg.run_dir / "logs") as fleet:
         worker = (
             ray.remote(RolloutWorker)
             .options(num_cpus=0, max_concurrency=64)

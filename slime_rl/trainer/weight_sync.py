@@ -6,22 +6,29 @@ trainer group) and sends it to every engine, either
   on CPU, NCCL on GPU) built once beside Megatron's groups: for each bucket of at most
   `weight_sync_bucket_mb`, rank 0 posts `/update_weights_from_distributed` to every engine and then
   broadcasts the bucket's tensors in the posted order; or
-- `disk`: an HF safetensors directory under `{checkpoint_dir}/publish/` and `/update_weights_from_disk`.
+- `disk`: an HF safetensors directory `v{version}` under `publish_dir(cfg)` (inside the run dir) and
+  `/update_weights_from_disk`; once every engine has loaded it, older versions are deleted.
 The new weight version goes with the last bucket, so an engine reports it only once it holds every
 tensor; afterwards every engine's `/get_weight_version` is checked.
 
-Each engine is assumed to be one rank of the group (the native engine; SGLang with TP=1). HTTP calls run
-on a helper thread with its own event loop while the calling thread does the collective.
+Failing fast: each collective needs every engine, so rank 0 waits for it while watching the engines'
+HTTP calls, which run on a helper thread with their own event loop. As soon as one fails, rank 0 stops
+waiting and raises that engine's error; the group is dropped (engines are told to destroy their end,
+which also ends rank 0's pending broadcast) and the next publish builds a fresh one.
+
+Each engine is assumed to be one rank of the group (the native engine; SGLang with TP=1).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import tempfile
+import re
+import shutil
 import threading
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,8 +36,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.distributed as dist
 
+from slime_rl.config.trainer import TrainerConfig
 from slime_rl.engines.client import EngineClient
-from slime_rl.errors import ServiceError
+from slime_rl.errors import ConfigError, ServiceError
 from slime_rl.processes import free_port
 from slime_rl.trainer import weights
 from slime_rl.trainer.cpu_compat import has_cuda
@@ -41,36 +49,90 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 GROUP_NAME = "slime_rl_weights"
+_POLL_S = 0.05  # how often a waiting rank 0 looks at the engines' HTTP calls
+_GRACE_S = 30.0  # after a collective failed, how long to wait for the engine's own (clearer) error
+_DESTROY_WAIT_S = 10.0  # how long a failed publish waits for engines to destroy their end of the group
+_VERSION_DIR = re.compile(r"v\d+")
 
 
-class _Background:
-    """Runs coroutines against every engine on a helper thread; `join` returns results or re-raises."""
+class _EngineCalls:
+    """One HTTP call per engine on a helper thread with its own event loop.
+
+    `error` is set as soon as any call fails and names that engine; `join` returns every result or raises.
+    """
 
     def __init__(self, urls: list[str], call: Callable[[EngineClient, int], Awaitable[Any]]) -> None:
+        self.urls = urls
         self.results: list[Any] = []
-        self.error: BaseException | None = None
+        self.error: ServiceError | None = None
+
+        async def call_one(client: EngineClient, index: int) -> Any:
+            try:
+                return await call(client, index)
+            except Exception as err:
+                message = str(err) if urls[index] in str(err) else f"engine {urls[index]}: {err}"
+                if self.error is None:  # the first failure is the one to report
+                    self.error = ServiceError(f"weight publish failed: {message}")
+                    self.error.__cause__ = err
+                raise
 
         async def run_all() -> list[Any]:
             clients = [EngineClient(url) for url in urls]
             try:
-                return await asyncio.gather(*(call(c, i) for i, c in enumerate(clients)))
+                return await asyncio.gather(*(call_one(c, i) for i, c in enumerate(clients)))
             finally:
                 await asyncio.gather(*(c.aclose() for c in clients))
 
         def target() -> None:
             try:
                 self.results = asyncio.run(run_all())
-            except BaseException as err:  # handed to the caller's thread in join()
-                self.error = err
+            except BaseException as err:  # handed to the caller's thread through `error`
+                if self.error is None:
+                    self.error = ServiceError(f"weight publish failed: {err!r}")
+                    self.error.__cause__ = err
 
         self.thread = threading.Thread(target=target, daemon=True)
         self.thread.start()
 
-    def join(self) -> list[Any]:
-        self.thread.join()
+    def join(self, timeout_s: float | None = None) -> list[Any]:
+        self.thread.join(timeout_s)
         if self.error is not None:
-            raise ServiceError(f"weight publish failed: {self.error}") from self.error
+            raise self.error
+        if self.thread.is_alive():
+            raise ServiceError(f"engines did not answer within {timeout_s:.0f}s")
         return self.results
+
+
+def _wait_beside(done: threading.Event, calls: _EngineCalls) -> None:
+    """Block until `done` is set, but raise the engines' error as soon as one of their calls fails."""
+    while not done.wait(_POLL_S):
+        if calls.error is not None:
+            raise calls.error
+
+
+def _when_all_done(works: list[Any]) -> threading.Event:
+    """An event set once every collective work has finished (successfully or not)."""
+    done = threading.Event()
+    torch.futures.collect_all([w.get_future() for w in works]).add_done_callback(lambda _f: done.set())
+    return done
+
+
+def _collective_failed(calls: _EngineCalls, err: BaseException) -> ServiceError:
+    """The error to raise when rank 0's side of a collective failed: the engine's own, if it gives one."""
+    calls.thread.join(_GRACE_S)
+    if calls.error is not None:
+        return calls.error
+    failed = ServiceError(f"weight publish to {', '.join(calls.urls)} failed in the weight-update group: {err}")
+    failed.__cause__ = err
+    return failed
+
+
+@dataclass
+class _Group:
+    backend: str  # gloo | nccl
+    store: Any  # dist.TCPStore; rank 0 hosts it
+    group: Any  # dist.ProcessGroup
+    pending: list[Any]  # collective works of a failed publish that may still be running
 
 
 class WeightPublisher:
@@ -80,9 +142,13 @@ class WeightPublisher:
         self.master_addr = master_addr
         self.bucket_bytes = bucket_bytes
         self.timeout = timedelta(seconds=timeout_s)
-        self._groups: dict[tuple[str, ...], tuple[Any, Any]] = {}  # urls -> (store, process group)
+        self._groups: dict[tuple[str, ...], _Group] = {}
+        # A gloo group released while a broadcast is pending blocks its releaser until the group's timeout,
+        # so a dropped group is kept here until its works are done.
+        self._retired: list[_Group] = []
 
     def _group(self, urls: list[str]) -> Any:
+        self._retired = [g for g in self._retired if not all(w.is_completed() for w in g.pending)]
         key = tuple(urls)
         if key not in self._groups:
             port, world = free_port(self.master_addr), len(urls) + 1
@@ -90,7 +156,7 @@ class WeightPublisher:
             store = dist.TCPStore(  # engines connect once they get the request below
                 self.master_addr, port, world, is_master=True, timeout=self.timeout, wait_for_workers=False
             )
-            joins = _Background(
+            joins = _EngineCalls(
                 urls,
                 lambda c, i: c.init_weights_update_group(
                     master_address=self.master_addr,
@@ -101,13 +167,49 @@ class WeightPublisher:
                     backend=backend,
                 ),
             )
-            if backend == "gloo":
-                group = dist.ProcessGroupGloo(store, 0, world, self.timeout)
-            else:
-                group = dist.ProcessGroupNCCL(store, 0, world)
-            joins.join()
-            self._groups[key] = (store, group)
-        return self._groups[key][1]
+            built: dict[str, Any] = {}
+            done = threading.Event()
+
+            def build() -> None:  # blocks until every engine has joined (or the store times out)
+                try:
+                    if backend == "gloo":
+                        built["group"] = dist.ProcessGroupGloo(store, 0, world, self.timeout)
+                    else:
+                        built["group"] = dist.ProcessGroupNCCL(store, 0, world)
+                except Exception as err:
+                    built["error"] = err
+                finally:
+                    done.set()
+
+            # After a failed join the builder is left behind; it ends at the store's timeout.
+            threading.Thread(target=build, daemon=True).start()
+            try:
+                _wait_beside(done, joins)
+                if "error" in built:
+                    raise _collective_failed(joins, built["error"])
+                joins.join()
+            except ServiceError:
+                self._destroy_on_engines(urls)
+                raise
+            self._groups[key] = _Group(backend, store, built["group"], pending=[])
+        return self._groups[key].group
+
+    def _destroy_on_engines(self, urls: list[str]) -> None:
+        """Ask every engine to leave the group (best effort): that closes its connections to rank 0."""
+        destroys = _EngineCalls(urls, lambda c, _i: c.destroy_weights_update_group(GROUP_NAME))
+        try:
+            destroys.join(_DESTROY_WAIT_S)
+        except ServiceError as err:
+            logger.warning("could not destroy the weight-update group on every engine: %s", err)
+
+    def _drop(self, urls: list[str], pending: list[Any]) -> None:
+        """Forget the group of `urls` after a failed publish; the next publish builds a new one."""
+        dropped = self._groups.pop(tuple(urls))
+        dropped.pending = pending
+        self._retired.append(dropped)
+        self._destroy_on_engines(urls)  # gloo: the engines closing their end fails our pending broadcast
+        if dropped.backend == "nccl":  # NCCL does not notice; aborting the communicator ends it
+            dropped.group.abort()
 
     def _buckets(self, tensors: dict[str, torch.Tensor]) -> list[list[tuple[str, torch.Tensor]]]:
         buckets: list[list[tuple[str, torch.Tensor]]] = [[]]
@@ -122,7 +224,10 @@ class WeightPublisher:
         return buckets
 
     def broadcast(self, urls: list[str], tensors: dict[str, torch.Tensor], version: int) -> int:
-        """Send `tensors` to every engine through the weight-update group; returns the number of buckets."""
+        """Send `tensors` to every engine through the weight-update group; returns the number of buckets.
+
+        Raises `ServiceError` naming the engine as soon as one engine's call fails; the group is dropped.
+        """
         group = self._group(urls)
         device = torch.device("cuda", torch.cuda.current_device()) if has_cuda() else torch.device("cpu")
         options = dist.BroadcastOptions()
@@ -130,7 +235,7 @@ class WeightPublisher:
         buckets = self._buckets(tensors)
         for index, bucket in enumerate(buckets):
             is_last = index == len(buckets) - 1
-            posts = _Background(
+            posts = _EngineCalls(  # engines enter the broadcast when they get this
                 urls,
                 lambda c, _i, bucket=bucket, is_last=is_last: c.update_weights_from_distributed(
                     names=[n for n, _ in bucket],
@@ -140,10 +245,49 @@ class WeightPublisher:
                     weight_version=str(version) if is_last else None,
                 ),
             )
-            for _, tensor in bucket:
-                group.broadcast([tensor.to(device).contiguous()], options).wait()
-            posts.join()
+            sent = [tensor.to(device).contiguous() for _, tensor in bucket]
+            works: list[Any] = []
+            try:
+                try:
+                    for tensor in sent:
+                        works.append(group.broadcast([tensor], options))
+                    _wait_beside(_when_all_done(works), posts)
+                    for work in works:
+                        work.wait()
+                except RuntimeError as err:  # our side of the group failed (an engine left, a timeout)
+                    raise _collective_failed(posts, err) from err
+                posts.join()
+            except ServiceError:
+                self._drop(urls, works)
+                raise
         return len(buckets)
+
+
+def publish_dir(cfg: TrainerConfig) -> Path:
+    """Where `weight_sync=disk` writes: `trainer.weight_publish_dir`, else `{checkpoint_dir}/publish`."""
+    if cfg.weight_publish_dir:
+        return Path(cfg.weight_publish_dir)
+    if cfg.checkpoint_dir:
+        return Path(cfg.checkpoint_dir) / "publish"
+    raise ConfigError(
+        "trainer.weight_sync=disk needs trainer.weight_publish_dir or trainer.checkpoint_dir (the trainer "
+        "configs set it to {run dir}/checkpoints); set one of them"
+    )
+
+
+def publish_to_disk(
+    tensors: dict[str, torch.Tensor], root: Path, urls: list[str], version: int, *, side_files_from: str | Path
+) -> Path:
+    """Write `tensors` to `root/v{version}`, have every engine load it, then delete older `v*` directories.
+
+    Only directories named `v<number>` are ever deleted. If an engine fails to load, nothing is deleted.
+    """
+    path = weights.write_hf_dir(tensors, root / f"v{version}", side_files_from=side_files_from)
+    _EngineCalls(urls, lambda c, _i: c.update_weights_from_disk(str(path), weight_version=str(version))).join()
+    for old in root.iterdir():
+        if old != path and old.is_dir() and _VERSION_DIR.fullmatch(old.name):
+            shutil.rmtree(old)
+    return path
 
 
 def publish(trainer: MegatronTrainer, engine_urls: list[str], version: int) -> dict[str, float]:
@@ -159,17 +303,13 @@ def publish(trainer: MegatronTrainer, engine_urls: list[str], version: int) -> d
     cfg = trainer.cfg
     num_bytes = sum(t.numel() * t.element_size() for t in hf.values())
     if cfg.weight_sync == "disk":
-        root = Path(cfg.checkpoint_dir) / "publish" if cfg.checkpoint_dir else Path(tempfile.gettempdir())
-        path = weights.write_hf_dir(hf, root / f"v{version}", side_files_from=trainer.model_cfg.path)
-        _Background(
-            engine_urls, lambda c, _i: c.update_weights_from_disk(str(path), weight_version=str(version))
-        ).join()
+        publish_to_disk(hf, publish_dir(cfg), engine_urls, version, side_files_from=trainer.model_cfg.path)
         num_buckets = 1
     else:
         if trainer.publisher is None:
             trainer.publisher = WeightPublisher(trainer.master_addr, cfg.weight_sync_bucket_mb << 20)
         num_buckets = trainer.publisher.broadcast(engine_urls, hf, version)
-    versions = _Background(engine_urls, lambda c, _i: c.get_weight_version()).join()
+    versions = _EngineCalls(engine_urls, lambda c, _i: c.get_weight_version()).join()
     if any(v != str(version) for v in versions):
         raise ServiceError(f"engines report weight versions {versions} after publishing version {version}")
     done = time.perf_counter()

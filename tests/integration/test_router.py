@@ -12,6 +12,7 @@ from slime_rl.engines.client import EngineClient
 from slime_rl.engines.protocol import GenerateRequest, SamplingParams
 from slime_rl.engines.router import Router
 from slime_rl.engines.server import EngineProcess
+from slime_rl.errors import ServiceError
 from slime_rl.toy.model import make_toy_model
 
 
@@ -19,7 +20,8 @@ from slime_rl.toy.model import make_toy_model
 def engines(tmp_path_factory):
     model = make_toy_model(tmp_path_factory.mktemp("toy") / "model", seed=0)
     cfg = EngineConfig(max_running_requests=4, max_context_len=128, startup_timeout_s=120)
-    started = [EngineProcess(cfg, str(model)) for _ in range(2)]
+    logs = tmp_path_factory.mktemp("logs")
+    started = [EngineProcess(cfg, str(model), log_path=str(logs / f"engine_{i}.log")) for i in range(2)]
     try:
         for engine in started:
             engine.start()
@@ -72,3 +74,11 @@ def test_router_removed_worker_gets_no_more_requests(engines, router):
     before = finished_count(engines[1].url)
     generate_through(router.url, 4)
     assert finished_count(engines[1].url) == before
+
+
+def test_router_failed_start_error_shows_the_tail_of_its_log(tmp_path):
+    log_path = tmp_path / "logs" / "router.log"  # the folder does not exist yet
+    failing = Router(request_timeout_s=-5, log_path=str(log_path))  # the router rejects a negative timeout
+    with pytest.raises(ServiceError, match=r"(?s)router.log.*OverflowError"):
+        failing.start()
+    assert "OverflowError" in log_path.read_text()

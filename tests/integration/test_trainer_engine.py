@@ -1,4 +1,5 @@
-"""MegatronTrainer against the native engine: log-prob parity, and weight publishing over gloo and disk."""
+"""MegatronTrainer against the native engine: log-prob parity, and weight publishing over gloo and disk;
+rank 0's weight-update group rebuilt after an engine restart."""
 
 from __future__ import annotations
 
@@ -11,9 +12,12 @@ from transformers import AutoModelForCausalLM
 
 from slime_rl.config import AlgorithmConfig, EngineConfig, TrainerConfig
 from slime_rl.engines.client import EngineClient
+from slime_rl.engines.native.weights import read_safetensors_dir
 from slime_rl.engines.protocol import GenerateRequest, SamplingParams
 from slime_rl.engines.server import EngineProcess
+from slime_rl.errors import ServiceError
 from slime_rl.toy.model import make_toy_model
+from slime_rl.trainer.weight_sync import WeightPublisher
 from slime_rl.types import Sample, TrainBatch
 from tests.integration.trainer_ranks import run_ranks
 
@@ -123,3 +127,28 @@ def test_trainer_published_weights_change_engine_greedy_output_and_version(toy_m
             expected = model(tokens).logits[0].log_softmax(-1)[torch.arange(len(prompt) - 1, tokens.shape[1] - 1)]
         expected = expected.gather(-1, torch.tensor(ids).unsqueeze(-1)).squeeze(-1)
         torch.testing.assert_close(torch.tensor(logprobs), expected, atol=1e-4, rtol=0)
+
+
+def engine_version(url: str) -> str:
+    async def go():
+        async with EngineClient(url) as client:
+            return await client.get_weight_version()
+
+    return asyncio.run(go())
+
+
+def test_weight_publisher_after_engine_restart_raises_with_the_engine_error_then_rebuilds(toy_model, tmp_path):
+    cfg = EngineConfig(max_running_requests=8, max_context_len=128, startup_timeout_s=120)
+    engine = EngineProcess(cfg, toy_model, log_path=str(tmp_path / "engine.log"))
+    tensors = dict(read_safetensors_dir(toy_model))
+    publisher = WeightPublisher("127.0.0.1", bucket_bytes=1 << 20)
+    try:
+        url = engine.start()
+        publisher.broadcast([url], tensors, version=1)
+        assert engine.restart() == url  # a fresh process on the same port: it has no weight-update group
+        with pytest.raises(ServiceError, match=f"{url}.*no weight update group"):
+            publisher.broadcast([url], tensors, version=2)
+        publisher.broadcast([url], tensors, version=3)  # a new group
+        assert engine_version(url) == "3"
+    finally:
+        engine.stop()

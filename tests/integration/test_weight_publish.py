@@ -1,0 +1,200 @@
+"""Rank 0's weight publishing against a fake engine on loopback: failures end the publish promptly, a
+failed group is rebuilt on the next publish, and disk publishing keeps only the newest version.
+
+The fake engine speaks the weight-update subset of the SGLang protocol and joins the weight-update
+group for real (gloo, in this process), like the native engine; it can be told to fail a call.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+import torch
+import torch.distributed as dist
+
+from slime_rl.errors import ServiceError
+from slime_rl.trainer import weight_sync
+from slime_rl.trainer.weight_sync import WeightPublisher
+
+GUARD_S = 60.0  # generous: a publish stuck in the collective waits for the group's 600 s timeout
+
+
+class FakeEngine:
+    """HTTP server with the weight endpoints. `fail_init`, `fail_updates`, `fail_disk`: calls left to fail."""
+
+    def __init__(self) -> None:
+        self.fail_init = 0
+        self.fail_updates = 0
+        self.fail_disk = 0
+        self.init_calls = 0
+        self.destroy_calls = 0
+        self.disk_paths: list[str] = []
+        self.received: dict[str, torch.Tensor] = {}
+        self.version = "0"
+        self.group: Any = None
+        self.store: Any = None
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.group = self.store = None
+
+    def _init(self, body: dict) -> tuple[bool, str]:
+        self.init_calls += 1
+        if self.fail_init:
+            self.fail_init -= 1
+            return False, "cannot join: boom"
+        timeout = timedelta(seconds=600)
+        self.store = dist.TCPStore(body["master_address"], body["master_port"], body["world_size"], timeout=timeout)
+        self.group = dist.ProcessGroupGloo(self.store, body["rank_offset"], body["world_size"], timeout)
+        return True, "joined"
+
+    def _update(self, body: dict) -> tuple[bool, str]:
+        if self.fail_updates:
+            self.fail_updates -= 1
+            return False, "cannot load: boom"
+        options = dist.BroadcastOptions()
+        options.rootRank = 0
+        for name, dtype, shape in zip(body["names"], body["dtypes"], body["shapes"], strict=True):
+            tensor = torch.empty(shape, dtype=getattr(torch, dtype))
+            self.group.broadcast([tensor], options).wait()
+            self.received[name] = tensor
+        if body.get("weight_version") is not None:
+            self.version = body["weight_version"]
+        return True, "updated"
+
+    def _destroy(self, body: dict) -> tuple[bool, str]:
+        self.destroy_calls += 1
+        if self.group is None:
+            return False, "no weight update group"
+        self.group = self.store = None  # the last reference: closes the connections to rank 0
+        return True, "destroyed"
+
+    def _disk(self, body: dict) -> tuple[bool, str]:
+        if self.fail_disk:
+            self.fail_disk -= 1
+            return False, "cannot read: boom"
+        self.disk_paths.append(body["model_path"])
+        self.version = body["weight_version"]
+        return True, "loaded"
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        engine = self
+        routes: dict[str, Callable[[dict], tuple[bool, str]]] = {
+            "/init_weights_update_group": self._init,
+            "/update_weights_from_distributed": self._update,
+            "/destroy_weights_update_group": self._destroy,
+            "/update_weights_from_disk": self._disk,
+        }
+
+        class Handler(BaseHTTPRequestHandler):
+            def _reply(self, status: int, body: dict) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+                self._reply(200, {"weight_version": engine.version})
+
+            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                success, message = routes[self.path](body)
+                self._reply(200 if success else 400, {"success": success, "message": message})
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        return Handler
+
+
+@pytest.fixture
+def engine() -> Iterator[FakeEngine]:
+    fake = FakeEngine()
+    try:
+        yield fake
+    finally:
+        fake.close()
+
+
+def within_guard(fn: Callable[[], Any]) -> Any:
+    """Run `fn` on a helper thread; its result, or the exception it raised. Fails if it is still running
+    after `GUARD_S` (the helper is a daemon and is left behind)."""
+    outcome: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            outcome["result"] = fn()
+        except Exception as err:
+            outcome["error"] = err
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(GUARD_S)
+    assert not thread.is_alive(), f"still waiting after {GUARD_S:.0f}s"
+    return outcome.get("error", outcome.get("result"))
+
+
+TENSORS = {"a.weight": torch.arange(6, dtype=torch.float32).reshape(2, 3), "b.bias": torch.ones(4)}
+
+
+def test_weight_publisher_failed_group_join_raises_with_engine_message_and_next_publish_rebuilds(engine):
+    publisher = WeightPublisher("127.0.0.1", bucket_bytes=1 << 20)
+    engine.fail_init = 1
+    error = within_guard(lambda: publisher.broadcast([engine.url], TENSORS, version=1))
+    assert isinstance(error, ServiceError)
+    assert engine.url in str(error) and "cannot join: boom" in str(error)
+    assert within_guard(lambda: publisher.broadcast([engine.url], TENSORS, version=2)) == 1
+    assert engine.init_calls == 2 and engine.version == "2"
+    torch.testing.assert_close(engine.received["a.weight"], TENSORS["a.weight"])
+
+
+def test_weight_publisher_failed_update_raises_drops_the_group_and_next_publish_rebuilds(engine):
+    publisher = WeightPublisher("127.0.0.1", bucket_bytes=1 << 20)
+    assert within_guard(lambda: publisher.broadcast([engine.url], TENSORS, version=1)) == 1
+    engine.fail_updates = 1
+    error = within_guard(lambda: publisher.broadcast([engine.url], TENSORS, version=2))
+    assert isinstance(error, ServiceError)
+    assert engine.url in str(error) and "cannot load: boom" in str(error)
+    assert engine.destroy_calls == 1 and engine.version == "1"
+    assert within_guard(lambda: publisher.broadcast([engine.url], TENSORS, version=3)) == 1
+    assert engine.init_calls == 2 and engine.version == "3"
+    torch.testing.assert_close(engine.received["b.bias"], TENSORS["b.bias"])
+
+
+def test_publish_to_disk_keeps_only_the_newest_version_and_nothing_else_is_touched(engine, tmp_path):
+    root, side_files = tmp_path / "publish", tmp_path / "model"
+    side_files.mkdir()
+    root.mkdir()
+    (root / "notes.txt").write_text("not ours")
+    for version in (1, 2, 3):
+        path = weight_sync.publish_to_disk(TENSORS, root, [engine.url], version, side_files_from=side_files)
+        assert path == root / f"v{version}"
+    assert engine.disk_paths == [str(root / f"v{v}") for v in (1, 2, 3)] and engine.version == "3"
+    assert sorted(p.name for p in root.iterdir()) == ["notes.txt", "v3"]
+    assert (root / "v3" / "model.safetensors").is_file()
+
+
+def test_publish_to_disk_failed_load_raises_and_keeps_the_version_engines_serve(engine, tmp_path):
+    side_files = tmp_path / "model"
+    side_files.mkdir()
+    weight_sync.publish_to_disk(TENSORS, tmp_path / "publish", [engine.url], 1, side_files_from=side_files)
+    engine.fail_disk = 1
+    with pytest.raises(ServiceError, match="cannot read: boom"):
+        weight_sync.publish_to_disk(TENSORS, tmp_path / "publish", [engine.url], 2, side_files_from=side_files)
+    assert (tmp_path / "publish" / "v1" / "model.safetensors").is_file()
