@@ -1,4 +1,4 @@
-"""`algorithm` presets match their papers, and corrections that could not act are rejected at load."""
+"""Config presets and defaults: algorithms follow their papers, inert corrections are rejected, checkpoints are on."""
 
 import pytest
 
@@ -32,3 +32,10 @@ def test_algorithm_tis_without_recomputed_old_logprobs_is_rejected(overrides):
 
 def test_algorithm_tis_with_recomputed_old_logprobs_loads():
     assert AlgorithmConfig(use_tis=True).use_tis
+
+
+def test_toy_run_checkpoints_before_its_last_step_by_default():
+    # A crash must not lose the whole run: checkpoints are on by default, not only at the end.
+    cfg = load_config(["experiment=toy"])
+    assert 0 < cfg.trainer.save_interval < cfg.mode.num_steps
+    assert cfg.trainer.max_checkpoints_to_keep >= 1
