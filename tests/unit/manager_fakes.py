@@ -12,8 +12,11 @@ import asyncio
 from collections import Counter
 
 from slime_rl.buffer.codec import decode_group, encode_group
+from slime_rl.config.rollout import RolloutConfig
 from slime_rl.engines.client import EngineError
 from slime_rl.engines.protocol import EngineLoad, FinishReason, GenerateOutput, GenerateRequest
+from slime_rl.rollout.filters import keep_all
+from slime_rl.rollout.manager import RolloutManager
 from slime_rl.types import Group, Sample
 
 PROMPT = [1, 2, 3]
@@ -119,3 +122,18 @@ async def first_sample_wins(samples, responses) -> list[float]:
 
 async def all_zero(samples, responses) -> list[float]:
     return [0.0 for _ in samples]
+
+
+def make_manager(buffer, engine, *, group_filter=keep_all, reward_fn=first_sample_wins, **overrides) -> RolloutManager:
+    """A manager over `engine` and `buffer`: 2 groups of 2 per step unless `overrides` say otherwise."""
+    settings = {"rollout_batch_size": 2, "n_samples_per_prompt": 2, "max_new_tokens": 1000} | overrides
+    return RolloutManager(
+        RolloutConfig(**settings),
+        router=engine,
+        engines=[engine],
+        buffer=buffer,
+        refill_prompts=lambda n: None,
+        reward_fn=reward_fn,
+        decode=lambda ids: "",
+        group_filter=group_filter,
+    )

@@ -9,26 +9,9 @@ import random
 import pytest
 
 from slime_rl.buffer.codec import decode_group, encode_group
-from slime_rl.config.rollout import RolloutConfig
 from slime_rl.errors import ServiceError
-from slime_rl.rollout.filters import keep_all
-from slime_rl.rollout.manager import RolloutManager
 from slime_rl.types import Group, Sample, Status
-from tests.unit.manager_fakes import PROMPT, FakeEngine, MemoryBuffer, all_zero, first_sample_wins
-
-
-def _manager(buffer, engine, *, group_filter=keep_all, reward_fn=first_sample_wins, **overrides) -> RolloutManager:
-    settings = {"rollout_batch_size": 2, "n_samples_per_prompt": 2, "max_new_tokens": 1000} | overrides
-    return RolloutManager(
-        RolloutConfig(**settings),
-        router=engine,
-        engines=[engine],
-        buffer=buffer,
-        refill_prompts=lambda n: None,
-        reward_fn=reward_fn,
-        decode=lambda ids: "",
-        group_filter=group_filter,
-    )
+from tests.unit.manager_fakes import PROMPT, FakeEngine, MemoryBuffer, all_zero, make_manager
 
 
 def _lengths(group_ids: list[str], length: int, group_size: int = 2) -> dict[str, int]:
@@ -50,7 +33,7 @@ def _partial(gid: str, response: list[int], version: int, status: Status) -> Gro
 def test_manager_without_april_publishes_exactly_the_target():
     buffer, engine = MemoryBuffer(), FakeEngine(_lengths(["g0", "g1", "g2"], 3))
     buffer.add_prompts(["g0", "g1", "g2"], group_size=2)
-    metrics = asyncio.run(_manager(buffer, engine).generate(0))
+    metrics = asyncio.run(make_manager(buffer, engine).generate(0))
     assert sorted(g.group_id for _, g in buffer.samples) == ["g0", "g1"]
     assert all(s.response_ids.tolist() == [100, 101, 102] for _, g in buffer.samples for s in g.samples)
     assert len(engine.requests) == 4 and len(buffer.prompts) == 1
@@ -62,7 +45,7 @@ def test_manager_april_aborts_at_target_and_recycles_unfinished_groups():
     lengths = _lengths(["g0", "g1"], 2) | {"g2-0": 1}  # g2-0 finishes early, g2-1 and g3 never stop
     buffer, engine = MemoryBuffer(), FakeEngine(lengths)
     buffer.add_prompts(["g0", "g1", "g2", "g3"], group_size=2)
-    metrics = asyncio.run(_manager(buffer, engine, use_april=True, over_sampling_batch_size=4).generate(0))
+    metrics = asyncio.run(make_manager(buffer, engine, use_april=True, over_sampling_batch_size=4).generate(0))
     assert sorted(g.group_id for _, g in buffer.samples) == ["g0", "g1"]
     assert metrics["rollout/recycled"] == 2 and metrics["rollout/abort_wait_s"] > 0
     assert not engine.live and buffer.counters["in_flight"] == 0 and buffer.unaccounted() == 0
@@ -79,7 +62,7 @@ def test_manager_april_resume_continues_from_tokens_with_reduced_budget_and_skip
     lengths = _lengths(["g0", "g1"], 2) | {"g2-0": 1}
     buffer, engine = MemoryBuffer(), FakeEngine(lengths)
     buffer.add_prompts(["g0", "g1", "g2", "g3"], group_size=2)
-    manager = _manager(buffer, engine, use_april=True, over_sampling_batch_size=4)
+    manager = make_manager(buffer, engine, use_april=True, over_sampling_batch_size=4)
     asyncio.run(manager.generate(0))
     before = {s.uid: s.response_ids.tolist() for g in map(decode_group, buffer.partials) for s in g.samples}
     buffer.add_prompts(["g4", "g5"], group_size=2)  # never finish: the resumed partials win the next step
@@ -111,7 +94,7 @@ def test_manager_partial_older_than_staleness_cap_restarts_from_prompt(cap, rest
     buffer, engine = MemoryBuffer(), FakeEngine(_lengths(["p"], 3), version="3")
     buffer.partials.append(encode_group(_partial("p", [100, 101], version=0, status=Status.ABORTED)))
     buffer.counters["issued"] = 1  # issued at version 0, recycled since
-    metrics = asyncio.run(_manager(buffer, engine, rollout_batch_size=1, max_partial_staleness=cap).generate(3))
+    metrics = asyncio.run(make_manager(buffer, engine, rollout_batch_size=1, max_partial_staleness=cap).generate(3))
     sample = buffer.samples[0][1].samples[0]
     assert sample.response_ids.tolist() == [100, 101, 102]
     if restarted:  # lag 3 > 1: regenerated from the prompt under version 3
@@ -129,7 +112,7 @@ def test_manager_finished_recycled_group_is_published_first_without_regeneration
     buffer.partials.append(encode_group(_partial("raced", [100], version=0, status=Status.COMPLETED)))
     buffer.counters["issued"] = 1
     buffer.add_prompts(["g0"], group_size=2)
-    metrics = asyncio.run(_manager(buffer, engine, rollout_batch_size=1).generate(1))
+    metrics = asyncio.run(make_manager(buffer, engine, rollout_batch_size=1).generate(1))
     assert [g.group_id for _, g in buffer.samples] == ["raced"] and not engine.requests
     assert [s.reward for s in buffer.samples[0][1].samples] == [1.0, 0.0]  # scored on the way out
     assert metrics["rollout/off_policy_token_frac"] == 1.0
@@ -138,7 +121,9 @@ def test_manager_finished_recycled_group_is_published_first_without_regeneration
 def test_manager_filter_drops_up_to_budget_then_keeps_groups():
     buffer, engine = MemoryBuffer(), FakeEngine(_lengths([f"g{i}" for i in range(5)], 2))
     buffer.add_prompts([f"g{i}" for i in range(5)], group_size=2)
-    manager = _manager(buffer, engine, reward_fn=all_zero, group_filter=lambda g: False, max_filter_drops_per_step=1)
+    manager = make_manager(
+        buffer, engine, reward_fn=all_zero, group_filter=lambda g: False, max_filter_drops_per_step=1
+    )
     metrics = asyncio.run(manager.generate(0))
     # g0 and g1 come back: one is dropped (the budget), one kept; g2 is taken for the last slot and kept.
     assert len(buffer.samples) == 2 and len(buffer.prompts) == 2
@@ -149,7 +134,7 @@ def test_manager_filter_drops_up_to_budget_then_keeps_groups():
 def test_manager_filter_keeps_rejected_groups_when_prompts_run_out():
     buffer, engine = MemoryBuffer(), FakeEngine(_lengths(["g0", "g1", "g2"], 2))
     buffer.add_prompts(["g0", "g1", "g2"], group_size=2)
-    manager = _manager(buffer, engine, group_filter=lambda g: False, max_filter_drops_per_step=10)
+    manager = make_manager(buffer, engine, group_filter=lambda g: False, max_filter_drops_per_step=10)
     metrics = asyncio.run(manager.generate(0))
     # All three are rejected; with nothing left to take, two rejected groups fill the step, one is dropped.
     assert len(buffer.samples) == 2 and metrics["rollout/filter_fallback_kept"] == 2
@@ -159,7 +144,7 @@ def test_manager_filter_keeps_rejected_groups_when_prompts_run_out():
 def test_manager_engine_failing_every_request_raises_after_the_cap_and_keeps_the_group():
     buffer, engine = MemoryBuffer(), FakeEngine({}, fail=True)
     buffer.add_prompts(["g0", "g1"], group_size=2)
-    manager = _manager(buffer, engine, rollout_batch_size=1, max_failed_groups_per_step=3)
+    manager = make_manager(buffer, engine, rollout_batch_size=1, max_failed_groups_per_step=3)
     with pytest.raises(ServiceError, match="max_failed_groups_per_step=3"):
         asyncio.run(manager.generate(0))
     assert buffer.counters["recycled"] == 4 and len(buffer.partials) == 1 and len(buffer.prompts) == 1
@@ -170,7 +155,7 @@ def test_manager_abort_stops_requests_still_waiting_for_a_slot():
     lengths = _lengths(["g0"], 1)
     buffer, engine = MemoryBuffer(), FakeEngine(lengths)
     buffer.add_prompts(["g0", "g1"], group_size=2)
-    manager = _manager(buffer, engine, rollout_batch_size=1, use_april=True, max_concurrent_requests=1)
+    manager = make_manager(buffer, engine, rollout_batch_size=1, use_april=True, max_concurrent_requests=1)
     asyncio.run(manager.generate(0))
     # One request slot: g0-0, g0-1, then g1-0 runs until the abort; g1-1 was still queued and is never sent.
     assert "g1-1" not in {r.rid for r in engine.requests}
@@ -183,7 +168,7 @@ def test_manager_counters_balance_over_randomised_abort_points():
     lengths = {f"{gid}-{i}": rng.choice([1, 2, 3, 5, 8, 40]) for gid in gids for i in range(2)}
     buffer, engine = MemoryBuffer(), FakeEngine(lengths)
     buffer.add_prompts(gids, group_size=2)
-    manager = _manager(buffer, engine, use_april=True, over_sampling_batch_size=5, max_new_tokens=30)
+    manager = make_manager(buffer, engine, use_april=True, over_sampling_batch_size=5, max_new_tokens=30)
     for version in range(8):
         engine.weight_version = str(version)
         asyncio.run(manager.generate(version))

@@ -4,12 +4,9 @@ import asyncio
 
 import pytest
 
-from slime_rl.config.rollout import RolloutConfig
 from slime_rl.errors import ServiceError
-from slime_rl.rollout.filters import keep_all
-from slime_rl.rollout.manager import RolloutManager
 from slime_rl.rollout.streaming import StreamingRollout, admission_capacity
-from tests.unit.manager_fakes import FakeEngine, MemoryBuffer, first_sample_wins
+from tests.unit.manager_fakes import FakeEngine, MemoryBuffer, make_manager
 
 
 def test_admission_capacity_allows_eta_plus_one_batches_ahead_at_version_zero():
@@ -30,19 +27,10 @@ def test_admission_capacity_is_negative_when_generation_runs_ahead_of_the_traine
 # -- the stream settles groups by the same policy as the per-step manager ---------------------------------
 
 
-def _stream(buffer, engine, *, group_filter=keep_all, **overrides) -> StreamingRollout:
-    settings = {"rollout_batch_size": 2, "n_samples_per_prompt": 2, "max_new_tokens": 4} | overrides
-    manager = RolloutManager(
-        RolloutConfig(**settings),
-        router=engine,
-        engines=[engine],
-        buffer=buffer,
-        refill_prompts=lambda n: None,
-        reward_fn=first_sample_wins,
-        decode=lambda ids: "",
-        group_filter=group_filter,
+def _stream(buffer, engine, **overrides) -> StreamingRollout:
+    return StreamingRollout(
+        make_manager(buffer, engine, **{"max_new_tokens": 4} | overrides), max_staleness=1, version=0
     )
-    return StreamingRollout(manager, max_staleness=1, version=0)
 
 
 async def _run_until(stream: StreamingRollout, done, *, timeout_s: float = 5.0) -> None:
