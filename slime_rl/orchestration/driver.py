@@ -177,9 +177,21 @@ def save_checkpoint(cfg: SlimeRLConfig, ctx: LoopContext, step: int) -> None:
 
 
 def resume(cfg: SlimeRLConfig, ctx: LoopContext) -> int:
-    """Load the latest checkpoint (weights, optimizer, buffer); returns the step to start from (0 = fresh)."""
+    """Load the latest checkpoint (weights, optimizer, buffer); returns the step to start from (0 = fresh).
+
+    A fresh start on a buffer some trainer already trained from (a run that died before its first
+    checkpoint) clears the buffer: no state of it agrees with fresh weights. A buffer nothing trained from
+    (e.g. filled by `slime-rl rollout`) is kept.
+    """
     step = (ctx.trainers.load() if cfg.trainer.load_checkpoint else None) or 0
     if step == 0:
+        if trained := ctx.buffer.counters()["trained"]:
+            logger.warning(
+                "no checkpoint to resume from, but buffer run %r has trained %d groups; starting it afresh",
+                ctx.buffer.run_id,
+                trained,
+            )
+            ctx.buffer.clear()
         return 0
     assert cfg.trainer.checkpoint_dir is not None
     state_file = checkpoint.step_dir(cfg.trainer.checkpoint_dir, step) / BUFFER_STATE_FILE
