@@ -1,6 +1,7 @@
 """A toy run killed with SIGKILL mid-way resumes from its last checkpoint with the buffer that checkpoint saw:
 every step is trained exactly once, and the counters invariant holds."""
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -29,10 +30,8 @@ def _kill_tree(pid: int) -> None:
     """SIGKILL a process and every descendant, by PID (the driver's Ray, Redis, engines and router)."""
     parent = psutil.Process(pid)
     for proc in [*parent.children(recursive=True), parent]:
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):
             proc.send_signal(signal.SIGKILL)
-        except psutil.NoSuchProcess:
-            pass
     psutil.wait_procs([parent], timeout=30)
 
 
