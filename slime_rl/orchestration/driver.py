@@ -163,16 +163,21 @@ def run_training(cfg: SlimeRLConfig) -> None:
     write_report(cfg, run_dir, metrics.jsonl_path)
 
 
+def buffer_state_file(cfg: SlimeRLConfig, step: int) -> Path:
+    """Where checkpoint `step` keeps the buffer's state: inside its step directory."""
+    assert cfg.trainer.checkpoint_dir is not None, "the trainer presets set trainer.checkpoint_dir"
+    return checkpoint.step_dir(cfg.trainer.checkpoint_dir, step) / BUFFER_STATE_FILE
+
+
 def save_checkpoint(cfg: SlimeRLConfig, ctx: LoopContext, step: int) -> None:
     """Weights, optimizer and the buffer they continue from, as checkpoint `step`.
 
     The buffer's state goes into the step directory before the trainer writes its `latest` marker, so a
     crash at any point leaves a previous checkpoint whose weights and buffer agree.
     """
-    assert cfg.trainer.checkpoint_dir is not None, "the trainer presets set trainer.checkpoint_dir"
-    step_dir = checkpoint.step_dir(cfg.trainer.checkpoint_dir, step)
-    step_dir.mkdir(parents=True, exist_ok=True)
-    (step_dir / BUFFER_STATE_FILE).write_bytes(ctx.buffer.dump_state())
+    state_file = buffer_state_file(cfg, step)
+    state_file.parent.mkdir(parents=True, exist_ok=True)
+    state_file.write_bytes(ctx.buffer.dump_state())
     ctx.trainers.save(step)
 
 
@@ -193,8 +198,7 @@ def resume(cfg: SlimeRLConfig, ctx: LoopContext) -> int:
             )
             ctx.buffer.clear()
         return 0
-    assert cfg.trainer.checkpoint_dir is not None
-    state_file = checkpoint.step_dir(cfg.trainer.checkpoint_dir, step) / BUFFER_STATE_FILE
+    state_file = buffer_state_file(cfg, step)
     if state_file.exists():
         ctx.buffer.restore_state(state_file.read_bytes())
         logger.info("resumed at step %d with the buffer as checkpointed", step)
