@@ -121,9 +121,8 @@ class StreamingRollout:
             done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
                 if task in self._tasks:
-                    group = self._tasks.pop(task)
-                    task.result()
-                    self._settle(group)
+                    task.result()  # a round that raised leaves its group in `_tasks`: `run` recycles it
+                    self._settle(self._tasks.pop(task))
             for task in waiters - done:
                 if task not in self._tasks:
                     task.cancel()

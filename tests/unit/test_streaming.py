@@ -72,3 +72,17 @@ def test_stream_engine_failing_every_request_raises_after_the_cap_and_keeps_the_
     assert buffer.counters["in_flight"] == 0 and buffer.unaccounted() == 0
     with pytest.raises(ServiceError):
         stream.raise_if_failed()
+
+
+def test_stream_round_that_raises_recycles_its_group_and_keeps_the_invariant():
+    class BrokenEngine(FakeEngine):
+        async def generate(self, request):
+            raise RuntimeError("a bug below the engine client")
+
+    buffer, engine = MemoryBuffer(), BrokenEngine({})
+    buffer.add_prompts(["g0"], group_size=2)
+    stream = _stream(buffer, engine)
+    with pytest.raises(RuntimeError, match="a bug below"):
+        asyncio.run(asyncio.wait_for(stream.run(), 5.0))
+    assert len(buffer.partials) == 1
+    assert buffer.counters["in_flight"] == 0 and buffer.unaccounted() == 0
