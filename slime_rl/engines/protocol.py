@@ -56,15 +56,6 @@ class SamplingParams:
             body["sampling_seed"] = self.sampling_seed
         return body
 
-    @classmethod
-    def from_json(cls, body: dict[str, Any] | None) -> SamplingParams:
-        """Parse SGLang `sampling_params`; keys this engine does not implement are ignored."""
-        body = body or {}
-        known = {k: body[k] for k in cls.__slots__ if k in body and body[k] is not None}  # type: ignore[attr-defined]
-        if "stop_token_ids" in known:
-            known["stop_token_ids"] = [int(t) for t in known["stop_token_ids"]]
-        return cls(**known)
-
 
 @dataclass(slots=True, kw_only=True)
 class GenerateRequest:

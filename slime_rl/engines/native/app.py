@@ -1,8 +1,9 @@
 """HTTP layer of the native engine: SGLang's endpoints and JSON shapes (REFERENCE.md §1) over FastAPI.
 
-Owns request parsing, validation (HTTP 400 `{"error": {"message"}}`), response assembly, detokenisation
-and SSE streaming. Model work never runs on the event loop: requests go to the scheduler's model thread
-and come back through `call_soon_threadsafe`.
+Owns routes, response assembly, detokenisation and SSE streaming; bodies.py parses and validates request
+bodies, and every `BadRequest` it raises is answered with HTTP 400 `{"error": {"message"}}`. Model work
+never runs on the event loop: requests go to the scheduler's model thread and come back through
+`call_soon_threadsafe`.
 """
 
 from __future__ import annotations
@@ -11,23 +12,18 @@ import asyncio
 import json
 import logging
 import time
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
+from slime_rl.engines.native.bodies import BadRequest, check, field, parse_generate, read_json
 from slime_rl.engines.native.engine import NativeEngine
-from slime_rl.engines.native.scheduler import EngineRequest, RequestUpdate, context_error
-from slime_rl.engines.protocol import SamplingParams
+from slime_rl.engines.native.scheduler import EngineRequest, RequestUpdate
 
 logger = logging.getLogger(__name__)
 SERVER_VERSION = "slime-rl-native-0.1"
-
-
-class BadRequest(ValueError):
-    """The request body is malformed; answered with HTTP 400."""
 
 
 def _error(message: str, status: int = 400) -> JSONResponse:
@@ -36,57 +32,6 @@ def _error(message: str, status: int = 400) -> JSONResponse:
 
 def _control(success: bool, message: str) -> JSONResponse:
     return JSONResponse({"success": success, "message": message}, status_code=200 if success else 400)
-
-
-def _per_item(value: Any, count: int, name: str, is_batch: bool) -> list[Any]:
-    if is_batch and isinstance(value, list):
-        if len(value) != count:
-            raise BadRequest(f"{name} has {len(value)} entries for a batch of {count}")
-        return value
-    return [value] * count
-
-
-def _parse_generate(body: dict[str, Any], tokenizer, context_len: int) -> tuple[list[dict[str, Any]], bool]:
-    """Split a `/generate` body into per-sequence items; returns (items, is_batch).
-
-    Raises BadRequest if any item does not fit `context_len` (so a batch runs whole or not at all). An item
-    that gives no `max_new_tokens` gets the default capped at what fits, as SGLang does.
-    """
-    has_ids, has_text = body.get("input_ids") is not None, body.get("text") is not None
-    if has_ids == has_text:
-        raise BadRequest("exactly one of input_ids and text must be given")
-    if has_ids:
-        ids = body["input_ids"]
-        is_batch = bool(ids) and isinstance(ids[0], list)
-        prompts = ids if is_batch else [ids]
-    else:
-        text = body["text"]
-        is_batch = isinstance(text, list)
-        prompts = [tokenizer(t)["input_ids"] for t in (text if is_batch else [text])]
-    count = len(prompts)
-    rid = body.get("rid")
-    if rid is None:
-        rids = [uuid.uuid4().hex for _ in range(count)]
-    elif isinstance(rid, list):
-        rids = _per_item(rid, count, "rid", is_batch)
-    else:
-        rids = [f"{rid}_{i}" for i in range(count)] if is_batch else [str(rid)]
-    sampling = _per_item(body.get("sampling_params"), count, "sampling_params", is_batch)
-    return_logprob = _per_item(body.get("return_logprob", False), count, "return_logprob", is_batch)
-    items = []
-    for prompt, item_rid, params, logprob in zip(prompts, rids, sampling, return_logprob, strict=True):
-        try:
-            parsed = SamplingParams.from_json(params)
-            tokens = [int(t) for t in prompt]
-        except (TypeError, ValueError) as err:
-            raise BadRequest(f"request {item_rid}: {err}") from err
-        if not isinstance(params, dict) or params.get("max_new_tokens") is None:
-            parsed.max_new_tokens = max(0, min(parsed.max_new_tokens, context_len - len(tokens)))
-        error = context_error(len(tokens), parsed.max_new_tokens, context_len)
-        if error is not None:
-            raise BadRequest(error)
-        items.append({"rid": str(item_rid), "input_ids": tokens, "params": parsed, "return_logprob": bool(logprob)})
-    return items, is_batch
 
 
 def _response(engine: NativeEngine, item: dict[str, Any], update: RequestUpdate, started: float) -> dict[str, Any]:
@@ -114,6 +59,10 @@ def build_app(engine: NativeEngine) -> FastAPI:
     app = FastAPI(title="slime-rl native engine")
     scheduler = engine.scheduler
 
+    @app.exception_handler(BadRequest)
+    async def bad_request(_: Request, err: BadRequest) -> JSONResponse:
+        return _error(str(err))
+
     def submit(item: dict[str, Any], *, stream: bool) -> asyncio.Queue[RequestUpdate]:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[RequestUpdate] = asyncio.Queue()
@@ -136,15 +85,18 @@ def build_app(engine: NativeEngine) -> FastAPI:
     @app.post("/generate")
     async def generate(request: Request) -> Response:
         started = time.monotonic()
+        body = await read_json(request)
+        items, is_batch = parse_generate(
+            body, engine.tokenizer, context_len=engine.max_context_len, vocab_size=engine.runner.vocab_size
+        )
+        stream = field(body, "stream", bool, False)
+        if stream and is_batch:
+            raise BadRequest("streaming supports one sequence per request")
         try:
-            body = await request.json()
-            items, is_batch = _parse_generate(body, engine.tokenizer, engine.max_context_len)
-            if body.get("stream") and is_batch:
-                raise BadRequest("streaming supports one sequence per request")
-            queues = [submit(item, stream=bool(body.get("stream"))) for item in items]
-        except (BadRequest, ValueError) as err:
+            queues = [submit(item, stream=stream) for item in items]
+        except ValueError as err:  # a rid that is still running
             return _error(str(err))
-        if body.get("stream"):
+        if stream:
             return StreamingResponse(_stream(items[0], queues[0], started), media_type="text/event-stream")
         updates = await asyncio.gather(*(final(q) for q in queues))
         outputs = [_response(engine, item, u, started) for item, u in zip(items, updates, strict=True)]
@@ -164,15 +116,14 @@ def build_app(engine: NativeEngine) -> FastAPI:
 
     @app.post("/abort_request")
     async def abort_request(request: Request) -> Response:
-        body = await request.json()
-        prefix = None if body.get("abort_all") else str(body.get("rid") or "")
+        body = await read_json(request, allow_empty=True)
+        prefix = None if field(body, "abort_all", bool, False) else field(body, "rid", str, "")
         await asyncio.wrap_future(scheduler.abort(prefix))
         return Response(status_code=200)
 
     @app.post("/pause_generation")
     async def pause_generation(request: Request) -> Response:
-        raw = await request.body()
-        mode = (json.loads(raw) if raw else {}).get("mode", "abort")
+        mode = field(await read_json(request, allow_empty=True), "mode", str, "abort")
         try:
             await asyncio.wrap_future(scheduler.pause(mode))
         except ValueError as err:
@@ -193,42 +144,60 @@ def build_app(engine: NativeEngine) -> FastAPI:
 
     @app.post("/update_weights_from_disk")
     async def update_weights_from_disk(request: Request) -> Response:
-        body = await request.json()
-        version = body.get("weight_version")
-        return await weight_call(engine.update_weights_from_disk(body["model_path"], _opt_str(version)))
+        body = await read_json(request)
+        return await weight_call(
+            engine.update_weights_from_disk(field(body, "model_path", str), field(body, "weight_version", str, None))
+        )
 
     @app.post("/init_weights_update_group")
     async def init_weights_update_group(request: Request) -> Response:
-        body = await request.json()
+        body = await read_json(request)
+        master_port, world_size = field(body, "master_port", int), field(body, "world_size", int)
+        rank_offset = field(body, "rank_offset", int)
+        if not 0 < master_port < 65536:
+            raise BadRequest(f"master_port must be a TCP port, got {master_port}")
+        if not 0 < rank_offset < world_size:
+            raise BadRequest(f"rank_offset must be in [1, world_size={world_size}), got {rank_offset}")
         return await weight_call(
             engine.init_weights_update_group(
-                master_address=str(body["master_address"]),
-                master_port=int(body["master_port"]),
-                rank_offset=int(body["rank_offset"]),
-                world_size=int(body["world_size"]),
-                group_name=str(body.get("group_name", "weight_update_group")),
-                backend=str(body.get("backend", "gloo")),
+                master_address=field(body, "master_address", str),
+                master_port=master_port,
+                rank_offset=rank_offset,
+                world_size=world_size,
+                group_name=field(body, "group_name", str, "weight_update_group"),
+                backend=field(body, "backend", str, "gloo"),
             )
         )
 
     @app.post("/update_weights_from_distributed")
     async def update_weights_from_distributed(request: Request) -> Response:
-        body = await request.json()
+        body = await read_json(request)
+        names = [check(name, str, "names[]") for name in field(body, "names", list)]
+        dtypes = [check(dtype, str, "dtypes[]") for dtype in field(body, "dtypes", list)]
+        shapes = [
+            [check(n, int, "shapes[][]") for n in check(s, list, "shapes[]")] for s in field(body, "shapes", list)
+        ]
+        if not len(names) == len(dtypes) == len(shapes):
+            raise BadRequest(
+                f"names ({len(names)}), dtypes ({len(dtypes)}) and shapes ({len(shapes)}) differ in length"
+            )
+        if any(n < 0 for shape in shapes for n in shape):
+            raise BadRequest("shapes must not hold negative sizes")
         return await weight_call(
             engine.update_weights_from_distributed(
-                names=list(body["names"]),
-                dtypes=list(body["dtypes"]),
-                shapes=[list(s) for s in body["shapes"]],
-                group_name=str(body.get("group_name", "weight_update_group")),
-                weight_version=_opt_str(body.get("weight_version")),
+                names=names,
+                dtypes=dtypes,
+                shapes=shapes,
+                group_name=field(body, "group_name", str, "weight_update_group"),
+                weight_version=field(body, "weight_version", str, None),
             )
         )
 
     @app.post("/destroy_weights_update_group")
     async def destroy_weights_update_group(request: Request) -> Response:
-        body = await request.json()
+        body = await read_json(request, allow_empty=True)
         return await weight_call(
-            engine.destroy_weights_update_group(str(body.get("group_name", "weight_update_group")))
+            engine.destroy_weights_update_group(field(body, "group_name", str, "weight_update_group"))
         )
 
     @app.get("/get_weight_version")
@@ -237,10 +206,10 @@ def build_app(engine: NativeEngine) -> FastAPI:
 
     @app.post("/update_weight_version")
     async def update_weight_version(request: Request) -> Response:
-        body = await request.json()
-        if body.get("abort_all_requests"):
+        body = await read_json(request)
+        version = field(body, "new_version", str)
+        if field(body, "abort_all_requests", bool, False):
             await asyncio.wrap_future(scheduler.abort(None))
-        version = str(body["new_version"])
         await engine.set_weight_version(version)
         return JSONResponse(
             {"success": True, "message": f"Weight version updated to {version}", "new_version": version}
@@ -294,7 +263,3 @@ def build_app(engine: NativeEngine) -> FastAPI:
         )
 
     return app
-
-
-def _opt_str(value: Any) -> str | None:
-    return None if value is None else str(value)
