@@ -11,6 +11,7 @@ from slime_rl.config.rollout import RewardConfig, RolloutConfig
 from slime_rl.config.root import SlimeRLConfig, compose_config, config_dir, load_config, register_configs, to_config
 from slime_rl.config.toy import ToyConfig
 from slime_rl.config.trainer import TrainerConfig
+from slime_rl.config.watchdog import WatchdogConfig
 
 __all__ = [
     "AlgorithmConfig",
@@ -26,6 +27,7 @@ __all__ = [
     "SlimeRLConfig",
     "ToyConfig",
     "TrainerConfig",
+    "WatchdogConfig",
     "compose_config",
     "config_dir",
     "load_config",

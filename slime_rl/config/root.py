@@ -24,6 +24,7 @@ from slime_rl.config.model import ModelConfig
 from slime_rl.config.rollout import RolloutConfig
 from slime_rl.config.toy import ToyConfig
 from slime_rl.config.trainer import TrainerConfig
+from slime_rl.config.watchdog import WatchdogConfig
 from slime_rl.errors import ConfigError
 
 SCHEMA_NAME = "slime_rl_schema"
@@ -54,6 +55,7 @@ class SlimeRLConfig:
     mode: ModeConfig = field(default_factory=ModeConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     toy: ToyConfig = field(default_factory=ToyConfig)
+    watchdog: WatchdogConfig = field(default_factory=WatchdogConfig)
 
     def __post_init__(self) -> None:
         if self.trainer.micro_batch_size > self.rollout.rollout_batch_size * self.rollout.n_samples_per_prompt:
