@@ -11,13 +11,14 @@ from rich.table import Table
 from slime_rl.buffer.store import RedisBuffer
 
 _SECTIONS = {
-    "counters": ("issued", "completed", "recycled", "trained"),
+    "counters": ("issued", "completed", "recycled", "reclaimed", "trained"),
     "queues": ("prompts", "partials", "samples", "pending", "in_flight"),
 }
 _MEANING = {
     "issued": "fresh prompt groups handed to rollout",
     "completed": "finished groups published to the stream",
     "recycled": "partial groups put back (APRIL); repeats count again",
+    "reclaimed": "groups of dead rollout workers put back when their lease expired",
     "trained": "groups acknowledged after an optimizer step",
     "prompts": "prompt groups waiting to be issued",
     "partials": "recycled groups waiting to be taken again",

@@ -2,7 +2,8 @@
 
 Owns the Redis keys of one run, the moves of groups between them and the counters that account for
 every group. It does not own the wire format (`codec`), the prompt dataset and its cursor (`dataset`),
-or how a batch is split across ranks (`batching`).
+how a batch is split across ranks (`batching`), the lease scripts and heartbeat (`leases`) or the client's
+reconnect policy (`connection`).
 
 Keys, all under `slime:{run_id}:`:
     prompts   list of encoded prompt groups, refilled from the dataset, popped from the left
@@ -11,16 +12,21 @@ Keys, all under `slime:{run_id}:`:
     version   the last published weight version (absent = 0)
     counters  hash of the counters below, all counted in groups
     dataset   hash of the prompt dataset cursor (owned by `slime_rl.buffer.dataset`)
+    owners, lease:{owner}, taken:{owner}
+              leases on taken groups (see `slime_rl.buffer.leases`): each group in flight is held in its
+              taker's `taken` hash until it is published, recycled, dropped or reclaimed
 
 Counters (cumulative, in groups):
     issued          fresh prompt groups handed to rollout by `take_groups` (recycled partials are not
                     issued again)
     recycled        `put_partials` calls' groups; one group recycled three times counts three
+    reclaimed       in-flight groups of a taker whose lease expired (it died), put back in `partials` as
+                    they were taken
     completed       groups published to the stream
     dropped_<why>   groups dropped: `dropped_filter` (and any other reason) by `record_drops` on the
                     rollout side, `dropped_stale` by the staleness filter on read
     trained         groups acknowledged after an optimizer step committed
-    in_flight       (a gauge) groups taken by rollout and not yet published, recycled or dropped
+    in_flight       (a gauge) groups taken by rollout and not yet published, recycled, dropped or reclaimed
 
 Invariant, kept by making every move and its counter update one MULTI/EXEC or Lua call:
     issued = trained + sum(dropped_*) + in_flight + buffered,  buffered = len(partials) + len(samples)
@@ -33,13 +39,16 @@ from __future__ import annotations
 import logging
 import re
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 
 import msgpack
 import redis
 
+from slime_rl.buffer import leases
 from slime_rl.buffer.codec import decode_group, encode_group
+from slime_rl.buffer.connection import DEFAULT_RECONNECT_TIMEOUT_S, connect
 from slime_rl.buffer.staleness import is_fresh
 from slime_rl.errors import DataError
 from slime_rl.types import Group
@@ -47,26 +56,9 @@ from slime_rl.types import Group
 logger = logging.getLogger(__name__)
 
 CONSUMER_GROUP = "trainer"
-COUNTERS = ("issued", "completed", "recycled", "dropped_filter", "dropped_stale", "trained")
+COUNTERS = ("issued", "completed", "recycled", "reclaimed", "dropped_filter", "dropped_stale", "trained")
 DEFAULT_REDELIVERY_IDLE_MS = 600_000
 _REASON = re.compile(r"[a-z][a-z0-9_]*")
-
-# KEYS: partials, prompts, counters, version. ARGV: n.
-# Returns [num_partials, version, group...]: partials first, then fresh prompts.
-_TAKE = """
-local n = tonumber(ARGV[1])
-local out = redis.call('LPOP', KEYS[1], n) or {}
-local num_partial = #out
-if num_partial < n then
-  local fresh = redis.call('LPOP', KEYS[2], n - num_partial) or {}
-  for _, g in ipairs(fresh) do out[#out + 1] = g end
-end
-if #out > num_partial then redis.call('HINCRBY', KEYS[3], 'issued', #out - num_partial) end
-if #out > 0 then redis.call('HINCRBY', KEYS[3], 'in_flight', #out) end
-table.insert(out, 1, num_partial)
-table.insert(out, 2, redis.call('GET', KEYS[4]) or '0')
-return out
-"""
 
 # KEYS: samples, counters. ARGV: consumer group, counter field, entry ids...
 # Acknowledges and deletes each entry; counts only entries this call acknowledged, so a second ack of
@@ -128,6 +120,9 @@ class RedisBuffer:
             None keeps every group.
         redelivery_idle_ms: a group another consumer read but did not acknowledge for this long is
             re-delivered (that consumer is presumed dead). Make it longer than the slowest optimizer step.
+        owner: lease owner of the groups this instance takes; unique per instance (default: a fresh uuid).
+        lease_s: seconds a taker's lease lasts without renewal (a take or a `start_heartbeat` beat renews it);
+            after that its groups are reclaimed.
     """
 
     def __init__(
@@ -137,14 +132,26 @@ class RedisBuffer:
         max_staleness: int | None = None,
         *,
         redelivery_idle_ms: int = DEFAULT_REDELIVERY_IDLE_MS,
+        owner: str | None = None,
+        lease_s: float = leases.DEFAULT_LEASE_S,
     ) -> None:
         self.client = client
         self.run_id = run_id
         self.keys = BufferKeys.for_run(run_id)
         self.max_staleness = max_staleness
         self.redelivery_idle_ms = redelivery_idle_ms
-        self._take = client.register_script(_TAKE)
+        self.owner = owner or uuid.uuid4().hex
+        self.lease_s = lease_s
+        self._prefix = f"slime:{run_id}:"
+        self._lease_keys = [f"{self._prefix}owners", f"{self._prefix}lease:{self.owner}"]
+        self._taken_key = self._taken_of(self.owner)
+        self._take = client.register_script(leases.TAKE)
+        self._release = client.register_script(leases.RELEASE)
+        self._reclaim = client.register_script(leases.RECLAIM)
+        self._forget = client.register_script(leases.FORGET)
         self._settle = client.register_script(_SETTLE)
+        self._heartbeat: leases.Heartbeat | None = None
+        self._held: dict[str, str] = {}  # group id -> lease field of the groups this instance took and holds
         self._has_consumer_group = False
         self._outstanding: set[str] = set()  # entries this instance handed out in a Batch, not yet acked
         self._recovered: set[str] = set()  # consumers whose entries left by an earlier process were re-read
@@ -157,8 +164,19 @@ class RedisBuffer:
         max_staleness: int | None = None,
         *,
         redelivery_idle_ms: int = DEFAULT_REDELIVERY_IDLE_MS,
+        owner: str | None = None,
+        lease_s: float = leases.DEFAULT_LEASE_S,
+        reconnect_timeout_s: float = DEFAULT_RECONNECT_TIMEOUT_S,
     ) -> RedisBuffer:
-        return cls(redis.Redis.from_url(url), run_id, max_staleness, redelivery_idle_ms=redelivery_idle_ms)
+        """A buffer on its own client, whose commands retry through `reconnect_timeout_s` of server downtime."""
+        return cls(
+            connect(url, reconnect_timeout_s),
+            run_id,
+            max_staleness,
+            redelivery_idle_ms=redelivery_idle_ms,
+            owner=owner,
+            lease_s=lease_s,
+        )
 
     # -- rollout side -------------------------------------------------------------------------------
 
@@ -170,15 +188,23 @@ class RedisBuffer:
     def take_groups(self, n: int) -> list[Group]:
         """Take at most `n` groups: recycled partials first (oldest first), then fresh prompts.
 
+        First reclaims the groups of takers whose lease expired (into `partials`, so they come back first).
         Fresh groups count as issued and have `created_version` set to the published weight version.
-        Every returned group counts as in flight until it is published, recycled or dropped.
+        Every returned group counts as in flight, leased to this instance's owner, until it is published,
+        recycled or dropped; a reclaimed fresh group comes back as its prompt was, without that stamp.
         """
         if n <= 0:
             return []
-        num_partial, version, *payloads = self._take(
-            keys=[self.keys.partials, self.keys.prompts, self.keys.counters, self.keys.version], args=[n]
+        keys = [self.keys.partials, self.keys.prompts, self.keys.counters, self.keys.version]
+        num_reclaimed, num_partial, version, *payloads = self._take(
+            keys=keys + self._lease_keys + [self._taken_key],
+            args=[n, self.owner, int(self.lease_s * 1000), self._prefix],
         )
+        if num_reclaimed:
+            logger.warning("reclaimed %d groups of rollout workers whose lease expired", num_reclaimed)
         groups = [decode_group(p) for p in payloads]
+        for group, payload in zip(groups, payloads, strict=True):
+            self._held[group.group_id] = leases.lease_field(payload)
         for group in groups[num_partial:]:
             for sample in group.samples:
                 sample.created_version = int(version)
@@ -186,44 +212,41 @@ class RedisBuffer:
 
     def put_partials(self, groups: Sequence[Group]) -> None:
         """Return in-flight groups with unfinished samples, to be taken first next time. Counts recycled."""
-        if not groups:
-            return
-        pipe = self.client.pipeline(transaction=True)
-        pipe.rpush(self.keys.partials, *[encode_group(g) for g in groups])
-        pipe.hincrby(self.keys.counters, "recycled", len(groups))
-        pipe.hincrby(self.keys.counters, "in_flight", -len(groups))
-        pipe.execute()
+        self._release_groups("recycle", "recycled", groups, self.keys.partials)
 
     def publish(self, groups: Sequence[Group], version: int) -> None:
         """Append finished in-flight groups to the `samples` stream, tagged with `version`. Counts completed.
 
         Raises ValueError if a group still has unfinished samples (those go to `put_partials`).
         """
-        if not groups:
-            return
         for group in groups:
             if not group.is_finished:
                 raise ValueError(f"group {group.group_id} has unfinished samples; recycle it with put_partials")
-        pipe = self.client.pipeline(transaction=True)
-        for group in groups:
-            pipe.xadd(self.keys.samples, {"version": version, "data": encode_group(group)})
-        pipe.hincrby(self.keys.counters, "completed", len(groups))
-        pipe.hincrby(self.keys.counters, "in_flight", -len(groups))
-        pipe.execute()
+        self._release_groups("publish", "completed", groups, self.keys.samples, version=version)
 
-    def record_drops(self, reason: str, num_groups: int) -> None:
-        """Count `num_groups` in-flight groups the rollout side discarded, under `dropped_<reason>`."""
+    def record_drops(self, reason: str, groups: Sequence[Group]) -> None:
+        """Discard in-flight `groups` the rollout side will not publish, counted under `dropped_<reason>`."""
         if not _REASON.fullmatch(reason) or reason == "stale":
             raise ValueError(
                 f"drop reason {reason!r} must be a lowercase identifier such as 'filter'; 'stale' is counted by "
                 "read_batch"
             )
-        if num_groups <= 0:
-            return
-        pipe = self.client.pipeline(transaction=True)
-        pipe.hincrby(self.keys.counters, f"dropped_{reason}", num_groups)
-        pipe.hincrby(self.keys.counters, "in_flight", -num_groups)
-        pipe.execute()
+        self._release_groups("drop", f"dropped_{reason}", groups, self.keys.counters)
+
+    def reclaim_expired(self) -> int:
+        """Put the groups of every taker whose lease expired back in `partials`, counted reclaimed; returns how many.
+
+        `take_groups` does this first anyway; call it to bring them back without taking.
+        """
+        return int(
+            self._reclaim(keys=[self._lease_keys[0], self.keys.partials, self.keys.counters], args=[self._prefix])
+        )
+
+    def start_heartbeat(self) -> None:
+        """Renew this owner's lease from a daemon thread every `lease_s / 3` until `close()` (or process death)."""
+        if self._heartbeat is None:
+            self._heartbeat = leases.Heartbeat(self.client, self._lease_keys[1], self.lease_s)
+            self._heartbeat.start()
 
     # -- trainer side -------------------------------------------------------------------------------
 
@@ -319,38 +342,59 @@ class RedisBuffer:
         """Every key of this run, read in one MULTI/EXEC, as msgpack of Redis `DUMP` payloads (no pickle).
 
         Saved beside a checkpoint's weights so a resumed run continues from the buffer those weights saw:
-        the dataset cursor, counters, partials and the stream with its consumer group.
+        the dataset cursor, counters, partials, the stream with its consumer group, and the groups in flight
+        (the `taken` hash of each lease owner).
         """
         names = [f.name for f in fields(BufferKeys)]
-        pipe = self.client.pipeline(transaction=True)
-        for name in names:
-            pipe.dump(getattr(self.keys, name))
-        return msgpack.packb(dict(zip(names, pipe.execute(), strict=True)), use_bin_type=True)
+        owners: list[str] = []
+
+        def read(pipe: redis.client.Pipeline) -> None:
+            owners[:] = sorted(o.decode() for o in pipe.smembers(self._lease_keys[0]))  # WATCHed: a change retries
+            pipe.multi()
+            for key in [getattr(self.keys, name) for name in names] + [self._taken_of(o) for o in owners]:
+                pipe.dump(key)
+
+        dumps = self.client.transaction(read, self._lease_keys[0])
+        state = dict(zip(names, dumps[: len(names)], strict=True))
+        state["taken"] = dict(zip(owners, dumps[len(names) :], strict=True))
+        return msgpack.packb(state, use_bin_type=True)
 
     def restore_state(self, state: bytes) -> None:
         """Put this run's keys back as `dump_state` saw them (keys absent then are deleted), in one MULTI/EXEC.
 
-        The payloads must come from a server whose RDB version this one reads (the same Redis or Valkey,
-        or an older one).
+        Every current lease is dropped. Groups in flight at the dump come back under their old owners without
+        a lease token, so the next take reclaims them into `partials`. The payloads must come from a server
+        whose RDB version this one reads (the same Redis or Valkey, or an older one).
         """
         dumps = msgpack.unpackb(state, raw=False)
         pipe = self.client.pipeline(transaction=True)
+        self._forget(keys=self._lease_keys[:1], args=[self._prefix], client=pipe)
         for name in (f.name for f in fields(BufferKeys)):
             key = getattr(self.keys, name)
             pipe.delete(key)
             if dumps.get(name) is not None:
                 pipe.restore(key, 0, dumps[name], replace=True)
+        for owner, dump in dumps.get("taken", {}).items():  # checkpoints before leases have none
+            if dump is not None:
+                pipe.restore(self._taken_of(owner), 0, dump, replace=True)
+                pipe.sadd(self._lease_keys[0], owner)
         pipe.execute()
+        self._held.clear()
         self._has_consumer_group = False
         self._outstanding.clear()
         self._recovered.clear()
 
     def clear(self) -> None:
-        """Delete every key of this run (all queues, counters, the version and the dataset cursor)."""
+        """Delete every key of this run (all queues, counters, leases, the version and the dataset cursor)."""
+        self._forget(keys=self._lease_keys[:1], args=[self._prefix])
         self.client.delete(*(getattr(self.keys, f.name) for f in fields(BufferKeys)))
+        self._held.clear()
 
     def close(self) -> None:
-        """Close the connection pool (the data stays in Redis)."""
+        """Stop the heartbeat and close the connection pool (the data stays in Redis; held leases then expire)."""
+        if self._heartbeat is not None:
+            self._heartbeat.stop()
+            self._heartbeat = None
         self.client.close()
 
     # -- internals ----------------------------------------------------------------------------------
@@ -439,3 +483,31 @@ class RedisBuffer:
         return int(
             self._settle(keys=[self.keys.samples, self.keys.counters], args=[CONSUMER_GROUP, counter, *entry_ids])
         )
+
+    def _taken_of(self, owner: str) -> str:
+        return f"{self._prefix}taken:{owner}"
+
+    def _release_groups(
+        self, kind: str, counter: str, groups: Sequence[Group], destination: str, *, version: int = 0
+    ) -> None:
+        """Move the `groups` this owner holds out of flight (`leases.RELEASE`), counting them under `counter`.
+
+        A group it no longer holds (reclaimed after its lease lapsed) is left alone and logged: the reclaimed
+        copy is the one that counts, so no group leaves flight twice.
+        """
+        if not groups:
+            return
+        args: list[str | int | bytes] = [kind, counter, version]
+        for group in groups:
+            args += [self._held.get(group.group_id, ""), b"" if kind == "drop" else encode_group(group)]
+        released = int(self._release(keys=[self._taken_key, self.keys.counters, destination], args=args))
+        for group in groups:
+            self._held.pop(group.group_id, None)
+        if released < len(groups):
+            logger.warning(
+                "%d of %d groups to %s were no longer leased to %s (reclaimed after its lease lapsed); ignored",
+                len(groups) - released,
+                len(groups),
+                kind,
+                self.owner,
+            )

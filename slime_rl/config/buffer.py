@@ -38,6 +38,9 @@ class BufferConfig:
     # seconds a group read by a trainer consumer may stay unacknowledged before another consumer takes it over
     # (the reader is presumed dead); keep it above the slowest optimizer step
     redelivery_idle_s: float = 600.0
+    # seconds a rollout worker's lease on the groups it took outlives its last heartbeat (beats every lease_s/3);
+    # when a worker dies its groups return to the buffer this long after; keep it above the longest process stall
+    lease_s: float = 30.0
     data: DataConfig = field(default_factory=DataConfig)
 
     def __post_init__(self) -> None:
@@ -50,3 +53,5 @@ class BufferConfig:
                 f"buffer.redelivery_idle_s must be > 0 seconds, got {self.redelivery_idle_s}; use a value above the "
                 "slowest optimizer step, e.g. 600"
             )
+        if self.lease_s <= 0:
+            raise ConfigError(f"buffer.lease_s must be > 0 seconds, got {self.lease_s}; use e.g. 30")

@@ -109,6 +109,7 @@ def rollout_side(cfg: SlimeRLConfig, redis_url: str, placement) -> Iterator[Roll
                 max_staleness=staleness_bound(cfg),
                 request_timeout_s=cfg.engine.request_timeout_s,
                 seed=cfg.seed,
+                lease_s=cfg.buffer.lease_s,
             )
         )
         try:

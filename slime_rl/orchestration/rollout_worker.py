@@ -10,6 +10,7 @@ import asyncio
 import dataclasses
 import logging
 import random
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -80,11 +81,17 @@ class RolloutWorker:
         max_staleness: int | None,
         request_timeout_s: float,
         seed: int,
+        lease_s: float,
     ) -> None:
         from transformers import AutoTokenizer
 
         self.tokenizer: Any = AutoTokenizer.from_pretrained(model_path)
-        self.buffer = RedisBuffer.from_url(redis_url, run_id, max_staleness=max_staleness)
+        # The groups this worker takes are leased to it; the heartbeat thread keeps the lease alive while the
+        # process lives (even while its event loop is busy), so they return to the buffer only if it dies.
+        self.buffer = RedisBuffer.from_url(
+            redis_url, run_id, max_staleness=max_staleness, owner=f"rollout-{uuid.uuid4().hex}", lease_s=lease_s
+        )
+        self.buffer.start_heartbeat()
         # Prompts the engines would refuse (HTTP 400) are bad rows, caught at load with their file and line.
         context = engine_context_len(engine_urls, model_path, timeout_s=request_timeout_s)
         self.dataset = PromptDataset(

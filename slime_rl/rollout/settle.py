@@ -87,6 +87,6 @@ class GroupSettler:
 
     def close(self, state: StepState) -> None:
         """End the window: the groups the filter still holds are dropped and counted."""
-        self.buffer.record_drops("filter", len(state.rejected))
+        self.buffer.record_drops("filter", state.rejected)
         state.stats["dropped_filter"] += len(state.rejected)
         state.rejected.clear()

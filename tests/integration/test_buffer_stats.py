@@ -21,7 +21,7 @@ def test_buffer_stats_reports_counters_queues_and_consistency(redis_url):
     taken = buffer.take_groups(3)
     taken[0].samples[0].status = Status.COMPLETED
     buffer.publish(taken[:1], version=0)
-    buffer.record_drops("filter", 1)
+    buffer.record_drops("filter", taken[1:2])
 
     stats = buffer_stats(redis_url, run_id)
     console = Console(width=200, record=True, file=io.StringIO())

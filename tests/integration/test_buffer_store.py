@@ -156,7 +156,7 @@ def test_read_batch_drops_and_counts_stale_groups(redis_url):
 
 def test_record_drops_rejects_reserved_reason(buffer):
     with pytest.raises(ValueError, match="stale"):
-        buffer.record_drops("stale", 1)
+        buffer.record_drops("stale", [make_group("x")])
 
 
 def test_version_defaults_to_zero_and_round_trips(buffer):
@@ -188,7 +188,7 @@ def test_counters_invariant_holds_under_random_operations(buffer):
             held = held[k:]
         elif op == "drop" and held:
             k = rng.randint(1, len(held))
-            buffer.record_drops("filter", k)
+            buffer.record_drops("filter", held[:k])
             held = held[k:]
         elif op == "read":
             batches.append(trainer.read_batch(consumer, rng.randint(1, 4), block_ms=0, trainer_version=version))

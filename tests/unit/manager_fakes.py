@@ -105,9 +105,9 @@ class MemoryBuffer:
         self.counters["completed"] += len(groups)
         self.counters["in_flight"] -= len(groups)
 
-    def record_drops(self, reason: str, num_groups: int) -> None:
-        self.counters[f"dropped_{reason}"] += num_groups
-        self.counters["in_flight"] -= num_groups
+    def record_drops(self, reason: str, groups: list[Group]) -> None:
+        self.counters[f"dropped_{reason}"] += len(groups)
+        self.counters["in_flight"] -= len(groups)
 
     def unaccounted(self) -> int:
         dropped = sum(v for k, v in self.counters.items() if k.startswith("dropped_"))
