@@ -1,8 +1,9 @@
 """Buffer throughput: the full RedisBuffer path against a naive pickle + GET/SET baseline, in one run.
 
-Full path, per repeat: encode -> XADD (publish) -> XREADGROUP through the trainer consumer group
-(read_batch) -> decode -> XACK + XDEL (ack), for `groups x group_size` samples of 256 prompt and 1024
-response tokens with logprobs and loss mask. Baseline: the same samples held as Python lists, pickled per
+Full path, per repeat (on groups taken beforehand, untimed): encode -> XADD + lease release (publish)
+-> XREADGROUP through the trainer consumer group (read_batch) -> decode -> XACK + XDEL (ack), for
+`groups x group_size` samples of 256 prompt and 1024 response tokens with logprobs and loss mask.
+Baseline: the same samples held as Python lists, pickled per
 group, SET / GET / DEL through pipelines. Repeats alternate between the two; medians are reported.
 
 Prints one JSON object. Pickle appears here only as the naive comparison; the buffer never uses it.
@@ -85,10 +86,12 @@ def as_python_lists(groups: list[Group]) -> list[list[dict]]:
 def run_buffer(client: redis.Redis, groups: list[Group]) -> tuple[float, int]:
     """Seconds for the full path over all groups, and the number of samples the trainer received."""
     buffer = RedisBuffer(client, f"bench-{uuid.uuid4().hex}")
+    buffer.put_prompts(groups)
+    held = buffer.take_groups(len(groups))  # publish releases the taker's lease: only taken groups go through
     received = 0
     start = time.perf_counter()
-    for i in range(0, len(groups), CHUNK_GROUPS):
-        buffer.publish(groups[i : i + CHUNK_GROUPS], version=0)
+    for i in range(0, len(held), CHUNK_GROUPS):
+        buffer.publish(held[i : i + CHUNK_GROUPS], version=0)
         batch = buffer.read_batch("trainer-0", CHUNK_GROUPS, block_ms=1000, trainer_version=0)
         received += sum(len(g.samples) for g in batch.groups)
         buffer.ack(batch)
@@ -150,7 +153,7 @@ def main() -> None:
         "samples_per_s": round(statistics.median(buffer_rates)),
         "baseline_samples_per_s": round(statistics.median(baseline_rates)),
         "ratio": round(statistics.median(ratios), 2),
-        "path": "encode -> XADD -> XREADGROUP (consumer group) -> decode -> XACK+XDEL",
+        "path": "encode -> XADD+HDEL lease -> XREADGROUP (consumer group) -> decode -> XACK+XDEL",
         "baseline": "pickle of Python lists -> SET -> GET -> unpickle -> DEL (pipelined)",
         "samples_per_s_repeats": [round(r) for r in buffer_rates],
         "baseline_samples_per_s_repeats": [round(r) for r in baseline_rates],
