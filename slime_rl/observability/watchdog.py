@@ -21,6 +21,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Hashable
+from concurrent.futures import Future
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType, TracebackType
@@ -38,9 +39,9 @@ class Watchdog:
     """Watches `probe` on a daemon thread for the duration of a `with` block.
 
     `probe()` returns a hashable token that changes whenever the run makes progress; it is called every
-    `cfg.check_interval_s` from the watchdog thread, so it must be thread-safe and quick. A probe that
-    raises counts as no progress (and is logged). With `cfg.enabled` false the block runs unwatched.
-    `on_hang=fail` must be entered on the main thread (signal handlers live there).
+    `cfg.check_interval_s` from a watchdog thread, so it must be thread-safe. A probe that raises, or has
+    not answered within `check_interval_s`, counts as no progress (and is logged). With `cfg.enabled` false
+    the block runs unwatched. `on_hang=fail` must be entered on the main thread (signal handlers live there).
     """
 
     def __init__(self, cfg: WatchdogConfig, run_dir: Path, probe: Callable[[], Hashable]) -> None:
@@ -55,6 +56,8 @@ class Watchdog:
         self._is_closed = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="watchdog", daemon=True)
+        self._probe_call: Future[Hashable] | None = None  # the probe call in progress, if it has not answered
+        self._is_probe_late = False
         self._previous_handler: Callable[[int, FrameType | None], object] | int | None = None
 
     def beat(self) -> None:
@@ -100,11 +103,35 @@ class Watchdog:
             raise KeyboardInterrupt(self._failure)
 
     def _read_probe(self, previous: Hashable) -> Hashable:
+        """The probe's token, or `previous` while it raises or has not answered within `check_interval_s`.
+
+        The probe runs on its own daemon thread: a probe stuck on a hung service (Redis, an engine) must
+        not stop the watchdog from reporting that very hang.
+        """
+        if self._probe_call is None:
+            self._probe_call = Future()
+            threading.Thread(
+                target=self._call_probe, args=(self._probe_call,), name="watchdog-probe", daemon=True
+            ).start()
+        call = self._probe_call
         try:
-            return self.probe()
+            token = call.result(timeout=self.cfg.check_interval_s)
         except Exception as err:  # a failing probe must not end the watch: it is itself a sign of trouble
+            if not call.done():
+                if not self._is_probe_late:  # once per stuck call, not every check
+                    logger.warning("watchdog: the progress probe has not answered; counting it as no progress")
+                self._is_probe_late = True
+                return previous
             logger.warning("watchdog: the progress probe failed (%s); counting it as no progress", err)
-            return previous
+            token = previous
+        self._probe_call, self._is_probe_late = None, False
+        return token
+
+    def _call_probe(self, call: Future[Hashable]) -> None:
+        try:
+            call.set_result(self.probe())
+        except Exception as err:  # handed to the watchdog thread, which logs it
+            call.set_exception(err)
 
     def _watch(self) -> None:
         try:

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -142,6 +143,22 @@ def test_watchdog_never_fires_while_the_probe_changes_or_beats_come(tmp_path):
             watchdog.beat()
             time.sleep(0.3)
     assert not list(tmp_path.glob("hang_*"))
+
+
+def _raise() -> int:
+    raise ConnectionError("the buffer is gone")
+
+
+def _block() -> int:
+    threading.Event().wait()  # a probe stuck on a hung service; its daemon thread ends with the process
+    return 0
+
+
+@pytest.mark.parametrize("probe", [_raise, _block], ids=["raises", "blocks"])
+def test_watchdog_still_dumps_when_the_probe_raises_or_blocks(tmp_path, probe):
+    cfg = WatchdogConfig(timeout_s=1.0, check_interval_s=0.2, on_hang="wait")
+    with Watchdog(cfg, tmp_path, probe):
+        _wait_for_dumps(tmp_path, 1, timeout_s=15)
 
 
 def test_watchdog_wait_dumps_once_per_timeout_keeps_going_and_resets_on_progress(tmp_path):
