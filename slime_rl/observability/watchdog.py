@@ -184,6 +184,8 @@ class Watchdog:
         return message
 
     def _fail(self, message: str) -> None:
+        """Interrupt the main thread, and again every `timeout_s` until it leaves the `with` block: the
+        cleanup the first interrupt runs (`finally`, `with` exits) may itself wait on the hung actor."""
         with self._lock:
             if self._is_closed:
                 return
@@ -191,3 +193,9 @@ class Watchdog:
         main_ident = threading.main_thread().ident
         assert main_ident is not None, "the main thread has started"
         signal.pthread_kill(main_ident, INTERRUPT_SIGNAL)
+        while not self._stop.wait(self.cfg.timeout_s):
+            logger.error(
+                "watchdog: the driver's cleanup has not finished %.0f s after the interrupt; interrupting it again",
+                self.cfg.timeout_s,
+            )
+            signal.pthread_kill(main_ident, INTERRUPT_SIGNAL)
