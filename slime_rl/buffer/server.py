@@ -1,7 +1,9 @@
-"""The embedded Redis-protocol server: binary resolution, start with a password on loopback, stop.
+"""The embedded Redis-protocol server: binary resolution, start with a password on loopback, supervision, stop.
 
 Used when `buffer.url` is null. The server is a child process that dies with its parent (PDEATHSIG);
-it never outlives the run that started it. Valkey speaks the same protocol as Redis.
+it never outlives the run that started it. If it dies mid-run it is restarted on the same port, password
+and directory, reloading its AOF, and the buffer's clients reconnect (`connection`). Valkey speaks the
+same protocol as Redis.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import secrets
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,6 +27,8 @@ from slime_rl.errors import ConfigError, ServiceError
 from slime_rl.processes import free_port, spawn, stop
 
 logger = logging.getLogger(__name__)
+
+SUPERVISE_INTERVAL_S = 0.5  # how often the supervisor checks that the server process still lives
 
 
 def resolve_redis_binary(configured: str | None = None) -> Path:
@@ -59,7 +64,10 @@ class RedisAddress:
 
 
 def server_argv(binary: Path, address: RedisAddress, data_dir: Path, *, appendonly: bool) -> list[str]:
-    """Command line of a private server: bound to `address.host` only, password required, no RDB snapshots."""
+    """Command line of a private server: bound to `address.host` only, password required, no RDB snapshots.
+
+    With `appendonly`, every write is fsynced to the AOF before it is acknowledged.
+    """
     argv = [
         str(binary),
         "--bind", address.host,
@@ -71,15 +79,21 @@ def server_argv(binary: Path, address: RedisAddress, data_dir: Path, *, appendon
         "--daemonize", "no",
         "--loglevel", "warning",
     ]  # fmt: skip
+    if appendonly:
+        # A server killed with -9 must lose no acknowledged write: a lost move or counter update would break
+        # the counters invariant (a group trained twice or lost). The buffer writes a few small commands per
+        # group, so paying an fsync each is cheap next to generating the group.
+        argv += ["--appendfsync", "always"]
     if address.password:
         argv += ["--requirepass", address.password]
     return argv
 
 
 class EmbeddedRedis:
-    """A private Redis server for one run: loopback, random password, killed with its parent.
+    """A private Redis server for one run: loopback, random password, killed with its parent, restarted if it dies.
 
-    Use as a context manager, or call `start()` and `stop()`.
+    Use as a context manager, or call `start()` and `stop()`. Between them a supervisor thread restarts a
+    server process that exited (same port, password and directory, so it reloads its AOF) and logs a warning.
     """
 
     def __init__(self, cfg: BufferConfig, data_dir: str | Path | None = None) -> None:
@@ -88,6 +102,10 @@ class EmbeddedRedis:
         self._tmp = None if data_dir else tempfile.TemporaryDirectory(prefix="slime-rl-redis-")
         self._data_dir = Path(data_dir or self._tmp.name)
         self._proc: subprocess.Popen | None = None
+        self._argv: list[str] = []
+        self._lock = threading.Lock()  # held while the process is replaced, so stop() never races a restart
+        self._stopping = threading.Event()
+        self._supervisor: threading.Thread | None = None
         self.address: RedisAddress | None = None
 
     @property
@@ -102,10 +120,15 @@ class EmbeddedRedis:
             argv = server_argv(self._binary, address, self._data_dir, appendonly=self._cfg.appendonly)
             self._proc = spawn(argv, log_path=str(self._data_dir / "redis.log"))
             if self._wait_ready(address, ready_timeout_s):
-                self.address = address
+                self.address, self._argv = address, argv
                 logger.info(
                     "embedded Redis (%s) on %s:%d, pid %d", self._binary.name, address.host, address.port, self.pid
                 )
+                self._stopping.clear()
+                self._supervisor = threading.Thread(
+                    target=self._supervise, args=(ready_timeout_s,), name="redis-supervisor", daemon=True
+                )
+                self._supervisor.start()
                 return address
             stop(self._proc)
             logger.warning("embedded Redis did not start on port %d (attempt %d)", address.port, attempt + 1)
@@ -128,10 +151,39 @@ class EmbeddedRedis:
         finally:
             client.close()
 
+    def _supervise(self, ready_timeout_s: float) -> None:
+        while not self._stopping.wait(SUPERVISE_INTERVAL_S):
+            with self._lock:
+                if not self._stopping.is_set() and self._proc is not None and self._proc.poll() is not None:
+                    self._restart(ready_timeout_s)
+
+    def _restart(self, ready_timeout_s: float) -> None:
+        """Start the server again as it was; a failed start is retried by the supervisor's next check."""
+        assert self._proc is not None and self.address is not None
+        logger.warning(
+            "embedded Redis pid %d exited with code %s; restarting it on port %d from %s",
+            self._proc.pid,
+            self._proc.returncode,
+            self.address.port,
+            self._data_dir,
+        )
+        self._proc = spawn(self._argv, log_path=str(self._data_dir / "redis.log"))
+        if self._wait_ready(self.address, ready_timeout_s):
+            logger.warning("embedded Redis is back, pid %d", self._proc.pid)
+        else:
+            logger.error("embedded Redis did not come back on port %d; see %s", self.address.port, self._data_dir)
+
     def stop(self) -> None:
-        if self._proc is not None:
-            stop(self._proc)
-            self._proc = None
+        # The server goes first, then the supervisor: a child's PDEATHSIG fires when the thread that spawned it
+        # exits, so a server the supervisor restarted would otherwise be SIGKILLed instead of shut down.
+        self._stopping.set()
+        with self._lock:
+            if self._proc is not None:
+                stop(self._proc)
+                self._proc = None
+        if self._supervisor is not None:
+            self._supervisor.join()
+            self._supervisor = None
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None

@@ -44,6 +44,18 @@ def test_server_argv_binds_given_host_and_requires_password():
     assert argv[argv.index("--requirepass") + 1] == "s3cret"
     assert argv[argv.index("--appendonly") + 1] == "yes"
     assert argv[argv.index("--protected-mode") + 1] == "yes"
+    assert argv[argv.index("--appendfsync") + 1] == "always"  # kill -9 loses no acknowledged write
+
+
+def test_server_argv_without_aof_sets_no_fsync_policy():
+    argv = server_argv(Path("/bin/redis"), RedisAddress("127.0.0.1", 1234, None), Path("/d"), appendonly=False)
+    assert "--appendfsync" not in argv
+
+
+@pytest.mark.parametrize("lease_s", [0.0, -1.0])
+def test_buffer_config_rejects_non_positive_lease(lease_s):
+    with pytest.raises(ConfigError, match="buffer.lease_s"):
+        BufferConfig(lease_s=lease_s)
 
 
 def test_redis_address_url_carries_password():
