@@ -2,7 +2,8 @@
 
 Modules: `codec` (Group <-> msgpack bytes), `store` (RedisBuffer, Batch, the keys and counters), `staleness`
 (the one freshness rule), `dataset` (prompt files and the resumable cursor), `batching` (token-balanced
-data-parallel split), `stats` (`slime-rl buffer stats`), `server` (the embedded Redis process).
+data-parallel split), `stats` (`slime-rl buffer stats`), `server` (the embedded Redis process and its supervisor),
+`leases` (taken groups leased to their taker; a dead taker's come back), `connection` (the client's reconnect policy).
 """
 
 from slime_rl.buffer.batching import partition_balanced, split_groups, split_samples

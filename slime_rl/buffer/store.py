@@ -334,7 +334,7 @@ class RedisBuffer:
         return {key: stats[key] for key in ("prompts", "partials", "samples", "pending")}
 
     def in_flight(self) -> int:
-        """Groups taken by rollout and not yet published, recycled or dropped."""
+        """Groups taken by rollout and not yet published, recycled, dropped or reclaimed."""
         value = self.client.hget(self.keys.counters, "in_flight")
         return int(value) if value is not None else 0
 
@@ -362,8 +362,8 @@ class RedisBuffer:
     def restore_state(self, state: bytes) -> None:
         """Put this run's keys back as `dump_state` saw them (keys absent then are deleted), in one MULTI/EXEC.
 
-        Every current lease is dropped. Groups in flight at the dump come back under their old owners without
-        a lease token, so the next take reclaims them into `partials`. The payloads must come from a server
+        Every current lease is dropped; groups in flight at the dump are put back in `partials` at once, counted
+        reclaimed (their takers belong to the run that was checkpointed). The payloads must come from a server
         whose RDB version this one reads (the same Redis or Valkey, or an older one).
         """
         dumps = msgpack.unpackb(state, raw=False)
@@ -378,6 +378,9 @@ class RedisBuffer:
             if dump is not None:
                 pipe.restore(self._taken_of(owner), 0, dump, replace=True)
                 pipe.sadd(self._lease_keys[0], owner)
+        self._reclaim(
+            keys=[self._lease_keys[0], self.keys.partials, self.keys.counters], args=[self._prefix], client=pipe
+        )
         pipe.execute()
         self._held.clear()
         self._has_consumer_group = False
