@@ -28,9 +28,9 @@ import functools
 import json
 import logging
 import ssl
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
@@ -42,6 +42,9 @@ logger = logging.getLogger(__name__)
 _RETRY_STATUS = (502, 503, 504)
 _RETRY_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError)
 POOL_CONNECTIONS = 4  # concurrent requests per httpx pool before another pool is opened
+# What parsing a body that is not JSON, or not the shape expected, raises (json, dict/list access, int()).
+_MALFORMED = (ValueError, KeyError, TypeError, IndexError, AttributeError)
+T = TypeVar("T")
 
 
 @functools.cache
@@ -51,7 +54,7 @@ def shared_ssl_context() -> ssl.SSLContext:
 
 
 class EngineError(ServiceError):
-    """An engine call failed: HTTP error status, `success: false`, or no answer after the retries.
+    """An engine call failed: HTTP error status, `success: false`, a malformed answer, or none after the retries.
 
     `status_code` is the HTTP status when the server answered (None when it did not) and `detail` the
     server's own error message, when it sent one.
@@ -94,6 +97,25 @@ def _error_message(response: httpx.Response) -> str:
             if key in body:
                 return str(body[key])
     return str(body)
+
+
+def _parse_json(where: str, text: str, parse: Callable[[Any], T]) -> T:
+    """`parse(json.loads(text))`; a body that is not JSON or not the shape `parse` reads raises EngineError."""
+    try:
+        return parse(json.loads(text))
+    except _MALFORMED as err:
+        raise EngineError(f"{where}: malformed response ({type(err).__name__}: {err}); body: {text[:200]!r}") from err
+
+
+def _control_result(body: Any) -> tuple[bool, str]:
+    return bool(body.get("success", False)), str(body.get("message", ""))
+
+
+def _stream_chunk(body: Any) -> GenerateOutput | str:
+    """One streamed event: the output so far, or the server's error message (SGLang sends errors in-band)."""
+    if "error" in body:
+        return str(body["error"].get("message"))
+    return GenerateOutput.from_json(body)
 
 
 class EngineClient:
@@ -195,17 +217,17 @@ class EngineClient:
     async def _control(self, path: str, body: dict[str, Any], *, retry: bool = True) -> str:
         """POST a control call answering `{"success", "message"}`; raise unless it succeeded."""
         response = await self._request("POST", path, body, retry=retry, ok_400=True)
-        result = response.json()
-        if not result.get("success", False):
-            raise EngineError(f"POST {self.base_url}{path} failed: {result.get('message', '')}", status_code=400)
-        return str(result.get("message", ""))
+        success, message = _parse_json(f"POST {self.base_url}{path}", response.text, _control_result)
+        if not success:
+            raise EngineError(f"POST {self.base_url}{path} failed: {message}", status_code=400)
+        return message
 
     # -- generation ---------------------------------------------------------------------------------
 
     async def generate(self, request: GenerateRequest) -> GenerateOutput:
         """Generate for one sequence; an aborted request returns normally with finish_reason `abort`."""
         response = await self._request("POST", "/generate", request.to_json())
-        return GenerateOutput.from_json(response.json())
+        return _parse_json(f"POST {self.base_url}/generate", response.text, GenerateOutput.from_json)
 
     async def generate_stream(self, request: GenerateRequest) -> AsyncIterator[GenerateOutput]:
         """Yield cumulative outputs as tokens arrive; the last one has a `finish_reason`. Not retried."""
@@ -227,12 +249,10 @@ class EngineClient:
                         data = line[len("data:") :].strip()
                         if data == "[DONE]":
                             return
-                        chunk = json.loads(data)
-                        if "error" in chunk:
-                            raise EngineError(
-                                f"POST {self.base_url}{path} stream error: {chunk['error'].get('message')}"
-                            )
-                        yield GenerateOutput.from_json(chunk)
+                        chunk = _parse_json(f"POST {self.base_url}{path}", data, _stream_chunk)
+                        if isinstance(chunk, str):
+                            raise EngineError(f"POST {self.base_url}{path} stream error: {chunk}")
+                        yield chunk
         except httpx.HTTPError as err:
             raise EngineError(f"POST {self.base_url}{path} stream failed: {err!r}") from err
 
@@ -321,7 +341,9 @@ class EngineClient:
 
     async def get_weight_version(self) -> str:
         response = await self._request("GET", "/get_weight_version")
-        return str(response.json()["weight_version"])
+        return _parse_json(
+            f"GET {self.base_url}/get_weight_version", response.text, lambda body: str(body["weight_version"])
+        )
 
     async def update_weight_version(self, new_version: str) -> str:
         return await self._control("/update_weight_version", {"new_version": str(new_version)})
@@ -338,20 +360,26 @@ class EngineClient:
         return response.status_code == 200
 
     async def get_model_info(self) -> ModelInfo:
-        body = (await self._request("GET", "/get_model_info")).json()
-        return ModelInfo(
-            model_path=str(body["model_path"]),
-            tokenizer_path=body.get("tokenizer_path"),
-            is_generation=bool(body.get("is_generation", True)),
-            weight_version=str(body.get("weight_version", "default")),
+        response = await self._request("GET", "/get_model_info")
+        return _parse_json(
+            f"GET {self.base_url}/get_model_info",
+            response.text,
+            lambda body: ModelInfo(
+                model_path=str(body["model_path"]),
+                tokenizer_path=body.get("tokenizer_path"),
+                is_generation=bool(body.get("is_generation", True)),
+                weight_version=str(body.get("weight_version", "default")),
+            ),
         )
 
     async def get_server_info(self) -> dict[str, Any]:
         """The server's arguments and internal state. Open-ended by design (SGLang dumps its ServerArgs)."""
-        return (await self._request("GET", "/get_server_info")).json()
+        response = await self._request("GET", "/get_server_info")
+        return _parse_json(f"GET {self.base_url}/get_server_info", response.text, lambda body: {**body})
 
     async def get_loads(self) -> EngineLoad:
-        return EngineLoad.from_json((await self._request("GET", "/v1/loads")).json())
+        response = await self._request("GET", "/v1/loads")
+        return _parse_json(f"GET {self.base_url}/v1/loads", response.text, EngineLoad.from_json)
 
     async def flush_cache(self) -> bool:
         """Drop cached prefixes; False when the server refused because requests are running."""

@@ -172,3 +172,42 @@ def test_sampling_params_reject_bad_values():
         SamplingParams(top_p=0.0)
     with pytest.raises(ValueError, match="max_new_tokens"):
         SamplingParams(max_new_tokens=-1)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"{not json",
+        b"[1, 2]",
+        b'{"text": "a", "output_ids": [1]}',
+        json.dumps({**_generate_body("r1", [5], {"type": "length"}), "output_ids": ["x"]}).encode(),
+        json.dumps({**_generate_body("r1", [5, 6], {"type": "length"}), "output_ids": [5]}).encode(),
+    ],
+)
+def test_client_generate_turns_a_malformed_answer_into_an_engine_error_naming_the_endpoint(body):
+    transport = httpx.MockTransport(lambda request: httpx.Response(200, content=body))
+
+    async def go():
+        async with EngineClient("http://engine", transport=transport) as client:
+            await client.generate(GenerateRequest(input_ids=[1], rid="r1"))
+
+    with pytest.raises(EngineError, match=r"POST http://engine/generate: malformed response"):
+        _run(go())
+
+
+def test_client_stream_and_control_calls_turn_malformed_answers_into_engine_errors():
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/generate":
+            return httpx.Response(200, content=b'data: {"meta_info": 3}\n\ndata: [DONE]\n\n')
+        return httpx.Response(200, content=b'["success"]')
+
+    async def go(call):
+        async with EngineClient("http://engine", transport=httpx.MockTransport(handler)) as client:
+            if call == "stream":
+                return [chunk async for chunk in client.generate_stream(GenerateRequest(input_ids=[1]))]
+            return await client.update_weight_version("3")
+
+    with pytest.raises(EngineError, match=r"POST http://engine/generate: malformed response"):
+        _run(go("stream"))
+    with pytest.raises(EngineError, match=r"POST http://engine/update_weight_version: malformed response"):
+        _run(go("control"))
