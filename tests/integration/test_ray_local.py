@@ -3,7 +3,6 @@
 Each test starts its own local Ray through `ray_session` and stops it with `ray.shutdown()` only.
 """
 
-import ipaddress
 import os
 import shutil
 import subprocess
@@ -12,39 +11,17 @@ import tempfile
 import textwrap
 import time
 
+import psutil
 import pytest
 
 from slime_rl.config import ClusterConfig
+from tests.sockets import is_loopback, listening_sockets
 
 
-def _is_loopback(ip: str) -> bool:
-    address = ipaddress.ip_address(ip)
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped  # '::ffff:127.0.0.1' from a dual-stack socket
-    return address.is_loopback
-
-
-def _ray_processes():
+def _ray_processes() -> list[psutil.Process]:
     """This process and every process it started (Ray's GCS, raylet, agents and workers)."""
-    import psutil  # Ray vendors psutil and puts it on sys.path once `ray` is imported
-
     me = psutil.Process()
     return [me, *me.children(recursive=True)]
-
-
-def _listening_sockets() -> set[tuple[int, str, str, int]]:
-    """(pid, process name, ip, port) of every listening TCP socket of this process and its children."""
-    import psutil
-
-    found = set()
-    for proc in _ray_processes():
-        try:
-            name = proc.name()
-            sockets = proc.net_connections(kind="tcp")
-        except psutil.NoSuchProcess:
-            continue
-        found |= {(proc.pid, name, c.laddr.ip, c.laddr.port) for c in sockets if c.status == psutil.CONN_LISTEN}
-    return found
 
 
 @pytest.fixture
@@ -77,7 +54,7 @@ def test_local_ray_listens_on_loopback_only_with_token_auth(short_ray_tmpdir):
 
     from slime_rl.orchestration.cluster import ray_session
 
-    before = _listening_sockets()
+    before = listening_sockets(_ray_processes())
     with ray_session(ClusterConfig(num_cpus=1, object_store_memory_mb=80)):
 
         @ray.remote(num_cpus=1)
@@ -90,13 +67,13 @@ def test_local_ray_listens_on_loopback_only_with_token_auth(short_ray_tmpdir):
         seen: set[tuple[int, str, str, int]] = set()
         deadline = time.monotonic() + 3.0
         while time.monotonic() < deadline:
-            seen |= _listening_sockets() - before
+            seen |= listening_sockets(_ray_processes()) - before
             time.sleep(0.3)
         # Token auth: the GCS and the raylets, which check every request, started in token mode.
         auth_modes = {proc.name(): proc.environ().get("RAY_AUTH_MODE") for proc in _ray_processes()}
     names = {name for _, name, _, _ in seen}
     assert {"gcs_server", "raylet"} <= names, names
-    exposed = sorted((name, ip, port) for _, name, ip, port in seen if not _is_loopback(ip))
+    exposed = sorted((name, ip, port) for _, name, ip, port in seen if not is_loopback(ip))
     assert not exposed, f"Ray listens beyond loopback: {exposed}"
     assert auth_modes["gcs_server"] == auth_modes["raylet"] == "token", auth_modes
 
