@@ -7,6 +7,7 @@ stopped by PID, never by name.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
@@ -16,6 +17,8 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+
+import psutil
 
 logger = logging.getLogger(__name__)
 _PR_SET_PDEATHSIG = 1
@@ -72,6 +75,24 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return sock.getsockname()[1]
+
+
+def process_tree(pid: int) -> list[psutil.Process]:
+    """Process `pid` and all its descendants, parent first; empty if it is gone."""
+    try:
+        parent = psutil.Process(pid)
+        return [parent, *parent.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def kill_tree(pid: int, timeout_s: float = 30.0) -> None:
+    """SIGKILL process `pid` and every descendant, by PID, and wait for them (a run that must not linger)."""
+    procs = process_tree(pid)
+    for proc in reversed(procs):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.send_signal(signal.SIGKILL)
+    psutil.wait_procs(procs, timeout=timeout_s)
 
 
 def pid_alive(pid: int) -> bool:

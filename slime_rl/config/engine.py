@@ -35,6 +35,14 @@ class EngineConfig:
     startup_timeout_s: float = 300.0  # seconds to wait for an engine's /health
     request_timeout_s: float = 600.0  # seconds one HTTP request may take
     sglang: dict[str, Any] = field(default_factory=dict)  # kind=sglang: more ServerArgs, passed as --key value
+    # Fault tolerance: the driver watches every engine (its process, and `/health_generate`); a dead or hung one is
+    # taken out of the router, restarted, brought to the current weight version and put back. Off: the run fails
+    # at the first weight publish that meets a dead engine.
+    fault_tolerance: bool = True
+    health_check_interval_s: float = 2.0  # seconds between two checks of one engine
+    health_check_timeout_s: float = 30.0  # a `/health_generate` slower than this is a failed check
+    health_check_failures: int = 3  # failed checks in a row before a hung engine is restarted (a dead one: at once)
+    max_restarts: int = 5  # restarts per engine; past them it stays out and the others carry on
 
     def __post_init__(self) -> None:
         if self.kind == "simulated":
@@ -47,8 +55,19 @@ class EngineConfig:
         check_choice(
             "engine.router_policy", self.router_policy, ("round_robin", "cache_aware", "power_of_two", "random")
         )
-        for key in ("num_engines", "num_threads", "max_running_requests", "max_context_len", "max_prefill_tokens"):
+        for key in (
+            "num_engines",
+            "num_threads",
+            "max_running_requests",
+            "max_context_len",
+            "max_prefill_tokens",
+            "health_check_failures",
+        ):
             check_min(f"engine.{key}", getattr(self, key), 1)
+        check_min("engine.max_restarts", self.max_restarts, 0)
+        for key in ("health_check_interval_s", "health_check_timeout_s"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"engine.{key} must be > 0 seconds, got {getattr(self, key)}")
         self._check_sglang_keys()
 
     def _check_sglang_keys(self) -> None:

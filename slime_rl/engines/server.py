@@ -128,8 +128,15 @@ class EngineProcess:
             stop(self._proc)
             self._proc = None
 
-    def restart(self) -> str:
-        """Stop and start again on the same port, so routers keep the same worker URL."""
+    def restart(self, *, force: bool = False) -> str:
+        """Stop and start again on the same port, so routers keep the same worker URL.
+
+        `force` kills the old process at once (SIGKILL) instead of asking it to exit: for a hung engine,
+        which would not act on SIGTERM (a stopped process does not even run its handler).
+        """
         port = self.port
+        if force and self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait()
         self.stop()
         return self.start(port)

@@ -11,10 +11,11 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import ray
 from omegaconf import OmegaConf
 
@@ -27,13 +28,15 @@ from slime_rl.observability.logs import setup_logging
 from slime_rl.observability.metrics import MetricsLogger
 from slime_rl.observability.plots import plot_curves
 from slime_rl.observability.progress import TrainProgress
+from slime_rl.observability.watchdog import Watchdog
 from slime_rl.orchestration.batches import make_sft_batches
 from slime_rl.orchestration.cluster import ray_session
+from slime_rl.orchestration.engine_health import EngineMonitor
 from slime_rl.orchestration.engines import EngineFleet
-from slime_rl.orchestration.loops import LOOPS, LoopContext, publish
+from slime_rl.orchestration.loops import LOOPS, ROLLOUT_WORKER_RESTARTS, LoopContext, publish
 from slime_rl.orchestration.placement import create_placement
 from slime_rl.orchestration.rollout_worker import RolloutWorker
-from slime_rl.orchestration.train_group import TrainGroup
+from slime_rl.orchestration.train_group import TrainerRankDied, TrainGroup
 from slime_rl.trainer import checkpoint
 
 logger = logging.getLogger(__name__)
@@ -88,15 +91,17 @@ def prepare_run_dir(cfg: SlimeRLConfig) -> Path:
 class RolloutSide:
     fleet: EngineFleet
     worker: ray.actor.ActorHandle  # RolloutWorker
+    monitor: EngineMonitor | None  # None when engine.fault_tolerance is off
 
 
 @contextlib.contextmanager
 def rollout_side(cfg: SlimeRLConfig, redis_url: str, placement) -> Iterator[RolloutSide]:
-    """Engines behind a router, and the rollout worker that drives them."""
-    with EngineFleet(cfg.engine, cfg.model.path, placement, log_dir=cfg.run_dir / "logs") as fleet:
+    """Engines behind a router, the rollout worker that drives them and, with fault tolerance, their monitor."""
+    with contextlib.ExitStack() as stack:
+        fleet = stack.enter_context(EngineFleet(cfg.engine, cfg.model.path, placement, log_dir=cfg.run_dir / "logs"))
         worker = (
             ray.remote(RolloutWorker)
-            .options(num_cpus=0, max_concurrency=64)
+            .options(num_cpus=0, max_concurrency=64, max_restarts=ROLLOUT_WORKER_RESTARTS)
             .remote(
                 cfg.rollout,
                 cfg.buffer.data,
@@ -112,10 +117,10 @@ def rollout_side(cfg: SlimeRLConfig, redis_url: str, placement) -> Iterator[Roll
                 lease_s=cfg.buffer.lease_s,
             )
         )
-        try:
-            yield RolloutSide(fleet, worker)
-        finally:
-            ray.kill(worker)
+        stack.callback(ray.kill, worker)
+        fleet.on_change = lambda urls: worker.set_engines.remote(urls)
+        monitor = stack.enter_context(EngineMonitor(fleet, cfg.engine)) if cfg.engine.fault_tolerance else None
+        yield RolloutSide(fleet, worker, monitor)
 
 
 def warm_up_sft(cfg: SlimeRLConfig, ctx: LoopContext) -> dict[str, float]:
@@ -129,6 +134,7 @@ def warm_up_sft(cfg: SlimeRLConfig, ctx: LoopContext) -> dict[str, float]:
     # The rollout worker builds step k+1's samples while the trainer trains on step k's.
     next_samples = request_samples(0)
     for step in range(cfg.toy.sft_steps):
+        ctx.stage(f"SFT warm-up step {step}")
         samples = ray.get(next_samples)
         if step + 1 < cfg.toy.sft_steps:
             next_samples = request_samples(step + 1)
@@ -155,13 +161,49 @@ def run_training(cfg: SlimeRLConfig) -> None:
                     cfg.model, cfg.trainer, cfg.algorithm, placement, loopback=cfg.cluster.address is None
                 )
                 try:
-                    ctx = LoopContext(cfg, side.worker, trainers, buffer, side.fleet.engine_urls)
-                    run_loop(cfg, ctx, metrics)
+                    with (
+                        contextlib.closing(open_buffer(cfg, redis_url)) as probe_buffer,
+                        Watchdog(cfg.watchdog, run_dir, progress_probe(probe_buffer, side.fleet)) as watchdog,
+                    ):
+                        ctx = LoopContext(cfg, side.worker, trainers, buffer, side.fleet, side.monitor, watchdog)
+                        run_loop(cfg, ctx, metrics)
+                except TrainerRankDied as err:
+                    raise TrainerRankDied(f"{err}. The run stops here; {resume_hint(cfg)}") from err
                 finally:
                     trainers.shutdown()
         finally:
             placement.remove()
     write_report(cfg, run_dir, metrics.jsonl_path)
+
+
+def progress_probe(buffer: RedisBuffer, fleet: EngineFleet) -> Callable[[], Hashable]:
+    """The watchdog's token of progress: the buffer's counters and queues, and the requests each engine finished.
+
+    It runs on the watchdog's thread, so `buffer` is a connection of its own. An engine that does not answer
+    adds no progress (whether it is dead is the engine monitor's business).
+    """
+
+    def finished_requests(url: str) -> int | None:
+        try:
+            states = httpx.get(f"{url}/get_server_info", timeout=5.0).json().get("internal_states") or [{}]
+        except (httpx.HTTPError, ValueError):
+            return None
+        return states[0].get("num_finished_reqs")
+
+    def probe() -> Hashable:
+        return tuple(sorted(buffer.snapshot().items())), tuple(finished_requests(url) for url in fleet.engine_urls)
+
+    return probe
+
+
+def resume_hint(cfg: SlimeRLConfig) -> str:
+    """How to continue a run that stopped: the same command again resumes from its latest checkpoint."""
+    from hydra.core.hydra_config import HydraConfig
+
+    overrides = " ".join(HydraConfig.get().overrides.task) if HydraConfig.initialized() else "<your overrides>"
+    latest = checkpoint.latest_step_dir(cfg.trainer.checkpoint_dir) if cfg.trainer.checkpoint_dir else None
+    where = f"the checkpoint {latest}" if latest else "the start (no checkpoint was saved yet)"
+    return f"`slime-rl train {overrides}` resumes it from {where}"
 
 
 def buffer_state_file(cfg: SlimeRLConfig, step: int) -> Path:
@@ -209,11 +251,14 @@ def resume(cfg: SlimeRLConfig, ctx: LoopContext) -> int:
 
 
 def run_loop(cfg: SlimeRLConfig, ctx: LoopContext, metrics: MetricsLogger) -> None:
+    ctx.stage("resuming from the latest checkpoint")
     start_step = resume(cfg, ctx)
     if start_step == 0 and cfg.toy.enabled and cfg.toy.sft_steps:
         metrics.log(0, warm_up_sft(cfg, ctx))
+    ctx.stage(f"publishing weights version {start_step}")
     publish(ctx, start_step)  # engines serve exactly the trainer's weights, also after SFT or a resume
     if start_step == 0 and cfg.eval.path:
+        ctx.stage("eval before training (RolloutWorker.evaluate)")
         metrics.log(0, ray.get(ctx.rollout.evaluate.remote(0)))
     loop = LOOPS[cfg.mode.name](ctx, start_step)
     try:
@@ -225,8 +270,10 @@ def run_loop(cfg: SlimeRLConfig, ctx: LoopContext, metrics: MetricsLogger) -> No
                 is_last = done == cfg.mode.num_steps
                 is_eval = cfg.eval.path and ((cfg.eval.interval and done % cfg.eval.interval == 0) or is_last)
                 if is_eval:
+                    ctx.stage(f"step {step}: eval (RolloutWorker.evaluate)")
                     record.update(ray.get(ctx.rollout.evaluate.remote(done)))
                 if (cfg.trainer.save_interval and done % cfg.trainer.save_interval == 0) or is_last:
+                    ctx.stage(f"step {step}: saving checkpoint {done}")
                     with loop.quiesced():
                         save_checkpoint(cfg, ctx, done)
                 record["perf/step_time_s"] = time.perf_counter() - t0

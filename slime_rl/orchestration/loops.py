@@ -23,6 +23,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import ray
@@ -30,7 +31,11 @@ import ray
 from slime_rl.buffer.store import Batch, RedisBuffer
 from slime_rl.config.root import SlimeRLConfig
 from slime_rl.errors import ServiceError
+from slime_rl.observability.watchdog import Watchdog
 from slime_rl.orchestration.batches import make_train_batches
+from slime_rl.orchestration.engine_health import EngineMonitor
+from slime_rl.orchestration.engines import AWAITING_SYNC, EngineFleet
+from slime_rl.orchestration.rollout_worker import StreamNotRunning
 from slime_rl.orchestration.train_group import TrainGroup
 
 logger = logging.getLogger(__name__)
@@ -40,16 +45,31 @@ TRAINER_CONSUMER = "trainer-0"
 
 @dataclass
 class LoopContext:
-    """What a loop drives: the rollout actor, the trainer group, the buffer and the engines' URLs."""
+    """What a loop drives: the rollout actor, the trainer group, the buffer and the engines.
+
+    `fleet` is None only where no engine takes part (tests of the buffer side); `monitor` is None when
+    `engine.fault_tolerance` is off; `watchdog` is None where nothing watches for hangs. `version` is the
+    weight version last published to the engines.
+    """
 
     cfg: SlimeRLConfig
     rollout: ray.actor.ActorHandle  # RolloutWorker
     trainers: TrainGroup
     buffer: RedisBuffer
-    engine_urls: list[str]
+    fleet: EngineFleet | None = None
+    monitor: EngineMonitor | None = None
+    watchdog: Watchdog | None = None
+    version: int = 0
+
+    def stage(self, description: str) -> None:
+        """Tell the watchdog what the driver waits on next (it names the stage if the run hangs there)."""
+        if self.watchdog is not None:
+            self.watchdog.stage(description)
 
 
 READ_POLL_S = 2.0  # seconds between checks of the rollout side while the trainer waits for data
+ROLLOUT_WORKER_RESTARTS = 3  # times Ray restarts a rollout worker that died, per run
+T = TypeVar("T")
 
 
 def read_step_batch(ctx: LoopContext, step: int, check_rollout: Callable[[], None] | None = None) -> Batch:
@@ -67,6 +87,7 @@ def read_step_batch(ctx: LoopContext, step: int, check_rollout: Callable[[], Non
         batch.extend(ctx.buffer.read_batch(TRAINER_CONSUMER, need - len(batch.groups), int(wait_s * 1000), step))
         if check_rollout is not None:
             check_rollout()
+        sync_restarted_engines(ctx)  # before the step's optimizer update, the trainer holds ctx.version
         if len(batch.groups) < need and time.monotonic() >= deadline:
             stats = ctx.buffer.snapshot()
             raise ServiceError(
@@ -122,10 +143,81 @@ def train_on_batch(ctx: LoopContext, batch: Batch, step: int) -> dict[str, float
     )
 
 
+def generated(ctx: LoopContext, ref: ray.ObjectRef, step: int, *, before_update: bool) -> dict[str, float]:
+    """The metrics of `RolloutWorker.generate(step)` started as `ref`, once it has published the batch.
+
+    `before_update`: the trainer still holds the published weights, so restarted engines are synced while
+    waiting (a lone engine that died must come back for the generation to finish).
+
+    If the rollout worker dies meanwhile, Ray restarts it (up to `ROLLOUT_WORKER_RESTARTS` times) and the
+    restarted worker generates the groups still missing: the dead worker's published groups stay in the
+    buffer, its taken groups come back when their lease expires (`buffer.lease_s`). Counting what is
+    missing from the stream's length needs the stream to hold only this batch's groups, which holds where
+    the loops call this: after the trainer acknowledged every earlier batch.
+    """
+    deaths = 0
+    while True:
+        try:
+            while before_update and not ray.wait([ref], timeout=READ_POLL_S)[0]:
+                sync_restarted_engines(ctx)
+            return ray.get(ref)
+        except ray.exceptions.RayActorError as err:
+            deaths += 1
+            if deaths > ROLLOUT_WORKER_RESTARTS:
+                raise
+            missing = max(ctx.cfg.rollout.rollout_batch_size - ctx.buffer.queue_lengths()["samples"], 0)
+            logger.warning("the rollout worker died generating step %d (%s); %d groups to go", step, err, missing)
+            ref = ctx.rollout.generate.remote(step, missing)
+
+
 def publish(ctx: LoopContext, version: int) -> dict[str, float]:
-    metrics = ctx.trainers.publish_weights(ctx.engine_urls, version)
+    """Send the trainer's weights to every serving engine as `version`, then to restarted ones.
+
+    With fault tolerance, a publish that fails because an engine died (the monitor, asked again, takes
+    it out) is repeated on the engines still serving; the dead one is synced once it is back. Without,
+    or when no engine went down, the error ends the step.
+    """
+    assert ctx.fleet is not None, "publishing needs the engines"
+    metrics: dict[str, float] = {}
+    for attempt in range(ctx.cfg.engine.num_engines + 1):
+        urls = ctx.fleet.serving_urls()
+        if not urls:
+            logger.warning("no engine serves; version %d goes to each engine when it is back", version)
+            break
+        try:
+            metrics = ctx.trainers.publish_weights(urls, version)
+            break
+        except ServiceError as err:
+            if ctx.monitor is None or attempt == ctx.cfg.engine.num_engines:
+                raise
+            ctx.monitor.check()
+            if set(ctx.fleet.serving_urls()) == set(urls):
+                raise
+            logger.warning("publish of version %d met an engine that went down (%s); publishing again", version, err)
     ctx.buffer.set_version(version)
-    return metrics
+    ctx.version = version
+    sync_restarted_engines(ctx)
+    return metrics | {"engines/serving": float(len(ctx.fleet.serving_urls()))}
+
+
+def sync_restarted_engines(ctx: LoopContext) -> None:
+    """Send weights `ctx.version` to the engines that were restarted and put them back in service.
+
+    Call only where the trainer holds exactly the weights of `ctx.version`: after a publish and before the
+    next optimizer step. An engine that fails its sync stays out; the monitor decides whether it is dead.
+    """
+    if ctx.fleet is None:
+        return
+    urls = ctx.fleet.urls_in(AWAITING_SYNC)
+    if not urls:
+        return
+    try:
+        ctx.trainers.publish_weights(urls, ctx.version)
+    except ServiceError as err:
+        logger.warning("weight sync of restarted engines %s failed; trying again later: %s", urls, err)
+        return
+    for url in urls:
+        ctx.fleet.put_back(url, ctx.version)
 
 
 def timing(rollout_s: float, train_s: float, sync_s: float, train_metrics: dict[str, float]) -> dict[str, float]:
@@ -154,14 +246,18 @@ class SyncLoop:
 
     def step(self, step: int) -> dict[str, float]:
         t0 = time.perf_counter()
-        rollout_metrics = ray.get(self.ctx.rollout.generate.remote(step))
+        self.ctx.stage(f"step {step}: waiting for RolloutWorker.generate")
+        rollout_metrics = generated(self.ctx, self.ctx.rollout.generate.remote(step), step, before_update=True)
         t1 = time.perf_counter()
+        self.ctx.stage(f"step {step}: reading the batch from the buffer")
         batch = read_step_batch(self.ctx, step)
         # Invariant: the rollout side publishes one step's groups under that step's version and the buffer
         # held nothing before (checked at start), so the oldest groups are the ones just generated.
         assert all(v == step for v in batch.versions), f"sync step {step} read groups of versions {batch.versions}"
+        self.ctx.stage(f"step {step}: training (TrainerRank.train)")
         train_metrics = train_on_batch(self.ctx, batch, step)
         t2 = time.perf_counter()
+        self.ctx.stage(f"step {step}: publishing weights version {step + 1}")
         publish_metrics = publish(self.ctx, step + 1)
         t3 = time.perf_counter()
         return rollout_metrics | train_metrics | publish_metrics | timing(t1 - t0, t2 - t1, t3 - t2, train_metrics)
@@ -186,15 +282,20 @@ class OneStepAsyncLoop:
     def step(self, step: int) -> dict[str, float]:
         t0 = time.perf_counter()
         if self.ready is None:  # the first batch has nothing to overlap with
-            self.ready = ray.get(self.ctx.rollout.generate.remote(step))
+            self.ctx.stage(f"step {step}: waiting for RolloutWorker.generate (first batch)")
+            self.ready = generated(self.ctx, self.ctx.rollout.generate.remote(step), step, before_update=True)
         rollout_metrics, self.ready = self.ready, None
         next_ref = self.ctx.rollout.generate.remote(step)  # batch step+1, with θ_step, overlapping training
+        self.ctx.stage(f"step {step}: reading the batch from the buffer")
         batch = read_step_batch(self.ctx, step)
         t1 = time.perf_counter()
+        self.ctx.stage(f"step {step}: training (TrainerRank.train)")
         train_metrics = train_on_batch(self.ctx, batch, step)
         t2 = time.perf_counter()
-        self.ready = ray.get(next_ref)  # weights never change in the middle of a generation
+        self.ctx.stage(f"step {step}: waiting for the overlapped RolloutWorker.generate")
+        self.ready = generated(self.ctx, next_ref, step, before_update=False)  # weights never change mid-generation
         t3 = time.perf_counter()
+        self.ctx.stage(f"step {step}: publishing weights version {step + 1}")
         publish_metrics = publish(self.ctx, step + 1)
         t4 = time.perf_counter()
         return (
@@ -224,19 +325,35 @@ class FullyAsyncLoop:
     def _start_stream(self) -> None:
         ray.get(self.ctx.rollout.start_stream.remote(self.version, self.ctx.cfg.mode.max_staleness))
 
+    def _stream_call(self, method: str, *args: object, default: T) -> T:
+        """`RolloutWorker.<method>(*args)`; if the worker died (Ray restarts it), start a stream on it at
+        `self.version` and return `default`: the dead stream's published groups stay in the buffer and its
+        taken groups come back when their lease expires."""
+        try:
+            return ray.get(getattr(self.ctx.rollout, method).remote(*args))
+        except (ray.exceptions.RayActorError, StreamNotRunning) as err:
+            logger.warning("the rollout worker lost its stream (%s); streaming again at version %d", err, self.version)
+            self._start_stream()
+            return default
+
     def _check_stream(self) -> None:
-        ray.get(self.ctx.rollout.check_stream.remote())
+        self._stream_call("check_stream", default=None)
 
     def step(self, step: int) -> dict[str, float]:
         t0 = time.perf_counter()
+        self.ctx.stage(f"step {step}: reading the batch from the stream")
         batch = read_step_batch(self.ctx, step, check_rollout=self._check_stream)
         t1 = time.perf_counter()
+        self.ctx.stage(f"step {step}: training (TrainerRank.train)")
         train_metrics = train_on_batch(self.ctx, batch, step)
         t2 = time.perf_counter()
-        abort_s = ray.get(self.ctx.rollout.pause_stream.remote())
+        self.ctx.stage(f"step {step}: pausing the stream (RolloutWorker.pause_stream)")
+        abort_s = self._stream_call("pause_stream", default=0.0)
+        self.ctx.stage(f"step {step}: publishing weights version {step + 1}")
         publish_metrics = publish(self.ctx, step + 1)
-        stream_metrics = ray.get(self.ctx.rollout.resume_stream.remote(step + 1))
+        self.ctx.stage(f"step {step}: resuming the stream (RolloutWorker.resume_stream)")
         self.version = step + 1
+        stream_metrics = self._stream_call("resume_stream", self.version, default={})
         t3 = time.perf_counter()
         return (
             batch_reward_metrics(batch)
@@ -250,12 +367,18 @@ class FullyAsyncLoop:
     @contextlib.contextmanager
     def quiesced(self) -> Iterator[None]:
         """Stop the stream (its in-flight groups go back to the partials) and start it again afterwards."""
-        ray.get(self.ctx.rollout.stop_stream.remote())
+        self._stop_stream()
         yield
         self._start_stream()
 
+    def _stop_stream(self) -> None:
+        try:
+            ray.get(self.ctx.rollout.stop_stream.remote())
+        except (ray.exceptions.RayActorError, StreamNotRunning) as err:  # a worker that died has nothing to stop
+            logger.warning("the rollout worker had no stream to stop (%s)", err)
+
     def close(self) -> None:
-        ray.get(self.ctx.rollout.stop_stream.remote())
+        self._stop_stream()
 
 
 LOOPS = {"sync": SyncLoop, "one_step_async": OneStepAsyncLoop, "fully_async": FullyAsyncLoop}

@@ -23,6 +23,7 @@ from slime_rl.config.eval import EvalConfig
 from slime_rl.config.rollout import RolloutConfig
 from slime_rl.engines.client import EngineClient
 from slime_rl.engines.protocol import served_context_len
+from slime_rl.errors import ServiceError
 from slime_rl.rollout.evaluate import evaluate_greedy
 from slime_rl.rollout.filters import make_group_filter
 from slime_rl.rollout.manager import RolloutManager
@@ -64,6 +65,10 @@ def engine_context_len(engine_urls: list[str], model_path: str, *, timeout_s: fl
     return context_len(model_path, infos)
 
 
+class StreamNotRunning(ServiceError):
+    """A stream call reached a worker without a stream: Ray restarted it after it died mid-run."""
+
+
 class RolloutWorker:
     """One per run. `generate(version)` fills the buffer for one step; `evaluate(version)` runs the eval set."""
 
@@ -103,6 +108,7 @@ class RolloutWorker:
             max_new_tokens=rollout.max_new_tokens,
         )
         self.reward_fn = make_reward_fn(rollout.reward)
+        self.request_timeout_s = request_timeout_s
         self.router = EngineClient(router_url, timeout_s=request_timeout_s)
         self.manager = RolloutManager(
             rollout,
@@ -114,6 +120,7 @@ class RolloutWorker:
             decode=self.decode,
             group_filter=make_group_filter(rollout.dynamic_filter),
         )
+        self.stream: StreamingRollout | None = None  # fully async only, from `start_stream`
         self.eval_samples: list[Sample] = []
         self.eval_max_new_tokens = evaluation.max_new_tokens or rollout.max_new_tokens
         if evaluation.path:
@@ -129,11 +136,20 @@ class RolloutWorker:
             rows = range(min(len(eval_set), evaluation.max_prompts))
             self.eval_samples = [eval_set.make_group(row).samples[0] for row in rows]
 
+    async def set_engines(self, engine_urls: list[str]) -> None:
+        """The engines now serving (the driver's fleet changed): only they are aborted and asked for loads."""
+        old, self.manager.engines = (
+            self.manager.engines,
+            [EngineClient(url, timeout_s=self.request_timeout_s) for url in engine_urls],
+        )
+        await asyncio.gather(*(client.aclose() for client in old))
+        logger.info("serving engines: %s", ", ".join(engine_urls) or "none")
+
     def decode(self, ids: np.ndarray) -> str:
         return self.tokenizer.decode(ids.tolist(), skip_special_tokens=True)
 
-    async def generate(self, version: int) -> dict[str, float]:
-        return await self.manager.generate(version)
+    async def generate(self, version: int, num_groups: int | None = None) -> dict[str, float]:
+        return await self.manager.generate(version, num_groups)
 
     async def start_stream(self, version: int, max_staleness: int) -> None:
         """Start fully-async generation in the background (see `StreamingRollout`).
@@ -147,30 +163,38 @@ class RolloutWorker:
         )
         self.stream_task = asyncio.create_task(self.stream.run())
 
+    def _running_stream(self) -> StreamingRollout:
+        if self.stream is None:
+            raise StreamNotRunning("this rollout worker has no stream (it was restarted after it died)")
+        return self.stream
+
     async def check_stream(self) -> None:
         """Raise the error that ended the stream, if one did (the trainer calls it while it waits for data)."""
-        self.stream.raise_if_failed()
+        self._running_stream().raise_if_failed()
 
     async def pause_stream(self) -> float:
         """Interrupt generation for a weight update; returns the seconds the abort took."""
-        self.stream.raise_if_failed()
-        return await self.stream.pause()
+        stream = self._running_stream()
+        stream.raise_if_failed()
+        return await stream.pause()
 
     async def resume_stream(self, version: int) -> dict[str, float]:
         """Continue under weights `version`; returns the stream's counts so far (one round trip per step)."""
-        self.stream.resume(version)
+        self._running_stream().resume(version)
         return self.stream_metrics()
 
     async def stop_stream(self) -> dict[str, float]:
         """End the stream (in-flight groups go back to the buffer) and return its counts."""
-        await self.stream.stop()
+        stream = self._running_stream()
+        await stream.stop()
         await asyncio.wait([self.stream_task])
-        self.stream.raise_if_failed()
+        stream.raise_if_failed()
         return self.stream_metrics()
 
     def stream_metrics(self) -> dict[str, float]:
-        stats = {f"rollout/{key}": float(value) for key, value in self.stream.stats.items()}
-        return stats | {"async/engine_idle_s": self.stream.engine_idle_s}
+        stream = self._running_stream()
+        stats = {f"rollout/{key}": float(value) for key, value in stream.stats.items()}
+        return stats | {"async/engine_idle_s": stream.engine_idle_s}
 
     async def evaluate(self, version: int) -> dict[str, float]:
         if not self.eval_samples:

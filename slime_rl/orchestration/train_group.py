@@ -3,11 +3,16 @@
 Rank 0 reports its node address and a free port; every rank then joins the world there and builds the
 Megatron model (`MegatronTrainer.init`). Each group method fans out to all ranks and gathers once
 (STYLE.md rule 10): all ranks take part in every collective (training, gathering weights to publish).
+
+A rank that dies (its process killed, a node lost) fails the call with `TrainerRankDied` naming the rank,
+as soon as Ray reports it, even while its peers still wait for it inside a collective: the driver ends the
+run and says how to resume from the last checkpoint.
 """
 
 from __future__ import annotations
 
 import logging
+import socket
 from typing import Any
 
 import ray
@@ -15,10 +20,15 @@ import ray
 from slime_rl.config.algorithm import AlgorithmConfig
 from slime_rl.config.model import ModelConfig
 from slime_rl.config.trainer import TrainerConfig
+from slime_rl.errors import ServiceError
 from slime_rl.orchestration.placement import Placement
 from slime_rl.types import TrainBatch
 
 logger = logging.getLogger(__name__)
+
+
+class TrainerRankDied(ServiceError):
+    """A trainer rank's actor died; the run cannot go on (its peers are stuck in their collectives)."""
 
 
 class TrainerRank:
@@ -29,13 +39,15 @@ class TrainerRank:
     ) -> None:
         self._args = (model, trainer, algorithm, rank, world_size)
         self.trainer: Any = None
+        self.listener: socket.socket | None = None  # rank 0: the socket its store will listen on
 
     def master_address(self, loopback: bool) -> tuple[str, int]:
-        """Address and a free port for the world's store: loopback on a local Ray, else this node's IP."""
-        from slime_rl.processes import free_port
+        """Where the world's store will listen (rank 0): loopback on a local Ray, else this node's IP. The
+        socket is bound now and kept for `init`, so the port stays ours."""
+        from slime_rl.trainer.rendezvous import listen_socket
 
-        address = "127.0.0.1" if loopback else ray.util.get_node_ip_address()
-        return address, free_port(address)
+        self.listener = listen_socket("127.0.0.1" if loopback else ray.util.get_node_ip_address())
+        return self.listener.getsockname()[:2]
 
     def init(self, master_addr: str, master_port: int) -> int:
         """Join the world and build the model; returns this rank's data-parallel rank."""
@@ -43,7 +55,9 @@ class TrainerRank:
         from slime_rl.trainer.trainer import MegatronTrainer
 
         model, trainer, algorithm, rank, world_size = self._args
-        self.trainer = MegatronTrainer(model, trainer, algorithm, rank, world_size, master_addr, master_port)
+        self.trainer = MegatronTrainer(
+            model, trainer, algorithm, rank, world_size, master_addr, master_port, listener=self.listener
+        )
         self.trainer.init()
         return current_layout().dp_rank
 
@@ -92,6 +106,19 @@ class TrainGroup:
         self.dp_ranks: list[int] = ray.get([r.init.remote(master_addr, master_port) for r in self.ranks])
         logger.info("trainer group ready: %d ranks, master %s:%d", self.world_size, master_addr, master_port)
 
+    def _gather(self, refs: list[ray.ObjectRef], what: str) -> list[Any]:
+        """Every rank's result of call `what`; raises `TrainerRankDied` as soon as one rank's actor is dead."""
+        pending = list(refs)
+        try:
+            while pending:
+                ready, pending = ray.wait(pending, num_returns=1)
+                ray.get(ready[0])  # raises at once if that rank failed, while its peers may wait for it
+        except ray.exceptions.RayActorError as err:
+            rank = refs.index(ready[0])
+            cause = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise TrainerRankDied(f"trainer rank {rank} died during {what}: {cause}") from err
+        return ray.get(refs)
+
     def _data_rank_batches(self, batches: list[TrainBatch]) -> list[TrainBatch]:
         """`batches[d]` is data-parallel rank d's batch; the TP/PP peers of one DP rank all get it."""
         if len(batches) != self.data_parallel_size:
@@ -100,23 +127,23 @@ class TrainGroup:
 
     def train(self, batches: list[TrainBatch]) -> dict[str, float]:
         refs = [r.train.remote(b) for r, b in zip(self.ranks, self._data_rank_batches(batches), strict=True)]
-        return ray.get(refs)[0]
+        return self._gather(refs, "train")[0]
 
     def train_sft(self, batches: list[TrainBatch]) -> dict[str, float]:
         refs = [r.train_sft.remote(b) for r, b in zip(self.ranks, self._data_rank_batches(batches), strict=True)]
-        return ray.get(refs)[0]
+        return self._gather(refs, "train_sft")[0]
 
     def set_lr(self, lr: float) -> None:
-        ray.get([r.set_lr.remote(lr) for r in self.ranks])
+        self._gather([r.set_lr.remote(lr) for r in self.ranks], "set_lr")
 
     def publish_weights(self, engine_urls: list[str], version: int) -> dict[str, float]:
-        return ray.get([r.publish_weights.remote(engine_urls, version) for r in self.ranks])[0]
+        return self._gather([r.publish_weights.remote(engine_urls, version) for r in self.ranks], "publish_weights")[0]
 
     def save(self, step: int) -> None:
-        ray.get([r.save.remote(step) for r in self.ranks])
+        self._gather([r.save.remote(step) for r in self.ranks], "save")
 
     def load(self) -> int | None:
-        return ray.get([r.load.remote() for r in self.ranks])[0]
+        return self._gather([r.load.remote() for r in self.ranks], "load")[0]
 
     def shutdown(self) -> None:
         for rank in self.ranks:

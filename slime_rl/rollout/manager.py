@@ -76,22 +76,24 @@ class RolloutManager:
     def groups_in_flight_target(self) -> int:
         return groups_in_flight(self.cfg)
 
-    async def generate(self, version: int) -> dict[str, float]:
-        """Publish `rollout_batch_size` groups generated with weights `version`; return rollout metrics.
+    async def generate(self, version: int, num_groups: int | None = None) -> dict[str, float]:
+        """Publish `num_groups` (default `rollout_batch_size`) groups generated with weights `version`; return
+        rollout metrics. A smaller `num_groups` completes a batch that a dead rollout worker began.
 
         Raises `ServiceError` (after recycling every group in flight) when more than
         `max_failed_groups_per_step` groups failed on an engine, and `DataError` when the buffer has no
         prompts left and the step cannot be filled.
         """
         start = time.perf_counter()
+        target = self.cfg.rollout_batch_size if num_groups is None else num_groups
         state = StepState(version=version)
         # Created per call: asyncio primitives bind to the event loop that first waits on them.
         semaphore = asyncio.Semaphore(self.cfg.max_concurrent_requests)
         stop = asyncio.Event()
         tasks: dict[asyncio.Task[Group], Group] = {}
         try:
-            while len(state.published) < self.cfg.rollout_batch_size:
-                for group in self.take(self._num_to_take(state, len(tasks)), state):
+            while len(state.published) < target:
+                for group in self.take(self._num_to_take(state, len(tasks), target), state):
                     tasks[asyncio.create_task(self._run_group(group, version, semaphore, stop))] = group
                 if not tasks:
                     if not self.settler.keep_rejected_when_starved(state):
@@ -99,7 +101,7 @@ class RolloutManager:
                     continue
                 done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
                 for task in done:
-                    target_met = len(state.published) >= self.cfg.rollout_batch_size
+                    target_met = len(state.published) >= target
                     self.settler.settle(tasks.pop(task), state, target_met=target_met)
         finally:
             if tasks:
@@ -107,11 +109,11 @@ class RolloutManager:
             self.settler.close(state)
         return rollout_metrics(state, time.perf_counter() - start)
 
-    def _num_to_take(self, state: StepState, num_in_flight: int) -> int:
+    def _num_to_take(self, state: StepState, num_in_flight: int, target: int) -> int:
         # Without APRIL only as many groups as still needed are in flight; with it, the over-sampling target.
         if self.cfg.use_april:
             return max(self.groups_in_flight_target - num_in_flight, 0)
-        return max(self.cfg.rollout_batch_size - len(state.published) - num_in_flight, 0)
+        return max(target - len(state.published) - num_in_flight, 0)
 
     def take(self, num_groups: int, state: StepState) -> list[Group]:
         """Take groups partials-first; restart partials older than `max_partial_staleness` (counted)."""
@@ -179,8 +181,9 @@ class RolloutManager:
         return time.perf_counter() - start
 
     async def abort_engines(self) -> None:
-        results = await asyncio.gather(*(engine.abort_all() for engine in self.engines), return_exceptions=True)
-        for engine, result in zip(self.engines, results, strict=True):
+        engines = list(self.engines)  # the serving set may change while the aborts run
+        results = await asyncio.gather(*(engine.abort_all() for engine in engines), return_exceptions=True)
+        for engine, result in zip(engines, results, strict=True):
             if isinstance(result, Exception):
                 logger.warning("abort_all on %s failed: %s", getattr(engine, "url", engine), result)
 

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import datetime
 import logging
+import socket
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
 from slime_rl.trainer.cpu_compat import has_cuda
+from slime_rl.trainer.rendezvous import listen_socket, store_server
 
 logger = logging.getLogger(__name__)
 
@@ -49,10 +51,13 @@ def init_parallel(
     pp_size: int,
     seed: int = 1234,
     timeout_s: float = 600.0,
+    listener: socket.socket | None = None,
 ) -> ParallelLayout:
     """Join the default process group and build Megatron's TP/PP/DP groups; returns this rank's layout.
 
-    `world_size` must be a multiple of `tp_size * pp_size`; the quotient is the DP size.
+    `world_size` must be a multiple of `tp_size * pp_size`; the quotient is the DP size. Rank 0 hosts the
+    group's store at `master_addr:master_port`, listening on that address only: on `listener` if given (a
+    socket from `rendezvous.listen_socket` it already reported), else on a socket it binds there now.
     """
     from megatron.core import parallel_state as mpu
     from megatron.core import tensor_parallel
@@ -64,13 +69,12 @@ def init_parallel(
         # One GPU per rank: rank i of a single-node launch takes device i; under Ray each actor sees only its
         # own GPU (CUDA_VISIBLE_DEVICES), so the modulo gives 0. NCCL refuses two ranks on one device.
         torch.cuda.set_device(rank % torch.cuda.device_count())
-    dist.init_process_group(
-        backend=backend,
-        init_method=f"tcp://{master_addr}:{master_port}",
-        rank=rank,
-        world_size=world_size,
-        timeout=datetime.timedelta(seconds=timeout_s),
-    )
+    timeout = datetime.timedelta(seconds=timeout_s)
+    if rank == 0:  # hosts the store, on the socket it reported as the master address (or binds it now)
+        store = store_server(listener or listen_socket(master_addr, master_port), world_size, timeout)
+    else:
+        store = dist.TCPStore(master_addr, master_port, world_size, is_master=False, timeout=timeout)
+    dist.init_process_group(backend=backend, store=store, rank=rank, world_size=world_size, timeout=timeout)
     mpu.initialize_model_parallel(
         tensor_model_parallel_size=tp_size,
         pipeline_model_parallel_size=pp_size,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import socket
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -62,10 +63,12 @@ class MegatronTrainer:
         world_size: int,
         master_addr: str,
         master_port: int,
+        listener: socket.socket | None = None,
     ) -> None:
         self.model_cfg, self.cfg, self.algo = model_cfg, trainer_cfg, algo_cfg
         self.rank, self.world_size = rank, world_size
         self.master_addr, self.master_port = master_addr, master_port
+        self.listener = listener  # rank 0: the socket at master_addr:master_port its store listens on
         self.dtype = _DTYPES[model_cfg.dtype]
 
     @property
@@ -102,6 +105,7 @@ class MegatronTrainer:
             tp_size=cfg.tensor_model_parallel_size,
             pp_size=cfg.pipeline_model_parallel_size,
             seed=cfg.seed,
+            listener=self.listener,
         )
         self.arch = arch_from_hf(weights.read_hf_config(self.model_cfg.path))
         self.tf_config = transformer_config(

@@ -14,7 +14,8 @@ tensor; afterwards every engine's `/get_weight_version` is checked.
 Failing fast: each collective needs every engine, so rank 0 waits for it while watching the engines'
 HTTP calls, which run on a helper thread with their own event loop. As soon as one fails, rank 0 stops
 waiting and raises that engine's error; the group is dropped (engines are told to destroy their end,
-which also ends rank 0's pending broadcast) and the next publish builds a fresh one.
+which also ends rank 0's pending broadcast) and the next publish builds a fresh one. Publishing to another
+set of engines (one went down, or a restarted one is synced alone) also drops the group of the old set.
 
 Each engine is assumed to be one rank of the group (the native engine; SGLang with TP=1).
 """
@@ -39,9 +40,9 @@ import torch.distributed as dist
 from slime_rl.config.trainer import TrainerConfig
 from slime_rl.engines.client import EngineClient
 from slime_rl.errors import ConfigError, ServiceError
-from slime_rl.processes import free_port
 from slime_rl.trainer import weights
 from slime_rl.trainer.cpu_compat import has_cuda
+from slime_rl.trainer.rendezvous import listen_socket, store_server
 
 if TYPE_CHECKING:
     from slime_rl.trainer.trainer import MegatronTrainer
@@ -151,11 +152,15 @@ class WeightPublisher:
         self._retired = [g for g in self._retired if not all(w.is_completed() for w in g.pending)]
         key = tuple(urls)
         if key not in self._groups:
-            port, world = free_port(self.master_addr), len(urls) + 1
+            # The engines changed (one went down, or a restarted one is synced alone): an engine is in one group
+            # at a time, and a group with a dead member can never broadcast again, so the old groups go first.
+            for other in list(self._groups):
+                self._drop(list(other), pending=[])
+            listener, world = listen_socket(self.master_addr), len(urls) + 1
+            port = listener.getsockname()[1]
             backend = "nccl" if has_cuda() else "gloo"
-            store = dist.TCPStore(  # engines connect once they get the request below
-                self.master_addr, port, world, is_master=True, timeout=self.timeout, wait_for_workers=False
-            )
+            # Engines connect once they get the request below.
+            store = store_server(listener, world, self.timeout, wait_for_workers=False)
             joins = _EngineCalls(
                 urls,
                 lambda c, i: c.init_weights_update_group(

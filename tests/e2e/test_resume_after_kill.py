@@ -1,19 +1,17 @@
 """A toy run killed with SIGKILL mid-way resumes from its last checkpoint with the buffer that checkpoint saw:
 every step is trained exactly once, and the counters invariant holds."""
 
-import contextlib
 import os
-import signal
 import subprocess
 import sys
 import time
 
-import psutil
 import pytest
 
 from slime_rl.config import load_config
 from slime_rl.observability.metrics import read_metrics
 from slime_rl.orchestration.driver import run_training
+from slime_rl.processes import kill_tree
 from slime_rl.trainer.checkpoint import latest_step_dir
 
 pytestmark = pytest.mark.slow
@@ -24,15 +22,6 @@ BATCH_GROUPS = 16  # experiment=toy's rollout.rollout_batch_size
 
 def _logged_steps(path) -> list[int]:
     return [r["step"] for r in read_metrics(path) if r.get("perf/step_time_s") is not None] if path.exists() else []
-
-
-def _kill_tree(pid: int) -> None:
-    """SIGKILL a process and every descendant, by PID (the driver's Ray, Redis, engines and router)."""
-    parent = psutil.Process(pid)
-    for proc in [*parent.children(recursive=True), parent]:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            proc.send_signal(signal.SIGKILL)
-    psutil.wait_procs([parent], timeout=30)
 
 
 @pytest.mark.parametrize("mode", ["sync", "fully_async"])
@@ -62,7 +51,7 @@ def test_toy_run_killed_after_a_checkpoint_resumes_without_losing_or_repeating_a
             assert time.monotonic() < deadline, "the first run did not reach step 3 in 300 s"
             time.sleep(0.1)
     finally:
-        _kill_tree(driver.pid)
+        kill_tree(driver.pid)
     checkpoint = latest_step_dir(run_dir / "checkpoints")
     assert checkpoint is not None
     killed_at = max(_logged_steps(metrics_path))

@@ -14,7 +14,8 @@ import pytest
 import redis
 
 from slime_rl.config import EngineConfig
-from tests.faults.toy_runs import NATIVE_ENGINE_MODULE, step_records, toy_overrides, toy_training, tree
+from slime_rl.processes import process_tree
+from tests.faults.toy_runs import NATIVE_ENGINE_MODULE, step_records, toy_overrides, toy_training
 from tests.sockets import is_loopback, listening_sockets, unmapped
 
 pytestmark = pytest.mark.slow
@@ -56,7 +57,7 @@ def test_toy_run_listens_on_loopback_only_and_its_redis_needs_a_password(tmp_pat
             deadline = time.monotonic() + 300
             while driver.poll() is None:
                 assert time.monotonic() < deadline, "the toy run did not finish in 300 s"
-                current = tree(driver.pid)
+                current = process_tree(driver.pid)
                 procs |= {proc.pid: proc for proc in current}
                 roles |= {proc.pid: role for proc in current if proc.pid not in roles and (role := _role(proc))}
                 sockets = listening_sockets(current)
@@ -68,7 +69,7 @@ def test_toy_run_listens_on_loopback_only_and_its_redis_needs_a_password(tmp_pat
                         redis_refusals[port] = str(refused.value)
                 time.sleep(0.2)
         finally:
-            # A process the driver failed to stop outlives it, reparented: `tree(driver.pid)` no longer finds it.
+            # A process the driver failed to stop outlives it, reparented, out of `process_tree(driver.pid)`.
             kill_processes(list(procs.values()))
     assert driver.returncode == 0, (tmp_path / "run.log").read_text()[-3000:]
     assert [r["step"] for r in step_records(run_dir)] == list(range(1, NUM_STEPS + 1))
@@ -77,8 +78,4 @@ def test_toy_run_listens_on_loopback_only_and_its_redis_needs_a_password(tmp_pat
     assert ips == {"engine": {EngineConfig.host}, "router": {EngineConfig.host}}, ips
     assert redis_refusals, f"no embedded Redis was seen listening; roles seen: {sorted(set(roles.values()))}"
     exposed = sorted((pid, name, ip, port) for pid, name, ip, port in seen if not is_loopback(ip))
-    # TODO(#15): torch's TCPStore masters (the trainer's default group and its weight-update group) listen on
-    # '::' whatever host they are given; binding them to loopback needs a pre-bound socket (`master_listen_fd`).
-    if exposed and all(name.startswith("ray::TrainerRank") for _, name, _, _ in exposed):
-        pytest.xfail(f"the trainer's TCPStores listen beyond loopback: {exposed}")
     assert not exposed, f"the run listens beyond loopback (pid, process, ip, port): {exposed}"

@@ -25,7 +25,7 @@ def _finished_group(name: str) -> Group:
 def ctx(redis_url):
     cfg = load_config(["rollout.rollout_batch_size=3", "mode.batch_timeout_s=0.3"])
     buffer = RedisBuffer.from_url(redis_url, f"test-{uuid.uuid4().hex[:8]}")
-    yield LoopContext(cfg=cfg, rollout=None, trainers=None, buffer=buffer, engine_urls=[])
+    yield LoopContext(cfg=cfg, rollout=None, trainers=None, buffer=buffer)
     buffer.clear()
     buffer.close()
 

@@ -41,7 +41,7 @@ def _train_one_group(buffer: RedisBuffer, name: str) -> None:
 def ctx(redis_url, tmp_path):
     cfg = load_config([f"trainer.checkpoint_dir={tmp_path / 'checkpoints'}"])
     buffer = RedisBuffer.from_url(redis_url, f"test-{uuid.uuid4().hex[:8]}")
-    yield LoopContext(cfg=cfg, rollout=None, trainers=FakeTrainers(), buffer=buffer, engine_urls=[])
+    yield LoopContext(cfg=cfg, rollout=None, trainers=FakeTrainers(), buffer=buffer)
     buffer.clear()
     buffer.close()
 

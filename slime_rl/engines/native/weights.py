@@ -4,12 +4,18 @@ Owns reading HF-named tensors; loading them into the model is the runner's job. 
 follows SGLang (REFERENCE.md §1): the trainer is rank 0 and hosts the TCPStore; this engine joins with
 rank `rank_offset` through its own `ProcessGroupGloo` (CPU) or `ProcessGroupNCCL` (CUDA), independent
 of any default process group, and receives each tensor by broadcast from rank 0 in the order of `names`.
+
+Destroying a group ends a receive that waits on it: when rank 0 gives up on a publish (another engine of
+the group died before the broadcast), it destroys the group on the engines, and this engine's model thread
+must not stay blocked in a broadcast that will never come (the pending gloo op itself lasts until its timeout).
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
@@ -20,6 +26,14 @@ from safetensors import safe_open
 logger = logging.getLogger(__name__)
 
 BACKENDS = ("gloo", "nccl")
+_DESTROY_POLL_S = 0.05  # how often a waiting receive checks whether its group was destroyed
+
+
+@dataclass
+class _Group:
+    store: dist.Store
+    group: dist.ProcessGroup
+    destroyed: threading.Event = field(default_factory=threading.Event)
 
 
 def read_safetensors_dir(model_path: str) -> Iterator[tuple[str, torch.Tensor]]:
@@ -47,7 +61,7 @@ class WeightUpdateGroups:
     def __init__(self, device: torch.device, timeout_s: float = 600.0) -> None:
         self.device = device
         self.timeout = timedelta(seconds=timeout_s)
-        self._groups: dict[str, tuple[dist.Store, dist.ProcessGroup]] = {}
+        self._groups: dict[str, _Group] = {}
 
     def init_group(
         self, *, master_address: str, master_port: int, rank: int, world_size: int, group_name: str, backend: str
@@ -64,29 +78,37 @@ class WeightUpdateGroups:
             group: dist.ProcessGroup = dist.ProcessGroupGloo(store, rank, world_size, self.timeout)
         else:
             group = dist.ProcessGroupNCCL(store, rank, world_size)
-        self._groups[group_name] = (store, group)
+        self._groups[group_name] = _Group(store, group)
         logger.info("joined weight update group %s as rank %d/%d (%s)", group_name, rank, world_size, backend)
 
     def receive(
         self, group_name: str, names: list[str], dtypes: list[str], shapes: list[list[int]]
     ) -> list[tuple[str, torch.Tensor]]:
-        """Receive one broadcast from rank 0 per name, in order. Blocks until all have arrived."""
+        """Receive one broadcast from rank 0 per name, in order. Blocks until all have arrived, or raises
+        `ValueError` once the group is destroyed meanwhile."""
         if group_name not in self._groups:
             raise ValueError(f"no weight update group named {group_name!r}; call init_weights_update_group first")
-        _, group = self._groups[group_name]
+        entry = self._groups[group_name]
         options = dist.BroadcastOptions()
         options.rootRank = 0
         received = []
         for name, dtype, shape in zip(names, dtypes, shapes, strict=True):
             tensor = torch.empty(shape, dtype=parse_dtype(dtype), device=self.device)
-            group.broadcast([tensor], options).wait()
+            work = entry.group.broadcast([tensor], options)
+            done = threading.Event()
+            work.get_future().add_done_callback(lambda _f, done=done: done.set())
+            while not done.wait(_DESTROY_POLL_S):
+                if entry.destroyed.is_set():
+                    raise ValueError(f"weight update group {group_name!r} was destroyed during the broadcast of {name}")
+            work.wait()  # raises the collective's own error, if it failed
             received.append((name, tensor))
         return received
 
     def destroy(self, group_name: str) -> None:
         if group_name not in self._groups:
             raise ValueError(f"no weight update group named {group_name!r}")
-        _, group = self._groups.pop(group_name)
-        shutdown = getattr(group, "shutdown", None)
+        entry = self._groups.pop(group_name)
+        entry.destroyed.set()
+        shutdown = getattr(entry.group, "shutdown", None)
         if callable(shutdown):
             shutdown()
