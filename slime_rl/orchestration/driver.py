@@ -32,7 +32,7 @@ from slime_rl.observability.watchdog import Watchdog
 from slime_rl.orchestration.batches import make_sft_batches
 from slime_rl.orchestration.cluster import ray_session
 from slime_rl.orchestration.engine_health import EngineMonitor
-from slime_rl.orchestration.engines import EngineFleet
+from slime_rl.orchestration.engines import AWAITING_SYNC, EngineFleet
 from slime_rl.orchestration.loops import LOOPS, ROLLOUT_WORKER_RESTARTS, LoopContext, publish
 from slime_rl.orchestration.placement import create_placement
 from slime_rl.orchestration.rollout_worker import RolloutWorker
@@ -328,6 +328,8 @@ def run_rollout_only(cfg: SlimeRLConfig) -> None:
         try:
             with rollout_side(cfg, redis_url, placement) as side:
                 for step in range(cfg.mode.num_steps):
+                    for url in side.fleet.urls_in(AWAITING_SYNC):  # a restarted engine holds model.path: as served
+                        side.fleet.put_back(url, version=0)
                     metrics.log(step + 1, ray.get(side.worker.generate.remote(0)))
                 where = cfg.buffer.url.split("@")[-1] if cfg.buffer.url else f"{run_dir / 'redis'} (AOF)"
                 logger.info(

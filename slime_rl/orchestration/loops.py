@@ -69,6 +69,7 @@ class LoopContext:
 
 READ_POLL_S = 2.0  # seconds between checks of the rollout side while the trainer waits for data
 ROLLOUT_WORKER_RESTARTS = 3  # times Ray restarts a rollout worker that died, per run
+RESTART_POLL_S, RESTART_WAIT_S = 0.5, 300.0  # how often, and how long, to call a restarting rollout worker
 T = TypeVar("T")
 
 
@@ -162,11 +163,14 @@ def generated(ctx: LoopContext, ref: ray.ObjectRef, step: int, *, before_update:
                 sync_restarted_engines(ctx)
             return ray.get(ref)
         except ray.exceptions.RayActorError as err:
-            deaths += 1
-            if deaths > ROLLOUT_WORKER_RESTARTS:
-                raise
+            if isinstance(err, ray.exceptions.ActorUnavailableError):  # dying or restarting: ask again soon
+                time.sleep(RESTART_POLL_S)
+            else:
+                deaths += 1
+                if deaths > ROLLOUT_WORKER_RESTARTS:
+                    raise
             missing = max(ctx.cfg.rollout.rollout_batch_size - ctx.buffer.queue_lengths()["samples"], 0)
-            logger.warning("the rollout worker died generating step %d (%s); %d groups to go", step, err, missing)
+            logger.warning("the rollout worker failed generating step %d (%s); %d groups to go", step, err, missing)
             ref = ctx.rollout.generate.remote(step, missing)
 
 
@@ -323,7 +327,15 @@ class FullyAsyncLoop:
         self._start_stream()
 
     def _start_stream(self) -> None:
-        ray.get(self.ctx.rollout.start_stream.remote(self.version, self.ctx.cfg.mode.max_staleness))
+        deadline = time.monotonic() + RESTART_WAIT_S
+        while True:
+            try:
+                ray.get(self.ctx.rollout.start_stream.remote(self.version, self.ctx.cfg.mode.max_staleness))
+                return
+            except ray.exceptions.ActorUnavailableError:  # Ray is restarting the worker that died
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(RESTART_POLL_S)
 
     def _stream_call(self, method: str, *args: object, default: T) -> T:
         """`RolloutWorker.<method>(*args)`; if the worker died (Ray restarts it), start a stream on it at

@@ -138,11 +138,7 @@ class RolloutWorker:
 
     async def set_engines(self, engine_urls: list[str]) -> None:
         """The engines now serving (the driver's fleet changed): only they are aborted and asked for loads."""
-        old, self.manager.engines = (
-            self.manager.engines,
-            [EngineClient(url, timeout_s=self.request_timeout_s) for url in engine_urls],
-        )
-        await asyncio.gather(*(client.aclose() for client in old))
+        await self.manager.serving.update([EngineClient(url, timeout_s=self.request_timeout_s) for url in engine_urls])
         logger.info("serving engines: %s", ", ".join(engine_urls) or "none")
 
     def decode(self, ids: np.ndarray) -> str:

@@ -20,6 +20,7 @@ import numpy as np
 from slime_rl.buffer.staleness import is_fresh
 from slime_rl.engines.client import EngineClient, EngineError
 from slime_rl.engines.protocol import GenerateRequest, SamplingParams
+from slime_rl.rollout.serving import ServingEngines
 from slime_rl.types import Group, Sample, Status
 
 logger = logging.getLogger(__name__)
@@ -116,6 +117,15 @@ async def generate_sample(
         sample.status = Status.TRUNCATED  # aborted with its budget spent: nothing left to resume
 
 
+async def _until_serving_or_stopped(serving: ServingEngines, stop: asyncio.Event | None) -> None:
+    waits = [asyncio.ensure_future(serving.wait_serving())]
+    if stop is not None:
+        waits.append(asyncio.ensure_future(stop.wait()))
+    _, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    for waiting in pending:
+        waiting.cancel()
+
+
 async def generate_group(
     client: EngineClient,
     group: Group,
@@ -126,6 +136,7 @@ async def generate_group(
     *,
     stop: asyncio.Event | None = None,
     seed: int | None = None,
+    serving: ServingEngines | None = None,
 ) -> Group:
     """Run every unfinished sample of `group` once, `semaphore` bounding requests in flight.
 
@@ -134,17 +145,28 @@ async def generate_group(
     sample whose request the engine refused (HTTP 4xx) comes back `failed` (see `generate_sample`), so it
     finishes its group like any other sample. If an engine fails otherwise (5xx, no answer) after the
     client's retries, the samples keep their previous tokens and status so the caller can recycle the
-    group without losing anything.
+    group without losing anything; but when `serving` changed meanwhile (the engine was taken out, or none
+    serves), the request waits for a serving engine and is sent again (see `ServingEngines`), unless `stop`
+    is set meanwhile (an APRIL abort or a weight update must not wait for an engine to come back).
     """
 
     async def run(sample: Sample) -> None:
-        async with semaphore:
-            if stop is not None and stop.is_set():
-                return
-            try:
-                await generate_sample(client, sample, sampling, max_new_tokens, version, seed=seed)
-            except EngineError as err:
-                logger.warning("sample %s: engine failed (%s); the group will be recycled", sample.uid, err)
+        while True:
+            async with semaphore:
+                if stop is not None and stop.is_set():
+                    return
+                epoch = serving.epoch if serving is not None else 0
+                try:
+                    await generate_sample(client, sample, sampling, max_new_tokens, version, seed=seed)
+                    return
+                except EngineError as err:
+                    if serving is None or not serving.changed_since(epoch):
+                        logger.warning("sample %s: engine failed (%s); the group will be recycled", sample.uid, err)
+                        return
+                    logger.info(
+                        "sample %s: its engine went out of service (%s); resending when one serves", sample.uid, err
+                    )
+            await _until_serving_or_stopped(serving, stop)  # outside the semaphore: other requests go on
 
     await asyncio.gather(*(run(s) for s in group.samples if not s.status.is_finished))
     return group

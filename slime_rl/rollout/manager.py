@@ -31,6 +31,7 @@ from slime_rl.errors import DataError
 from slime_rl.rollout.filters import GroupFilter, keep_all
 from slime_rl.rollout.generate import generate_group, restart_stale_group
 from slime_rl.rollout.rewards.hub import RewardFn, score_samples
+from slime_rl.rollout.serving import ServingEngines
 from slime_rl.rollout.settle import GroupSettler, StepState
 from slime_rl.types import Group, Sample, Status
 
@@ -53,7 +54,7 @@ class RolloutManager:
         cfg: RolloutConfig,
         *,
         router: EngineClient,
-        engines: Sequence[EngineClient],
+        engines: Sequence[EngineClient],  # the engines serving at start; `serving.update` replaces them
         buffer,
         refill_prompts: Callable[[int], None],
         reward_fn: RewardFn,
@@ -62,7 +63,7 @@ class RolloutManager:
     ) -> None:
         self.cfg = cfg
         self.router = router
-        self.engines = list(engines)
+        self.serving = ServingEngines(engines)
         self.buffer = buffer
         self.refill_prompts = refill_prompts
         self.reward_fn = reward_fn
@@ -139,6 +140,7 @@ class RolloutManager:
                 semaphore,
                 stop=stop,
                 seed=self.cfg.seed,
+                serving=self.serving,
             )
         if group.is_finished:
             await self.score_group(group)
@@ -181,14 +183,14 @@ class RolloutManager:
         return time.perf_counter() - start
 
     async def abort_engines(self) -> None:
-        engines = list(self.engines)  # the serving set may change while the aborts run
+        engines = list(self.serving.clients)  # the serving set may change while the aborts run
         results = await asyncio.gather(*(engine.abort_all() for engine in engines), return_exceptions=True)
         for engine, result in zip(engines, results, strict=True):
             if isinstance(result, Exception):
                 logger.warning("abort_all on %s failed: %s", getattr(engine, "url", engine), result)
 
     async def _engines_busy(self) -> bool:
-        loads = await asyncio.gather(*(engine.get_loads() for engine in self.engines), return_exceptions=True)
+        loads = await asyncio.gather(*(e.get_loads() for e in self.serving.clients), return_exceptions=True)
         return any(not isinstance(load, BaseException) and load.num_reqs for load in loads)
 
 

@@ -148,6 +148,7 @@ class StreamingRollout:
                     self._semaphore,
                     stop=self._stop_requests,
                     seed=self.cfg.seed,
+                    serving=self.manager.serving,
                 )
             finally:
                 self._requests_out -= 1

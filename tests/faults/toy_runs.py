@@ -19,15 +19,15 @@ from slime_rl.processes import kill_tree, process_tree
 NATIVE_ENGINE_MODULE = "slime_rl.engines.native"
 
 
-def toy_overrides(output_dir: Path, *extra: str) -> list[str]:
-    """A short toy run: no warm-up, no evals, two engines (one can die while the other serves)."""
+def toy_overrides(output_dir: Path, *extra: str, num_engines: int = 2) -> list[str]:
+    """A short toy run: no warm-up, no evals, two engines by default (one can die while the other serves)."""
     return [
         "experiment=toy",
         f"output_dir={output_dir}",
         "toy.sft_steps=0",
         "eval.interval=0",
-        "engine.num_engines=2",
-        "cluster.num_cpus=3",  # logical CPUs: a trainer rank and two engines, one each
+        f"engine.num_engines={num_engines}",
+        f"cluster.num_cpus={1 + num_engines}",  # logical CPUs: one for the trainer rank and one per engine
         *extra,
     ]
 

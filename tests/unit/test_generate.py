@@ -118,3 +118,77 @@ def test_generate_sample_resumed_request_sends_prompt_plus_response_with_the_res
     # 3 prompt + 2 generated tokens in, 8 - 2 = 6 to go: 5 + 6 = 11 = 3 + 8, the total a fresh request asks for.
     assert seen["input_ids"] == [1, 2, 3, 5, 6] and seen["sampling_params"]["max_new_tokens"] == 6
     assert sample.response_ids.tolist() == [5, 6, 9] and sample.status is Status.COMPLETED
+
+
+def test_generate_group_resends_a_request_whose_engine_went_out_of_service_once_one_serves():
+    """The engine died under the request (502) and the monitor took it out: no engine serves for a while.
+    The request waits, then goes again once an engine serves; the sample finishes, nothing is recycled."""
+    from slime_rl.rollout.serving import ServingEngines
+
+    calls: list[str] = []
+
+    async def go() -> Group:
+        serving = ServingEngines([EngineClient("http://engine-0")])
+
+        async def handler(request: httpx.Request) -> httpx.Response:
+            rid = json.loads(request.content)["rid"]
+            calls.append(rid)
+            if len(calls) == 1:  # the engine dies under the request; the monitor takes it out, restarts it later
+                await serving.update([])
+                asyncio.get_running_loop().call_later(0.05, lambda: asyncio.ensure_future(restore()))
+                return httpx.Response(502, text="upstream gone")
+            return httpx.Response(200, json=ok_body(rid, [7, 8]))
+
+        async def restore() -> None:
+            await serving.update([EngineClient("http://engine-0")])
+
+        transport = httpx.MockTransport(handler)
+        async with EngineClient("http://router", max_retries=0, transport=transport) as c:
+            group = make_group("a")
+            params = SamplingParams(max_new_tokens=8)
+            return await generate_group(c, group, params, 8, version=4, semaphore=asyncio.Semaphore(4), serving=serving)
+
+    group = asyncio.run(go())
+    assert calls == ["a", "a"]
+    assert group.is_finished and group.samples[0].status is Status.COMPLETED
+
+
+def test_generate_group_keeps_the_group_for_recycling_when_the_same_engines_still_serve():
+    from slime_rl.rollout.serving import ServingEngines
+
+    async def go() -> Group:
+        serving = ServingEngines([EngineClient("http://engine-0")])
+        transport = httpx.MockTransport(lambda request: httpx.Response(502, text="bad gateway"))
+        async with EngineClient("http://router", max_retries=0, transport=transport) as c:
+            group = make_group("a")
+            params = SamplingParams(max_new_tokens=8)
+            return await generate_group(c, group, params, 8, version=4, semaphore=asyncio.Semaphore(4), serving=serving)
+
+    group = asyncio.run(go())
+    assert not group.is_finished and group.samples[0].status is Status.PENDING
+
+
+def test_generate_group_stops_waiting_for_a_serving_engine_when_stop_is_set():
+    """No engine serves (a lone engine is restarting) and a weight update pauses generation: the request
+    must not hold the pause until the engine is back; the sample keeps its state for the next round."""
+    from slime_rl.rollout.serving import ServingEngines
+
+    async def go() -> Group:
+        serving = ServingEngines([EngineClient("http://engine-0")])
+        stop = asyncio.Event()
+
+        async def handler(request: httpx.Request) -> httpx.Response:
+            await serving.update([])  # the engine died under the request and was taken out
+            asyncio.get_running_loop().call_later(0.05, stop.set)  # then a pause comes
+            return httpx.Response(502, text="upstream gone")
+
+        transport = httpx.MockTransport(handler)
+        async with EngineClient("http://router", max_retries=0, transport=transport) as c:
+            group = make_group("a")
+            params = SamplingParams(max_new_tokens=8)
+            return await asyncio.wait_for(
+                generate_group(c, group, params, 8, 4, asyncio.Semaphore(4), stop=stop, serving=serving), timeout=10
+            )
+
+    group = asyncio.run(go())
+    assert not group.is_finished and group.samples[0].status is Status.PENDING
