@@ -45,6 +45,7 @@ def tokens_per_s(records: list[dict]) -> float:
 
 def run_once(out_dir: Path, num_steps: int, kill_after: int, extra: list[str]) -> dict[str, float]:
     run_dir = out_dir / "toy"
+    out_dir.mkdir(parents=True, exist_ok=True)
     argv = [sys.executable, "-m", "slime_rl.cli", "train", "experiment=toy", f"output_dir={out_dir}"]
     argv += ["toy.sft_steps=0", "eval.interval=0", "mode=fully_async", f"mode.num_steps={num_steps}"]
     argv += ["engine.num_engines=2", "cluster.num_cpus=3", "buffer.appendonly=false", *extra]
@@ -86,15 +87,17 @@ def run_once(out_dir: Path, num_steps: int, kill_after: int, extra: list[str]) -
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--steps", type=int, default=40, help="long enough for the engine to come back")
     parser.add_argument("--kill-after", type=int, default=4, help="steps trained before the kill")
+    parser.add_argument("--out-dir", type=Path, default=None, help="run directories (default: a temporary one)")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run")
     args = parser.parse_args()
     runs = []
-    for _ in range(args.repeats):
-        with tempfile.TemporaryDirectory() as tmp:
-            runs.append(run_once(Path(tmp), args.steps, args.kill_after, args.overrides))
-        print(json.dumps(runs[-1]), file=sys.stderr)  # progress: one line per finished run
+    with tempfile.TemporaryDirectory() as tmp:
+        for repeat in range(args.repeats):
+            out_dir = (args.out_dir or Path(tmp)) / f"run_{repeat}"
+            runs.append(run_once(out_dir, args.steps, args.kill_after, args.overrides))
+            print(json.dumps(runs[-1]), file=sys.stderr)  # progress: one line per finished run
     keys = ("detect_s", "restore_s", "steps_lost", "samples_lost", "throughput_share_during_recovery")
     print(
         json.dumps(

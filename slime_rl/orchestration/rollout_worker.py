@@ -113,7 +113,7 @@ class RolloutWorker:
         self.manager = RolloutManager(
             rollout,
             router=self.router,
-            engines=[EngineClient(url, timeout_s=request_timeout_s) for url in engine_urls],
+            engines=[self.control_client(url) for url in engine_urls],
             buffer=self.buffer,
             refill_prompts=lambda n: fill_prompts(self.buffer, self.dataset, n),
             reward_fn=self.reward_fn,
@@ -136,9 +136,14 @@ class RolloutWorker:
             rows = range(min(len(eval_set), evaluation.max_prompts))
             self.eval_samples = [eval_set.make_group(row).samples[0] for row in rows]
 
+    def control_client(self, url: str) -> EngineClient:
+        """A client for one engine's control calls (abort, loads). No retries: the caller repeats aborts until
+        nothing runs, and a refused connection means the engine is down, which the engine monitor handles."""
+        return EngineClient(url, timeout_s=self.request_timeout_s, max_retries=0)
+
     async def set_engines(self, engine_urls: list[str]) -> None:
         """The engines now serving (the driver's fleet changed): only they are aborted and asked for loads."""
-        await self.manager.serving.update([EngineClient(url, timeout_s=self.request_timeout_s) for url in engine_urls])
+        await self.manager.serving.update([self.control_client(url) for url in engine_urls])
         logger.info("serving engines: %s", ", ".join(engine_urls) or "none")
 
     def decode(self, ids: np.ndarray) -> str:

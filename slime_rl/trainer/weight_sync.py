@@ -62,7 +62,9 @@ class _EngineCalls:
     `error` is set as soon as any call fails and names that engine; `join` returns every result or raises.
     """
 
-    def __init__(self, urls: list[str], call: Callable[[EngineClient, int], Awaitable[Any]]) -> None:
+    def __init__(
+        self, urls: list[str], call: Callable[[EngineClient, int], Awaitable[Any]], *, max_retries: int = 3
+    ) -> None:
         self.urls = urls
         self.results: list[Any] = []
         self.error: ServiceError | None = None
@@ -78,9 +80,11 @@ class _EngineCalls:
                 raise
 
         async def run_all() -> list[Any]:
-            clients = [EngineClient(url) for url in urls]
+            clients = [EngineClient(url, max_retries=max_retries) for url in urls]
             try:
-                return await asyncio.gather(*(call_one(c, i) for i, c in enumerate(clients)))
+                # Every call runs to its end even when another failed: a failed publish's destroys must reach
+                # the live engines although the dead one refused its own; `error` reports the first failure.
+                return await asyncio.gather(*(call_one(c, i) for i, c in enumerate(clients)), return_exceptions=True)
             finally:
                 await asyncio.gather(*(c.aclose() for c in clients))
 
@@ -120,7 +124,9 @@ def _when_all_done(works: list[Any]) -> threading.Event:
 
 def _collective_failed(calls: _EngineCalls, err: BaseException) -> ServiceError:
     """The error to raise when rank 0's side of a collective failed: the engine's own, if it gives one."""
-    calls.thread.join(_GRACE_S)
+    deadline = time.monotonic() + _GRACE_S
+    while calls.error is None and calls.thread.is_alive() and time.monotonic() < deadline:
+        calls.thread.join(_POLL_S)
     if calls.error is not None:
         return calls.error
     failed = ServiceError(f"weight publish to {', '.join(calls.urls)} failed in the weight-update group: {err}")
@@ -201,7 +207,8 @@ class WeightPublisher:
 
     def _destroy_on_engines(self, urls: list[str]) -> None:
         """Ask every engine to leave the group (best effort): that closes its connections to rank 0."""
-        destroys = _EngineCalls(urls, lambda c, _i: c.destroy_weights_update_group(GROUP_NAME))
+        # Without retries: an engine that refuses the connection is down, and holds no group any more.
+        destroys = _EngineCalls(urls, lambda c, _i: c.destroy_weights_update_group(GROUP_NAME), max_retries=0)
         try:
             destroys.join(_DESTROY_WAIT_S)
         except ServiceError as err:

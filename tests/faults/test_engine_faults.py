@@ -33,16 +33,19 @@ def _events(run_dir) -> list[dict]:
 @pytest.mark.parametrize(
     ("mode", "fault", "num_engines"),
     [
-        ("sync", signal.SIGKILL, 2),
+        ("sync", signal.SIGKILL, 2),  # with APRIL: its aborts must skip the dead engine
         ("fully_async", signal.SIGKILL, 2),
         ("one_step_async", signal.SIGSTOP, 2),
         ("fully_async", signal.SIGKILL, 1),  # as `make demo` runs: no other engine to take over meanwhile
     ],
-    ids=["sync-kill", "fully_async-kill", "one_step_async-hang", "fully_async-kill-lone-engine"],
+    ids=["sync-april-kill", "fully_async-kill", "one_step_async-hang", "fully_async-kill-lone-engine"],
 )
 def test_run_survives_an_engine_that_dies_or_hangs(tmp_path, mode, fault, num_engines):
     run_dir = tmp_path / "toy"
-    overrides = toy_overrides(tmp_path, f"mode={mode}", f"mode.num_steps={NUM_STEPS}", *WATCH, num_engines=num_engines)
+    april = ["rollout.use_april=true"] if mode == "sync" else []
+    overrides = toy_overrides(
+        tmp_path, f"mode={mode}", f"mode.num_steps={NUM_STEPS}", *WATCH, *april, num_engines=num_engines
+    )
     with toy_training(overrides, tmp_path / "driver.log") as driver:
         wait_for_step(driver, run_dir, 2)
         victim = engine_processes(driver.pid)[0]

@@ -1,7 +1,8 @@
-"""Toy runs survive the death of their rollout worker and of their Redis server, and a dead trainer rank
-ends the run with a message that names the rank and the resume command, from which the run resumes.
+"""Toy runs survive the death of their rollout worker and of their Redis server; a dead trainer rank
+ends the run with a message that names the rank and the resume command, from which the run resumes; a
+hung rollout worker is caught by the watchdog, which dumps every stack and names the stage.
 
-In every case the buffer's counters invariant holds on every logged step, and no group is trained twice.
+Wherever the run goes on, the buffer's counters invariant holds on every logged step and no group is trained twice.
 """
 
 from __future__ import annotations
@@ -89,3 +90,22 @@ def test_dead_trainer_rank_ends_the_run_naming_it_and_the_resume_command_which_r
     )
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
     _assert_trained_every_step_once(run_dir, NUM_STEPS)
+
+
+def test_hung_rollout_worker_is_reported_by_the_watchdog_with_every_stack(tmp_path):
+    run_dir = tmp_path / "toy"
+    watchdog = ["watchdog.timeout_s=8", "watchdog.check_interval_s=1"]
+    overrides = toy_overrides(tmp_path, "mode=sync", f"mode.num_steps={NUM_STEPS}", *watchdog)
+    with toy_training(overrides, tmp_path / "driver.log") as driver:
+        wait_for_step(driver, run_dir, 2)
+        worker = _find(driver.pid, "ray::RolloutWorker")
+        worker.send_signal(signal.SIGSTOP)  # alive, holding its groups, answering nothing
+        exit_code = driver.wait(timeout=300)
+    output = (tmp_path / "driver.log").read_text()
+    assert exit_code == 1, output[-3000:]
+    error = next(line for line in output.splitlines() if line.startswith("slime-rl train: error:"))
+    assert "waiting for RolloutWorker.generate" in error, error
+    (dump,) = run_dir.glob("hang_*")
+    assert "RolloutWorker" in (dump / "summary.txt").read_text()
+    assert (dump / "driver.txt").is_file()
+    assert any(f"{worker.pid}_" in path.name for path in dump.iterdir()), sorted(p.name for p in dump.iterdir())

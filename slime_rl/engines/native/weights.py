@@ -7,7 +7,9 @@ of any default process group, and receives each tensor by broadcast from rank 0 
 
 Destroying a group ends a receive that waits on it: when rank 0 gives up on a publish (another engine of
 the group died before the broadcast), it destroys the group on the engines, and this engine's model thread
-must not stay blocked in a broadcast that will never come (the pending gloo op itself lasts until its timeout).
+must not stay blocked in a broadcast that will never come. The pending gloo op itself lasts until the
+group's timeout, and releasing a gloo group joins its worker thread, so the abandoned group is kept
+(`_abandoned`) until its op has ended: otherwise whichever thread dropped the last reference would block.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -62,6 +65,7 @@ class WeightUpdateGroups:
         self.device = device
         self.timeout = timedelta(seconds=timeout_s)
         self._groups: dict[str, _Group] = {}
+        self._abandoned: list[tuple[_Group, Any]] = []  # destroyed groups and their still pending work
 
     def init_group(
         self, *, master_address: str, master_port: int, rank: int, world_size: int, group_name: str, backend: str
@@ -99,6 +103,8 @@ class WeightUpdateGroups:
             work.get_future().add_done_callback(lambda _f, done=done: done.set())
             while not done.wait(_DESTROY_POLL_S):
                 if entry.destroyed.is_set():
+                    self._abandoned = [(g, w) for g, w in self._abandoned if not w.is_completed()]
+                    self._abandoned.append((entry, work))
                     raise ValueError(f"weight update group {group_name!r} was destroyed during the broadcast of {name}")
             work.wait()  # raises the collective's own error, if it failed
             received.append((name, tensor))
