@@ -17,7 +17,7 @@ from tests.faults.toy_runs import engine_processes, step_records, toy_overrides,
 
 pytestmark = pytest.mark.slow
 
-NUM_STEPS = 8
+NUM_STEPS = 24  # long enough for the engine to be back: a restart takes 4-10 s on two busy cores
 WATCH = [  # short health checks, so a hang is judged within seconds
     "engine.health_check_interval_s=0.5",
     "engine.health_check_timeout_s=2",
