@@ -1,6 +1,7 @@
 """EngineMonitor: notices dead and hung engines and restarts them (`engine.fault_tolerance`).
 
-A background thread of the driver checks every serving engine each `engine.health_check_interval_s`:
+A background thread of the driver checks every engine that is up (serving, or restarted and waiting for
+its weights) each `engine.health_check_interval_s`:
 - dead: its server process is gone (asked through its actor) or its port refuses connections; taken
   out at once;
 - hung: `/health_generate` did not answer 200 within `engine.health_check_timeout_s`, for
@@ -20,7 +21,7 @@ import threading
 import httpx
 
 from slime_rl.config.engine import EngineConfig
-from slime_rl.orchestration.engines import DOWN, SERVING, EngineFleet
+from slime_rl.orchestration.engines import AWAITING_SYNC, DOWN, SERVING, EngineFleet
 
 logger = logging.getLogger(__name__)
 
@@ -56,14 +57,14 @@ class EngineMonitor:
                 logger.exception("engine health check failed")
 
     def check(self) -> list[int]:
-        """Check every engine once: take out the failed serving ones and restart the down ones.
+        """Check every engine once: take out the failed ones and restart the down ones.
 
         Returns the engines this call took out. Safe to call from any thread.
         """
         taken_out = []
         for index in range(len(self.fleet.engines)):
             state = self.fleet.state(index)
-            if state == SERVING:
+            if state in (SERVING, AWAITING_SYNC):  # a restarted engine can die again before its sync
                 reason = self.probe(index)
                 if reason is not None and self.fleet.take_out(index, reason):
                     taken_out.append(index)

@@ -53,9 +53,6 @@ class EngineHost:
     def is_alive(self) -> bool:
         return self.process.is_alive()
 
-    def pid(self) -> int | None:
-        return self.process.pid
-
     def stop(self) -> None:
         self.process.stop()
 
@@ -65,7 +62,6 @@ class EngineState:
     url: str
     state: str = SERVING
     restarts: int = 0
-    down_since: float | None = None  # time.time() it was taken out
 
 
 class EngineFleet:
@@ -132,12 +128,13 @@ class EngineFleet:
             return self.engines[index].state
 
     def take_out(self, index: int, reason: str) -> bool:
-        """Move a serving engine to `down` and remove it from the router. False if it was not serving."""
+        """Move a serving (or restarted, not yet synced) engine to `down` and remove it from the router.
+        False if it was down already."""
         with self._lock:
             engine = self.engines[index]
-            if engine.state != SERVING:
+            if engine.state == DOWN:
                 return False
-            engine.state, engine.down_since = DOWN, time.time()
+            engine.state = DOWN
         logger.warning("engine %d (%s) is out of service: %s", index, engine.url, reason)
         self._record(index, "down", reason=reason)
         try:
