@@ -26,15 +26,10 @@ import time
 from pathlib import Path
 
 from slime_rl.observability.environment import git_commit, hardware_info
-from slime_rl.observability.metrics import read_metrics
+from slime_rl.observability.metrics import read_step_records
 from slime_rl.processes import kill_tree, process_tree
 
 BATCH_GROUPS, GROUP_SIZE = 16, 8  # experiment=toy: rollout_batch_size, n_samples_per_prompt
-
-
-def step_records(run_dir: Path) -> list[dict]:
-    path = run_dir / "metrics.jsonl"
-    return [r for r in read_metrics(path) if r.get("perf/step_time_s") is not None] if path.exists() else []
 
 
 def tokens_per_s(records: list[dict]) -> float:
@@ -53,7 +48,7 @@ def run_once(out_dir: Path, num_steps: int, kill_after: int, extra: list[str]) -
     with open(log_path, "wb") as log:
         driver = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
     try:
-        while len(step_records(run_dir)) < kill_after:
+        while len(read_step_records(run_dir / "metrics.jsonl")) < kill_after:
             if driver.poll() is not None:
                 raise SystemExit(f"the run exited with code {driver.returncode} before step {kill_after}: {log_path}")
             time.sleep(0.05)
@@ -66,7 +61,7 @@ def run_once(out_dir: Path, num_steps: int, kill_after: int, extra: list[str]) -
     events = [json.loads(line) for line in (run_dir / "logs" / "engine_events.jsonl").read_text().splitlines()]
     down = next((e["time"] for e in events if e["event"] == "down"), None)
     back = next((e["time"] for e in events if e["event"] == "serving"), None)
-    records = step_records(run_dir)
+    records = read_step_records(run_dir / "metrics.jsonl")
     before = [r for r in records if r["time"] < killed_at]
     # A step overlaps recovery if it ended after the kill and began before the engine was back.
     during = [r for r in records if r["time"] > killed_at and r["time"] - r["perf/step_time_s"] < (back or r["time"])]

@@ -80,3 +80,11 @@ def read_metrics(path: Path) -> list[dict[str, float | None]]:
     """All records of a `metrics.jsonl`, in order."""
     with path.open() as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+def read_step_records(path: Path) -> list[dict[str, float | None]]:
+    """The records of trained steps (those with `perf/step_time_s`), in order; none while `path` does not exist
+    (a run still starting)."""
+    if not path.exists():
+        return []
+    return [r for r in read_metrics(path) if r.get("perf/step_time_s") is not None]

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from slime_rl.config import load_config
-from slime_rl.observability.metrics import read_metrics
+from slime_rl.observability.metrics import read_step_records
 from slime_rl.orchestration.driver import run_training
 from slime_rl.processes import kill_tree
 from slime_rl.trainer.checkpoint import latest_step_dir
@@ -21,7 +21,7 @@ BATCH_GROUPS = 16  # experiment=toy's rollout.rollout_batch_size
 
 
 def _logged_steps(path) -> list[int]:
-    return [r["step"] for r in read_metrics(path) if r.get("perf/step_time_s") is not None] if path.exists() else []
+    return [r["step"] for r in read_step_records(path)]
 
 
 @pytest.mark.parametrize("mode", ["sync", "fully_async"])
@@ -59,7 +59,7 @@ def test_toy_run_killed_after_a_checkpoint_resumes_without_losing_or_repeating_a
     assert checkpoint_step < killed_at  # the kill lost trained steps: the resume must redo them, once
 
     run_training(load_config(overrides))
-    records = [r for r in read_metrics(metrics_path) if r.get("perf/step_time_s") is not None]
+    records = read_step_records(metrics_path)
     resumed = records[killed_at:]  # the first run logged steps 1..killed_at
     assert [r["step"] for r in resumed] == list(range(checkpoint_step + 1, NUM_STEPS + 1))
     assert all(r["buffer/unaccounted"] == 0 for r in resumed)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import psutil
 
-from slime_rl.observability.metrics import read_metrics
+from slime_rl.observability.metrics import read_step_records
 from slime_rl.processes import kill_tree, process_tree
 
 NATIVE_ENGINE_MODULE = "slime_rl.engines.native"
@@ -33,8 +33,7 @@ def toy_overrides(output_dir: Path, *extra: str, num_engines: int = 2) -> list[s
 
 
 def step_records(run_dir: Path) -> list[dict]:
-    path = run_dir / "metrics.jsonl"
-    return [r for r in read_metrics(path) if r.get("perf/step_time_s") is not None] if path.exists() else []
+    return read_step_records(run_dir / "metrics.jsonl")
 
 
 def engine_processes(pid: int) -> list[psutil.Process]:
