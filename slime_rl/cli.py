@@ -1,7 +1,9 @@
-"""`slime-rl` command line: train, rollout, buffer stats, export-hf.
+"""`slime-rl` command line: train, rollout, plan, doctor, buffer stats, export-hf.
 
-`train` and `rollout` take Hydra overrides (`slime-rl train experiment=toy rollout.max_new_tokens=32`,
-`slime-rl train --cfg job` prints the resolved config). Heavy imports happen inside each command.
+`train`, `rollout` and `plan` take Hydra overrides (`slime-rl train experiment=toy rollout.max_new_tokens=32`,
+`slime-rl train --cfg job` prints the resolved config). With `-m` (a Hydra multirun) each job's `name` gets
+`_<job number>` appended, so each job has its own run dir and buffer namespace. Heavy imports happen
+inside each command.
 """
 
 from __future__ import annotations
@@ -9,14 +11,16 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 from collections.abc import Callable
 
 from hydra.errors import HydraException, MissingConfigException, OverrideParseException
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
-from slime_rl.config import SlimeRLConfig, config_dir, register_configs, to_config
+from slime_rl.config import SlimeRLConfig, config_dir, load_config, register_configs, to_config
 from slime_rl.config.model import check_model_path
 from slime_rl.errors import SlimeRLError
+from slime_rl.orchestration.plan import check_runnable
 
 FULL_ERROR_ENV = "HYDRA_FULL_ERROR"  # "1": user errors raise with their traceback instead of one line
 
@@ -25,10 +29,13 @@ USAGE = """usage: slime-rl <command> [args]
 commands:
   train [overrides...]      run RL training (Hydra overrides, e.g. experiment=toy mode=fully_async)
   rollout [overrides...]    run rollout alone: fill the buffer with scored groups, no trainer
+  plan [overrides...]       print where every actor of the run would go (JSON), starting nothing
+  doctor [--json] [overrides...]  check versions, GPUs, Redis and Ray nodes; print each problem with its fix
   buffer stats              print a run's buffer counters and queue lengths
   export-hf                 write a checkpoint as a plain HuggingFace directory
 
-`slime-rl train --cfg job` prints the resolved config; `slime-rl train --help` lists the config groups."""
+`slime-rl train --cfg job` prints the resolved config; `slime-rl train --help` lists the config groups;
+`slime-rl train -m trainer.lr=1e-5,3e-5` runs a sweep, one run dir per job ({output_dir}/{name}_<job number>)."""
 
 
 def _hydra_command(argv: list[str], run: Callable[[SlimeRLConfig], None], name: str) -> None:
@@ -42,6 +49,8 @@ def _hydra_command(argv: list[str], run: Callable[[SlimeRLConfig], None], name: 
     @hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")
     def entry(cfg: DictConfig) -> None:
         try:
+            if (job_num := multirun_job_num()) is not None:
+                cfg.name = f"{cfg.name}_{job_num}"  # every job of a sweep gets its own run dir and buffer keys
             run(to_config(cfg))
         except SlimeRLError as err:  # raised through Hydra, it would print a line of its own first
             failures.append(err)
@@ -61,6 +70,15 @@ def _hydra_command(argv: list[str], run: Callable[[SlimeRLConfig], None], name: 
         raise failures[0]  # with its original traceback
 
 
+def multirun_job_num() -> int | None:
+    """The job number inside a Hydra multirun (`-m`), else None."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    hydra_cfg = HydraConfig.get()
+    return int(hydra_cfg.job.num) if hydra_cfg.mode == RunMode.MULTIRUN else None
+
+
 def _check_model(cfg: SlimeRLConfig) -> None:
     # The driver checks again once the run is prepared; checking here too fails a user's typo in well under a
     # second instead of after the driver's imports. The toy experiment makes its model when the run starts.
@@ -70,6 +88,7 @@ def _check_model(cfg: SlimeRLConfig) -> None:
 
 def _train(cfg: SlimeRLConfig) -> None:
     _check_model(cfg)
+    check_runnable(cfg.cluster)
     from slime_rl.orchestration.driver import run_training
 
     run_training(cfg)
@@ -77,9 +96,57 @@ def _train(cfg: SlimeRLConfig) -> None:
 
 def _rollout(cfg: SlimeRLConfig) -> None:
     _check_model(cfg)
+    check_runnable(cfg.cluster)
     from slime_rl.orchestration.driver import run_rollout_only
 
     run_rollout_only(cfg)
+
+
+def _plan(cfg: SlimeRLConfig) -> None:
+    from slime_rl.orchestration.placement import plan_cluster
+    from slime_rl.orchestration.plan import format_json
+
+    plan = plan_cluster(cfg.cluster, cfg.trainer, cfg.engine, cfg.buffer)
+    for warning in plan.warnings:
+        print(f"slime-rl plan: warning: {warning}", file=sys.stderr)
+    print(format_json({"name": cfg.name, "run_dir": str(cfg.run_dir), **plan.to_json()}), flush=True)
+
+
+def _plan_command(argv: list[str]) -> None:
+    # `plan` leaves no Hydra output behind (its job dirs go to a scratch dir), and Hydra's own log lines (a
+    # multirun's "Launching 2 jobs") would break the JSON on stdout.
+    with tempfile.TemporaryDirectory(prefix="slime-rl-plan-") as scratch:
+        hydra_args = [
+            "hydra.output_subdir=null",
+            "hydra/hydra_logging=disabled",
+            f"hydra.run.dir={scratch}",
+            f"hydra.sweep.dir={scratch}",
+        ]
+        # Before the user's first override (after flags such as -m), so that the user's own hydra.* ones win.
+        at = next((i for i, arg in enumerate(argv) if "=" in arg and not arg.startswith("-")), len(argv))
+        _hydra_command([*argv[:at], *hydra_args, *argv[at:]], _plan, "plan")
+
+
+def _doctor(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(
+        prog="slime-rl doctor", description="Check the environment a run needs; exits 1 if a problem is fatal."
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. cluster=ray buffer.url=redis://...")
+    args = parser.parse_args(argv)
+    import json
+
+    from rich.console import Console
+
+    from slime_rl.orchestration.doctor import render_table, run_checks
+
+    report = run_checks(load_config(args.overrides))
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2))
+    else:
+        Console().print(render_table(report))
+    if not report.ok:
+        sys.exit(1)
 
 
 def error_line(err: Exception) -> str:
@@ -140,6 +207,10 @@ def main(argv: list[str] | None = None) -> None:
             _hydra_command(rest, _train, "train")
         elif command == "rollout":
             _hydra_command(rest, _rollout, "rollout")
+        elif command == "plan":
+            _plan_command(rest)
+        elif command == "doctor":
+            _doctor(rest)
         elif command == "buffer":
             _buffer(rest)
         elif command == "export-hf":

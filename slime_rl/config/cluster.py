@@ -11,8 +11,12 @@ class ClusterConfig:
     # Joining uses the cluster's token auth: set RAY_AUTH_MODE=token and the token in RAY_AUTH_TOKEN,
     # RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token (`ray get-auth-token` on the head node prints it).
     address: str | None = None
-    num_cpus: int = 2  # logical CPUs of a local Ray; set explicitly, placement groups wait forever otherwise
-    num_gpus: int = 0  # GPUs of a local Ray
+    num_cpus: int = 2  # logical CPUs per node of a local or described cluster; set explicitly (Ray's default stalls)
+    num_gpus: int = 0  # GPUs per node of a local or described cluster
+    # Nodes of a described cluster (address null), each with num_cpus and num_gpus: what `slime-rl plan` plans for
+    # without a cluster. A local Ray is one node, so training needs 1 here (or cluster.address). A joined
+    # cluster (address set) is read from Ray; then num_nodes, num_cpus and num_gpus are not used.
+    num_nodes: int = 1
     object_store_memory_mb: int = 256  # MiB for a local Ray's object store (>= 75)
     include_dashboard: bool = False  # start Ray's dashboard on a local Ray (127.0.0.1; needs the token too)
     colocate: bool = False  # True: engines and trainer share devices; False: disaggregated pools
@@ -20,6 +24,8 @@ class ClusterConfig:
     def __post_init__(self) -> None:
         if self.num_cpus < 1:
             raise ConfigError(f"cluster.num_cpus must be >= 1, got {self.num_cpus}")
+        if self.num_nodes < 1:
+            raise ConfigError(f"cluster.num_nodes must be >= 1, got {self.num_nodes}")
         if self.num_gpus < 0:
             raise ConfigError(f"cluster.num_gpus must be >= 0, got {self.num_gpus}")
         if self.object_store_memory_mb < 75:

@@ -1,0 +1,83 @@
+"""A real multi-node Ray cluster on loopback for tests: `ray.cluster_utils.Cluster`, token auth on.
+
+`loopback_ray_cluster()` starts a head and `num_nodes - 1` more nodes, all on 127.0.0.1 (every Ray listener
+binds loopback only), in a private RAY_TMPDIR, with a fresh token. It yields a `RayCluster`: the address to
+join and the environment a subprocess needs to join (`env`). On exit it shuts the cluster down
+(`Cluster.shutdown()`, then SIGKILL by PID for any Ray process it left) and restores this process's
+environment. Nothing here runs `ray stop`.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+
+import psutil
+
+# What the cluster's processes and a joining driver need: loopback-only Ray, token auth with this token.
+CLUSTER_ENV_KEYS = ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_TMPDIR")
+
+
+@dataclass
+class RayCluster:
+    address: str  # host:port of the head's GCS, for `ray.init(address=...)` or cluster.address
+    env: dict[str, str]  # os.environ plus the keys a subprocess needs to join (token included)
+    node_ids: list[str] = field(default_factory=list)  # hex ids, head first
+    pids: list[int] = field(default_factory=list)  # every Ray process the nodes started
+
+
+@contextmanager
+def loopback_ray_cluster(num_nodes: int = 2, num_cpus_per_node: int = 1) -> Iterator[RayCluster]:
+    """A `num_nodes`-node Ray cluster on 127.0.0.1 for the block (see the module docstring)."""
+    tmpdir = tempfile.mkdtemp(prefix="rc", dir="/tmp")  # short: Ray's unix socket paths are limited to 107 bytes
+    settings = {
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": secrets.token_hex(32),
+        "RAY_TMPDIR": tmpdir,
+    }
+    saved = {key: os.environ.get(key) for key in CLUSTER_ENV_KEYS}
+    os.environ.update(settings)  # the nodes' processes inherit them
+    from ray.cluster_utils import Cluster
+
+    cluster = None
+    processes: list[psutil.Process] = []
+    try:
+        cluster = Cluster(
+            initialize_head=True,
+            head_node_args=dict(
+                node_ip_address="127.0.0.1", num_cpus=num_cpus_per_node, num_gpus=0, include_dashboard=False
+            ),
+        )
+        for _ in range(num_nodes - 1):
+            cluster.add_node(node_ip_address="127.0.0.1", num_cpus=num_cpus_per_node, num_gpus=0)
+        cluster.wait_for_nodes()
+        nodes = cluster.list_all_nodes()
+        for node in nodes:
+            for infos in node.all_processes.values():
+                for info in infos:
+                    with suppress(psutil.Error):
+                        processes.append(psutil.Process(info.process.pid))
+        yield RayCluster(
+            address=cluster.address,
+            env={**os.environ, **settings},
+            node_ids=[node.node_id for node in nodes],
+            pids=[p.pid for p in processes],
+        )
+    finally:
+        if cluster is not None:
+            cluster.shutdown()
+        for process in processes:  # whatever shutdown left behind; psutil refuses a PID that was reused
+            with suppress(psutil.Error):
+                process.kill()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        shutil.rmtree(tmpdir, ignore_errors=True)
