@@ -7,7 +7,9 @@ schedule requests across engines (the router does) and does not know about sampl
 Retries: only failures where the request cannot have taken effect, or the server said "try again"
 (connection refused or reset before a response, HTTP 502/503/504), are retried. Collective calls
 (`init_weights_update_group`, `update_weights_from_distributed`) are never retried: the other ranks
-are already inside the collective.
+are already inside the collective. Neither are the session calls (`begin_weight_update`,
+`end_weight_update`): a call whose answer was lost has taken effect, and its retry would fail ("already
+open", "none open").
 
 TLS context: httpx builds a new one (loading the CA bundle) for every client, about 20 ms each, which
 dominated short-lived clients such as a weight publish's; every client here shares `shared_ssl_context`.
@@ -338,6 +340,16 @@ class EngineClient:
 
     async def destroy_weights_update_group(self, group_name: str = "weight_update_group") -> str:
         return await self._control("/destroy_weights_update_group", {"group_name": group_name})
+
+    async def begin_weight_update(self, selector: str = "all") -> str:
+        """Open a weight-update session (SGLang 0.5.23+; older servers answer 404): SGLang refuses
+        `update_weights_from_distributed` outside one, and a second `begin` before `end_weight_update`.
+        `selector`: the model runners it covers, `target`, `draft` or `all`."""
+        return await self._control("/begin_weight_update", {"selector": selector}, retry=False)
+
+    async def end_weight_update(self) -> str:
+        """Close the session `begin_weight_update` opened; the server finalizes the loaded weights."""
+        return await self._control("/end_weight_update", {}, retry=False)
 
     async def get_weight_version(self) -> str:
         response = await self._request("GET", "/get_weight_version")

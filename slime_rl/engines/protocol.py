@@ -192,3 +192,12 @@ def served_context_len(server_info: dict[str, Any]) -> int | None:
         if server_info.get(key) is not None:
             return int(server_info[key])
     return None
+
+
+def weight_update_ranks(server_info: dict[str, Any]) -> int:
+    """Ranks a server joins a weight-update group with, from its `/get_server_info` body.
+
+    SGLang joins with one rank per tensor-parallel rank (`rank_offset + tp_rank`), so its `tp_size`; a
+    server that does not report one is one rank.
+    """
+    return int(server_info.get("tp_size") or 1)

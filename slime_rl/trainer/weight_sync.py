@@ -2,22 +2,35 @@
 
 Global rank 0 gathers the model under HF names (`weights.gather_hf_state_dict`, collective over the
 trainer group) and sends it to every engine, either
-- `distributed`: through a weight-update process group (trainer = rank 0, engine i = rank 1 + i; gloo
-  on CPU, NCCL on GPU) built once beside Megatron's groups: for each bucket of at most
-  `weight_sync_bucket_mb`, rank 0 posts `/update_weights_from_distributed` to every engine and then
-  broadcasts the bucket's tensors in the posted order; or
+- `distributed`: through a weight-update process group (gloo on CPU, NCCL on GPU) built once per set of
+  engines beside Megatron's groups: for each bucket of at most `weight_sync_bucket_mb`, rank 0 posts
+  `/update_weights_from_distributed` to every engine and then broadcasts the bucket's tensors in the
+  posted order; or
 - `disk`: an HF safetensors directory `v{version}` under `publish_dir(cfg)` (inside the run dir) and
   `/update_weights_from_disk`; once every engine has loaded it, older versions are deleted.
 The new weight version goes with the last bucket, so an engine reports it only once it holds every
 tensor; afterwards every engine's `/get_weight_version` is checked.
 
+The group (REFERENCE.md §1, engines/weight_group.py): rank 0 hosts the TCPStore on the trainer's own
+address (trainer/rendezvous.py) and builds its end the way SGLang builds each engine rank's end. Ranks
+per engine are the engine's own: SGLang joins one rank per tensor-parallel rank, so the publisher reads
+each engine's `tp_size` from `/get_server_info` (1 when it reports none) when it builds the group, and
+engine i gets `rank_offset = 1 + ranks of the engines before it`, the group
+`world_size = 1 + ranks of all engines`. The trainer config is not consulted: an engine (or a restarted
+one) is asked what it runs. Each group gets a fresh name: torch registers a group under its name, one at
+a time per process, and an engine that missed a destroy must still be able to join the next group.
+
+Sessions: SGLang 0.5.23 refuses `/update_weights_from_distributed` outside a session opened by
+`/begin_weight_update` and closed by `/end_weight_update`; 0.5.15.post1 has neither endpoint. The first
+publish to a group probes each engine with `begin` (HTTP 404: no sessions) and every publish wraps its
+buckets in a session on the engines that have one.
+
 Failing fast: each collective needs every engine, so rank 0 waits for it while watching the engines'
 HTTP calls, which run on a helper thread with their own event loop. As soon as one fails, rank 0 stops
 waiting and raises that engine's error; the group is dropped (engines are told to destroy their end,
-which also ends rank 0's pending broadcast) and the next publish builds a fresh one. Publishing to another
-set of engines (one went down, or a restarted one is synced alone) also drops the group of the old set.
-
-Each engine is assumed to be one rank of the group (the native engine; SGLang with TP=1).
+which also ends rank 0's pending broadcast, and to close their session) and the next publish builds a
+fresh one. Publishing to another set of engines (one went down, or a restarted one is synced alone) also
+drops the group of the old set.
 """
 
 from __future__ import annotations
@@ -28,9 +41,11 @@ import re
 import shutil
 import threading
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from itertools import accumulate
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,7 +53,9 @@ import torch
 import torch.distributed as dist
 
 from slime_rl.config.trainer import TrainerConfig
-from slime_rl.engines.client import EngineClient
+from slime_rl.engines.client import EngineClient, EngineError
+from slime_rl.engines.protocol import weight_update_ranks
+from slime_rl.engines.weight_group import leave_group, new_group
 from slime_rl.errors import ConfigError, ServiceError
 from slime_rl.trainer import weights
 from slime_rl.trainer.cpu_compat import has_cuda
@@ -49,10 +66,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-GROUP_NAME = "slime_rl_weights"
+GROUP_NAME_PREFIX = "slime_rl_weights"  # each group is named `{prefix}_{random hex}`
 _POLL_S = 0.05  # how often a waiting rank 0 looks at the engines' HTTP calls
 _GRACE_S = 30.0  # after a collective failed, how long to wait for the engine's own (clearer) error
-_DESTROY_WAIT_S = 10.0  # how long a failed publish waits for engines to destroy their end of the group
+_CLEANUP_WAIT_S = 10.0  # how long a failed publish waits for engines to destroy their end and close sessions
 _VERSION_DIR = re.compile(r"v\d+")
 
 
@@ -134,12 +151,32 @@ def _collective_failed(calls: _EngineCalls, err: BaseException) -> ServiceError:
     return failed
 
 
+def _best_effort(urls: list[str], call: Callable[[EngineClient, int], Awaitable[Any]], what: str) -> None:
+    """Make `call` on every engine once and wait at most `_CLEANUP_WAIT_S`; failures are logged, not raised.
+
+    Without retries: an engine that refuses the connection is down, and holds no group or session any more.
+    """
+    try:
+        _EngineCalls(urls, call, max_retries=0).join(_CLEANUP_WAIT_S)
+    except ServiceError as err:
+        logger.warning("could not %s on every engine: %s", what, err)
+
+
 @dataclass
 class _Group:
+    urls: list[str]  # the engines, in rank order
+    name: str  # the group's name on every rank
     backend: str  # gloo | nccl
     store: Any  # dist.TCPStore; rank 0 hosts it
     group: Any  # dist.ProcessGroup
     pending: list[Any]  # collective works of a failed publish that may still be running
+    sessions: list[bool] | None = None  # per engine: has /begin_weight_update; None until the first publish
+
+    def session_urls(self) -> list[str]:
+        """The engines that may hold a session: those that have sessions, or all until the first probe ended."""
+        if self.sessions is None:
+            return self.urls
+        return [url for url, has_session in zip(self.urls, self.sessions, strict=True) if has_session]
 
 
 class WeightPublisher:
@@ -154,7 +191,7 @@ class WeightPublisher:
         # so a dropped group is kept here until its works are done.
         self._retired: list[_Group] = []
 
-    def _group(self, urls: list[str]) -> Any:
+    def _group(self, urls: list[str]) -> _Group:
         self._retired = [g for g in self._retired if not all(w.is_completed() for w in g.pending)]
         key = tuple(urls)
         if key not in self._groups:
@@ -162,66 +199,85 @@ class WeightPublisher:
             # at a time, and a group with a dead member can never broadcast again, so the old groups go first.
             for other in list(self._groups):
                 self._drop(list(other), pending=[])
-            listener, world = listen_socket(self.master_addr), len(urls) + 1
-            port = listener.getsockname()[1]
-            backend = "nccl" if has_cuda() else "gloo"
-            # Engines connect once they get the request below.
-            store = store_server(listener, world, self.timeout, wait_for_workers=False)
-            joins = _EngineCalls(
-                urls,
-                lambda c, i: c.init_weights_update_group(
-                    master_address=self.master_addr,
-                    master_port=port,
-                    rank_offset=1 + i,
-                    world_size=world,
-                    group_name=GROUP_NAME,
-                    backend=backend,
-                ),
-            )
-            built: dict[str, Any] = {}
-            done = threading.Event()
+            self._groups[key] = self._build(urls)
+        return self._groups[key]
 
-            def build() -> None:  # blocks until every engine has joined (or the store times out)
-                try:
-                    if backend == "gloo":
-                        built["group"] = dist.ProcessGroupGloo(store, 0, world, self.timeout)
-                    else:
-                        built["group"] = dist.ProcessGroupNCCL(store, 0, world)
-                except Exception as err:
-                    built["error"] = err
-                finally:
-                    done.set()
+    def _build(self, urls: list[str]) -> _Group:
+        """A new group of rank 0 and every rank of every engine in `urls`; raises `ServiceError` naming the engine
+        that failed (the engines are then told to destroy their end)."""
+        ranks = [weight_update_ranks(info) for info in _EngineCalls(urls, lambda c, _i: c.get_server_info()).join()]
+        offsets = list(accumulate(ranks[:-1], initial=1))  # engine i: 1 + the ranks of the engines before it
+        world = 1 + sum(ranks)
+        name = f"{GROUP_NAME_PREFIX}_{uuid.uuid4().hex[:12]}"
+        listener = listen_socket(self.master_addr)
+        port = listener.getsockname()[1]
+        backend = "nccl" if has_cuda() else "gloo"
+        # Engines connect once they get the request below.
+        store = store_server(listener, world, self.timeout, wait_for_workers=False)
+        joins = _EngineCalls(
+            urls,
+            lambda c, i: c.init_weights_update_group(
+                master_address=self.master_addr,
+                master_port=port,
+                rank_offset=offsets[i],
+                world_size=world,
+                group_name=name,
+                backend=backend,
+            ),
+        )
+        built: dict[str, Any] = {}
+        done = threading.Event()
 
-            # After a failed join the builder is left behind; it ends at the store's timeout.
-            threading.Thread(target=build, daemon=True).start()
+        def build() -> None:  # blocks until every engine rank has joined (or the store times out)
             try:
-                _wait_beside(done, joins)
-                if "error" in built:
-                    raise _collective_failed(joins, built["error"])
-                joins.join()
-            except ServiceError:
-                self._destroy_on_engines(urls)
-                raise
-            self._groups[key] = _Group(backend, store, built["group"], pending=[])
-        return self._groups[key].group
+                built["group"] = new_group(
+                    store, rank=0, world_size=world, group_name=name, backend=backend, timeout=self.timeout
+                )
+            except Exception as err:
+                built["error"] = err
+            finally:
+                done.set()
 
-    def _destroy_on_engines(self, urls: list[str]) -> None:
-        """Ask every engine to leave the group (best effort): that closes its connections to rank 0."""
-        # Without retries: an engine that refuses the connection is down, and holds no group any more.
-        destroys = _EngineCalls(urls, lambda c, _i: c.destroy_weights_update_group(GROUP_NAME), max_retries=0)
+        # After a failed join the builder is left behind; it ends at the store's timeout.
+        threading.Thread(target=build, daemon=True).start()
         try:
-            destroys.join(_DESTROY_WAIT_S)
-        except ServiceError as err:
-            logger.warning("could not destroy the weight-update group on every engine: %s", err)
+            _wait_beside(done, joins)
+            if "error" in built:
+                raise _collective_failed(joins, built["error"])
+            joins.join()
+        except ServiceError:
+            self._destroy_on_engines(urls, name)
+            raise
+        logger.info("weight-update group %s: engines %s hold ranks from %s of %d", name, urls, offsets, world)
+        return _Group(urls, name, backend, store, built["group"], pending=[])
+
+    def _destroy_on_engines(self, urls: list[str], name: str) -> None:
+        """Ask every engine to leave group `name` (best effort): that closes its connections to rank 0."""
+        _best_effort(urls, lambda c, _i: c.destroy_weights_update_group(name), "destroy the weight-update group")
 
     def _drop(self, urls: list[str], pending: list[Any]) -> None:
         """Forget the group of `urls` after a failed publish; the next publish builds a new one."""
         dropped = self._groups.pop(tuple(urls))
         dropped.pending = pending
         self._retired.append(dropped)
-        self._destroy_on_engines(urls)  # gloo: the engines closing their end fails our pending broadcast
-        if dropped.backend == "nccl":  # NCCL does not notice; aborting the communicator ends it
-            dropped.group.abort()
+        self._destroy_on_engines(urls, dropped.name)  # gloo: the engines closing their end fails our broadcast
+        leave_group(dropped.group, abort=dropped.backend == "nccl")  # NCCL does not notice; aborting ends it
+
+    def _begin_sessions(self, group: _Group) -> None:
+        """Open a session on every engine that has sessions; the group's first publish finds out which do."""
+
+        async def begin(client: EngineClient, index: int) -> bool:
+            if group.sessions is not None and not group.sessions[index]:
+                return False
+            try:
+                await client.begin_weight_update()
+            except EngineError as err:
+                if err.status_code == 404:  # SGLang before 0.5.23, or a server without sessions
+                    return False
+                raise
+            return True
+
+        group.sessions = _EngineCalls(group.urls, begin).join()
 
     def _buckets(self, tensors: dict[str, torch.Tensor]) -> list[list[tuple[str, torch.Tensor]]]:
         buckets: list[list[tuple[str, torch.Tensor]]] = [[]]
@@ -238,40 +294,45 @@ class WeightPublisher:
     def broadcast(self, urls: list[str], tensors: dict[str, torch.Tensor], version: int) -> int:
         """Send `tensors` to every engine through the weight-update group; returns the number of buckets.
 
-        Raises `ServiceError` naming the engine as soon as one engine's call fails; the group is dropped.
+        Raises `ServiceError` naming the engine as soon as one engine's call fails; the group is dropped and
+        the engines' sessions are closed.
         """
         group = self._group(urls)
         device = torch.device("cuda", torch.cuda.current_device()) if has_cuda() else torch.device("cpu")
         options = dist.BroadcastOptions()
         options.rootRank = 0
         buckets = self._buckets(tensors)
-        for index, bucket in enumerate(buckets):
-            is_last = index == len(buckets) - 1
-            posts = _EngineCalls(  # engines enter the broadcast when they get this
-                urls,
-                lambda c, _i, bucket=bucket, is_last=is_last: c.update_weights_from_distributed(
-                    names=[n for n, _ in bucket],
-                    dtypes=[str(t.dtype).removeprefix("torch.") for _, t in bucket],
-                    shapes=[list(t.shape) for _, t in bucket],
-                    group_name=GROUP_NAME,
-                    weight_version=str(version) if is_last else None,
-                ),
-            )
-            sent = [tensor.to(device).contiguous() for _, tensor in bucket]
-            works: list[Any] = []
-            try:
+        works: list[Any] = []
+        try:
+            self._begin_sessions(group)
+            for index, bucket in enumerate(buckets):
+                is_last = index == len(buckets) - 1
+                posts = _EngineCalls(  # engines enter the broadcast when they get this
+                    urls,
+                    lambda c, _i, bucket=bucket, is_last=is_last: c.update_weights_from_distributed(
+                        names=[n for n, _ in bucket],
+                        dtypes=[str(t.dtype).removeprefix("torch.") for _, t in bucket],
+                        shapes=[list(t.shape) for _, t in bucket],
+                        group_name=group.name,
+                        weight_version=str(version) if is_last else None,
+                    ),
+                )
+                sent = [tensor.to(device).contiguous() for _, tensor in bucket]
+                works = []
                 try:
                     for tensor in sent:
-                        works.append(group.broadcast([tensor], options))
+                        works.append(group.group.broadcast([tensor], options))
                     _wait_beside(_when_all_done(works), posts)
                     for work in works:
                         work.wait()
                 except RuntimeError as err:  # our side of the group failed (an engine left, a timeout)
                     raise _collective_failed(posts, err) from err
                 posts.join()
-            except ServiceError:
-                self._drop(urls, works)
-                raise
+            _EngineCalls(group.session_urls(), lambda c, _i: c.end_weight_update()).join()
+        except ServiceError:
+            self._drop(urls, works)
+            _best_effort(group.session_urls(), lambda c, _i: c.end_weight_update(), "close the weight-update session")
+            raise
         return len(buckets)
 
 

@@ -177,6 +177,26 @@ def test_control_endpoints_answer_sglang_shapes(engine_url):
     assert httpx.post(f"{engine_url}/pause_generation", json={"mode": "nap"}).status_code == 400
 
 
+def test_weight_update_session_follows_sglang_rules_and_the_engine_is_one_rank(engine_url):
+    async def go() -> list[str]:
+        async with EngineClient(engine_url) as client:
+            outcomes = []
+            for call in (client.end_weight_update, client.begin_weight_update, client.begin_weight_update):
+                try:
+                    outcomes.append(await call())
+                except EngineError as err:
+                    outcomes.append(f"{err.status_code}: {err}")
+            outcomes.append(await client.end_weight_update())
+            return outcomes
+
+    no_session, opened, twice, closed = run(go())
+    assert no_session.startswith("400: ") and "No weight update session is open" in no_session
+    assert opened == "Weight update session opened." and closed == "Weight update session closed."
+    assert twice.startswith("400: ") and "already open" in twice
+    assert httpx.post(f"{engine_url}/begin_weight_update", json={"selector": "both"}).status_code == 400
+    assert httpx.get(f"{engine_url}/get_server_info").json()["tp_size"] == 1
+
+
 def test_server_reports_the_model_position_limit_as_its_context(engine_url):
     server = httpx.get(f"{engine_url}/get_server_info").json()
     model = httpx.get(f"{engine_url}/get_model_info").json()

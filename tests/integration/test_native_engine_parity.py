@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
+from functools import partial
 
 import pytest
 import torch
@@ -13,8 +15,9 @@ from slime_rl.config.engine import EngineConfig
 from slime_rl.engines.client import EngineClient
 from slime_rl.engines.protocol import GenerateOutput, GenerateRequest, SamplingParams
 from slime_rl.engines.server import EngineProcess
-from slime_rl.processes import free_port
+from slime_rl.engines.weight_group import leave_group, new_group
 from slime_rl.toy.model import make_toy_model
+from slime_rl.trainer.rendezvous import listen_socket, store_server
 
 PROMPTS = [[1, 6, 7, 77, 8, 85], [1, 9], [1, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29], [1, 50, 51]]
 NUM_TOKENS = 24
@@ -97,19 +100,23 @@ def test_update_weights_from_disk_changes_outputs_and_version(engine_url, models
 def test_update_weights_from_gloo_group_changes_outputs_and_version(engine_url, models):
     new_state = AutoModelForCausalLM.from_pretrained(models[1]).state_dict()
     names = list(new_state)
-    port = free_port()
+    listener = listen_socket("127.0.0.1")
+    port = listener.getsockname()[1]
     group_name = "test_sync"
+    timeout = timedelta(seconds=120)
 
     async def go():
         async with EngineClient(engine_url) as client:
             # Rank 0 (this test, standing in for the trainer) hosts the store; the engine joins as rank 1.
-            store = dist.TCPStore("127.0.0.1", port, 2, is_master=True, wait_for_workers=False)
+            store = store_server(listener, 2, timeout, wait_for_workers=False)
             join = asyncio.create_task(
                 client.init_weights_update_group(
                     master_address="127.0.0.1", master_port=port, rank_offset=1, world_size=2, group_name=group_name
                 )
             )
-            group = await asyncio.to_thread(dist.ProcessGroupGloo, store, 0, 2)
+            group = await asyncio.to_thread(
+                partial(new_group, store, rank=0, world_size=2, group_name=group_name, backend="gloo", timeout=timeout)
+            )
             await join
             update = asyncio.create_task(
                 client.update_weights_from_distributed(
@@ -130,6 +137,7 @@ def test_update_weights_from_gloo_group_changes_outputs_and_version(engine_url, 
             await asyncio.to_thread(broadcast)
             await update
             await client.destroy_weights_update_group(group_name)
+            leave_group(group)
             return await client.get_weight_version()
 
     assert asyncio.run(go()) == "2"

@@ -1,8 +1,8 @@
 """Rank 0's weight publishing against a fake engine on loopback: failures end the publish promptly, a
 failed group is rebuilt on the next publish, and disk publishing keeps only the newest version.
 
-The fake engine speaks the weight-update subset of the SGLang protocol and joins the weight-update
-group for real (gloo, in this process), like the native engine; it can be told to fail a call.
+The fake engine speaks the weight-update subset of the SGLang protocol; its ranks join the weight-update
+group for real (gloo), each in a process of its own (weight_ranks.py); it can be told to fail a call.
 """
 
 from __future__ import annotations
@@ -10,35 +10,46 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Callable, Iterator
-from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
 import torch
-import torch.distributed as dist
 
 from slime_rl.errors import ServiceError
 from slime_rl.trainer import weight_sync
 from slime_rl.trainer.weight_sync import WeightPublisher
+from tests.integration.weight_ranks import EngineRanks, TensorRecord, tensor_record
 
-GUARD_S = 60.0  # generous: a publish stuck in the collective waits for the group's 600 s timeout
+GUARD_S = 60.0  # generous: a publish stuck in the collective waits for the group's timeout
 
 
 class FakeEngine:
-    """HTTP server with the weight endpoints. `fail_init`, `fail_updates`, `fail_disk`: calls left to fail."""
+    """HTTP server with the weight endpoints, whose `num_ranks` ranks (its TP ranks) join the group.
 
-    def __init__(self) -> None:
+    `recipe`: how the ranks build their end, "native" (the native engine's code) or "sglang" (SGLang's).
+    `sessions`: like SGLang 0.5.23, it has `/begin_weight_update` and `/end_weight_update` and refuses updates
+    outside a session; without, those answer 404 like SGLang 0.5.15. `fail_init`, `fail_updates`,
+    `fail_disk`: calls left to fail. `received[rank]`: the tensors each rank got, by name.
+    """
+
+    def __init__(self, *, num_ranks: int = 1, recipe: str = "native", sessions: bool = False) -> None:
+        self.num_ranks = num_ranks
+        self.recipe = recipe
+        self.sessions = sessions
         self.fail_init = 0
         self.fail_updates = 0
         self.fail_disk = 0
         self.init_calls = 0
         self.destroy_calls = 0
+        self.init_bodies: list[dict] = []
+        self.posts: list[str] = []  # every POST path, in order
+        self.session_open = False
         self.disk_paths: list[str] = []
-        self.received: dict[str, torch.Tensor] = {}
+        self.received: list[dict[str, TensorRecord]] = [{} for _ in range(num_ranks)]
         self.version = "0"
-        self.group: Any = None
-        self.store: Any = None
+        self.ranks: EngineRanks | None = None  # started by the first join
+        self.lock = threading.Lock()  # one call at a time reaches the ranks
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
@@ -50,38 +61,65 @@ class FakeEngine:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
-        self.group = self.store = None
+        if self.ranks is not None:
+            self.ranks.close()
+
+    def _on_ranks(self, method: str, per_rank: list[dict[str, Any]]) -> tuple[bool, Any]:
+        """(True, every rank's result) or (False, the ranks' errors); the first call starts the ranks."""
+        with self.lock:
+            if self.ranks is None:
+                self.ranks = EngineRanks(self.num_ranks, self.recipe)
+            try:
+                return True, self.ranks.call(method, per_rank)
+            except RuntimeError as err:
+                return False, str(err)
 
     def _init(self, body: dict) -> tuple[bool, str]:
         self.init_calls += 1
+        self.init_bodies.append(body)
         if self.fail_init:
             self.fail_init -= 1
             return False, "cannot join: boom"
-        timeout = timedelta(seconds=600)
-        self.store = dist.TCPStore(body["master_address"], body["master_port"], body["world_size"], timeout=timeout)
-        self.group = dist.ProcessGroupGloo(self.store, body["rank_offset"], body["world_size"], timeout)
-        return True, "joined"
+        shared = {k: body[k] for k in ("master_address", "master_port", "world_size", "group_name", "backend")}
+        ok, result = self._on_ranks(
+            "init_group", [shared | {"rank": body["rank_offset"] + tp_rank} for tp_rank in range(self.num_ranks)]
+        )
+        return ok, "joined" if ok else result
 
     def _update(self, body: dict) -> tuple[bool, str]:
+        if self.sessions and not self.session_open:
+            return False, "updates need a weight update session"
         if self.fail_updates:
             self.fail_updates -= 1
             return False, "cannot load: boom"
-        options = dist.BroadcastOptions()
-        options.rootRank = 0
-        for name, dtype, shape in zip(body["names"], body["dtypes"], body["shapes"], strict=True):
-            tensor = torch.empty(shape, dtype=getattr(torch, dtype))
-            self.group.broadcast([tensor], options).wait()
-            self.received[name] = tensor
+        keys = ("group_name", "names", "dtypes", "shapes")
+        ok, result = self._on_ranks("receive", [{k: body[k] for k in keys}] * self.num_ranks)
+        if not ok:
+            return False, result
+        for received, tensors in zip(self.received, result, strict=True):
+            received.update(tensors)
         if body.get("weight_version") is not None:
             self.version = body["weight_version"]
         return True, "updated"
 
     def _destroy(self, body: dict) -> tuple[bool, str]:
         self.destroy_calls += 1
-        if self.group is None:
+        if self.ranks is None:
             return False, "no weight update group"
-        self.group = self.store = None  # the last reference: closes the connections to rank 0
-        return True, "destroyed"
+        ok, result = self._on_ranks("destroy", [{"group_name": body["group_name"]}] * self.num_ranks)
+        return ok, "destroyed" if ok else result
+
+    def _begin(self, body: dict) -> tuple[bool, str]:
+        if self.session_open:
+            return False, "a session is already open"
+        self.session_open = True
+        return True, "opened"
+
+    def _end(self, body: dict) -> tuple[bool, str]:
+        if not self.session_open:
+            return False, "no session is open"
+        self.session_open = False
+        return True, "closed"
 
     def _disk(self, body: dict) -> tuple[bool, str]:
         if self.fail_disk:
@@ -99,6 +137,8 @@ class FakeEngine:
             "/destroy_weights_update_group": self._destroy,
             "/update_weights_from_disk": self._disk,
         }
+        if self.sessions:
+            routes |= {"/begin_weight_update": self._begin, "/end_weight_update": self._end}
 
         class Handler(BaseHTTPRequestHandler):
             def _reply(self, status: int, body: dict) -> None:
@@ -110,10 +150,17 @@ class FakeEngine:
                 self.wfile.write(data)
 
             def do_GET(self) -> None:  # noqa: N802 - http.server's name
-                self._reply(200, {"weight_version": engine.version})
+                if self.path == "/get_server_info":
+                    self._reply(200, {"tp_size": engine.num_ranks})
+                else:
+                    self._reply(200, {"weight_version": engine.version})
 
             def do_POST(self) -> None:  # noqa: N802 - http.server's name
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                engine.posts.append(self.path)
+                if self.path not in routes:
+                    self._reply(404, {"detail": "Not Found"})
+                    return
                 success, message = routes[self.path](body)
                 self._reply(200 if success else 400, {"success": success, "message": message})
 
@@ -161,7 +208,7 @@ def test_weight_publisher_failed_group_join_raises_with_engine_message_and_next_
     assert engine.url in str(error) and "cannot join: boom" in str(error)
     assert within_guard(lambda: publisher.broadcast([engine.url], TENSORS, version=2)) == 1
     assert engine.init_calls == 2 and engine.version == "2"
-    torch.testing.assert_close(engine.received["a.weight"], TENSORS["a.weight"])
+    assert engine.received[0]["a.weight"] == tensor_record(TENSORS["a.weight"])
 
 
 def test_weight_publisher_failed_update_raises_drops_the_group_and_next_publish_rebuilds(engine):
@@ -174,7 +221,7 @@ def test_weight_publisher_failed_update_raises_drops_the_group_and_next_publish_
     assert engine.destroy_calls == 1 and engine.version == "1"
     assert within_guard(lambda: publisher.broadcast([engine.url], TENSORS, version=3)) == 1
     assert engine.init_calls == 2 and engine.version == "3"
-    torch.testing.assert_close(engine.received["b.bias"], TENSORS["b.bias"])
+    assert engine.received[0]["b.bias"] == tensor_record(TENSORS["b.bias"])
 
 
 def test_publish_to_disk_keeps_only_the_newest_version_and_nothing_else_is_touched(engine, tmp_path):

@@ -24,6 +24,7 @@ from slime_rl.engines.native.scheduler import EngineRequest, RequestUpdate
 
 logger = logging.getLogger(__name__)
 SERVER_VERSION = "slime-rl-native-0.1"
+SESSION_SELECTORS = ("target", "draft", "all")  # SGLang's model runners a session covers; this engine has one
 
 
 def _error(message: str, status: int = 400) -> JSONResponse:
@@ -193,6 +194,31 @@ def build_app(engine: NativeEngine) -> FastAPI:
             )
         )
 
+    # SGLang 0.5.23's weight-update session. This engine has nothing to prepare or finalize around an update
+    # and, like SGLang 0.5.15, also accepts updates outside a session; it keeps only SGLang's rules for the
+    # session itself (one at a time, `end` only after `begin`), so that callers that use it are checked.
+    session_open = False
+
+    @app.post("/begin_weight_update")
+    async def begin_weight_update(request: Request) -> Response:
+        nonlocal session_open
+        selector = field(await read_json(request, allow_empty=True), "selector", str, "all")
+        if selector not in SESSION_SELECTORS:
+            raise BadRequest(f"selector must be one of {SESSION_SELECTORS}, got {selector!r}")
+        if session_open:
+            return _control(False, "A weight update session is already open; end it first.")
+        session_open = True
+        return _control(True, "Weight update session opened.")
+
+    @app.post("/end_weight_update")
+    async def end_weight_update(request: Request) -> Response:
+        nonlocal session_open
+        await read_json(request, allow_empty=True)
+        if not session_open:
+            return _control(False, "No weight update session is open; begin one first.")
+        session_open = False
+        return _control(True, "Weight update session closed.")
+
     @app.post("/destroy_weights_update_group")
     async def destroy_weights_update_group(request: Request) -> Response:
         body = await read_json(request, allow_empty=True)
@@ -243,7 +269,10 @@ def build_app(engine: NativeEngine) -> FastAPI:
             "weight_version": engine.weight_version,
             "paused": scheduler.is_paused,
         }
-        return JSONResponse({**engine.server_info(), "internal_states": [state], "version": SERVER_VERSION})
+        # tp_size: the ranks this engine joins a weight-update group with (WeightUpdateGroups: one).
+        return JSONResponse(
+            {**engine.server_info(), "tp_size": 1, "internal_states": [state], "version": SERVER_VERSION}
+        )
 
     @app.get("/v1/loads")
     async def loads() -> Response:

@@ -1,9 +1,10 @@
 """Weight sources for the native engine: safetensors directories and torch.distributed update groups.
 
 Owns reading HF-named tensors; loading them into the model is the runner's job. A weight-update group
-follows SGLang (REFERENCE.md §1): the trainer is rank 0 and hosts the TCPStore; this engine joins with
-rank `rank_offset` through its own `ProcessGroupGloo` (CPU) or `ProcessGroupNCCL` (CUDA), independent
-of any default process group, and receives each tensor by broadcast from rank 0 in the order of `names`.
+follows SGLang (REFERENCE.md §1): the trainer is rank 0 and hosts the TCPStore; this engine, one rank
+(TP=1), joins as rank `rank_offset` and builds its end exactly as SGLang's engine ranks do
+(engines/weight_group.py), with gloo on CPU or NCCL on CUDA, and receives each tensor by broadcast from
+rank 0 in the order of `names`.
 
 Destroying a group ends a receive that waits on it: when rank 0 gives up on a publish (another engine of
 the group died before the broadcast), it destroys the group on the engines, and this engine's model thread
@@ -26,6 +27,8 @@ import torch
 import torch.distributed as dist
 from safetensors import safe_open
 
+from slime_rl.engines.weight_group import connect_store, leave_group, new_group
+
 logger = logging.getLogger(__name__)
 
 BACKENDS = ("gloo", "nccl")
@@ -34,7 +37,6 @@ _DESTROY_POLL_S = 0.05  # how often a waiting receive checks whether its group w
 
 @dataclass
 class _Group:
-    store: dist.Store
     group: dist.ProcessGroup
     destroyed: threading.Event = field(default_factory=threading.Event)
 
@@ -77,12 +79,11 @@ class WeightUpdateGroups:
             raise ValueError(f"weight update group {group_name!r} already exists; destroy it first")
         if backend == "nccl" and self.device.type != "cuda":
             raise ValueError("backend 'nccl' needs the engine on CUDA; use 'gloo' on CPU")
-        store = dist.TCPStore(master_address, master_port, world_size, is_master=False, timeout=self.timeout)
-        if backend == "gloo":
-            group: dist.ProcessGroup = dist.ProcessGroupGloo(store, rank, world_size, self.timeout)
-        else:
-            group = dist.ProcessGroupNCCL(store, rank, world_size)
-        self._groups[group_name] = _Group(store, group)
+        store = connect_store(master_address, master_port, rank=rank, world_size=world_size, timeout=self.timeout)
+        group = new_group(
+            store, rank=rank, world_size=world_size, group_name=group_name, backend=backend, timeout=self.timeout
+        )
+        self._groups[group_name] = _Group(group)
         logger.info("joined weight update group %s as rank %d/%d (%s)", group_name, rank, world_size, backend)
 
     def receive(
@@ -115,6 +116,4 @@ class WeightUpdateGroups:
             raise ValueError(f"no weight update group named {group_name!r}")
         entry = self._groups.pop(group_name)
         entry.destroyed.set()
-        shutdown = getattr(entry.group, "shutdown", None)
-        if callable(shutdown):
-            shutdown()
+        leave_group(entry.group)  # a receive still waiting on it keeps the group alive (`_abandoned`)
