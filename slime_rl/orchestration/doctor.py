@@ -18,6 +18,7 @@ from typing import Any
 
 from slime_rl.config.root import SlimeRLConfig
 from slime_rl.errors import SlimeRLError
+from slime_rl.orchestration.plan import redacted_url
 
 OK, WARN, FAIL = "ok", "warn", "fail"
 NODE_TASK_TIMEOUT_S = 30.0  # a node that runs no task within this is unreachable
@@ -135,16 +136,16 @@ def _check_redis(cfg: SlimeRLConfig, report: DoctorReport) -> None:
     from slime_rl.buffer.server import EmbeddedRedis, resolve_redis_binary
 
     if cfg.buffer.url:
-        shown = cfg.buffer.url.split("@")[-1]
+        shown = redacted_url(cfg.buffer.url)
         client = redis.Redis.from_url(cfg.buffer.url, socket_timeout=5, socket_connect_timeout=5)
         try:
             client.ping()
-            report.add("redis", OK, f"buffer.url (…@{shown}) answers PING")
+            report.add("redis", OK, f"buffer.url={shown} answers PING")
         except redis.RedisError as err:
             report.add(
                 "redis",
                 FAIL,
-                f"buffer.url (…@{shown}) does not answer: {err}",
+                f"buffer.url={shown} does not answer: {err}",
                 "start that server, check host, port and password in buffer.url, or set buffer.url=null for the "
                 "embedded server",
             )

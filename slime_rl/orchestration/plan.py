@@ -289,6 +289,12 @@ def _assign_nodes(demand: _Demand, nodes: list[NodeSpec], *, source: str) -> lis
     return node_of
 
 
+def redacted_url(url: str) -> str:
+    """`url` without its user and password."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname or ''}{f':{parts.port}' if parts.port else ''}{parts.path}"
+
+
 def _services(nodes: list[NodeSpec], engine: EngineConfig, buffer: BufferConfig | None) -> list[ServicePlan]:
     driver = next((n.index for n in nodes if n.is_driver), 0)
     services = [
@@ -300,9 +306,7 @@ def _services(nodes: list[NodeSpec], engine: EngineConfig, buffer: BufferConfig 
         ServicePlan("router", driver, f"sglang-router process of the driver, on {engine.host}"),
     ]
     if buffer is not None and buffer.url:
-        parts = urlsplit(buffer.url)
-        shown = f"{parts.scheme}://{parts.hostname or ''}{f':{parts.port}' if parts.port else ''}{parts.path}"
-        services.append(ServicePlan("redis", None, f"external server buffer.url={shown}"))
+        services.append(ServicePlan("redis", None, f"external server buffer.url={redacted_url(buffer.url)}"))
     else:
         host = buffer.host if buffer is not None else "127.0.0.1"
         services.append(ServicePlan("redis", driver, f"embedded server of the driver, on {host}, with a password"))

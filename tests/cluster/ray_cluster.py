@@ -1,10 +1,10 @@
 """A real multi-node Ray cluster on loopback for tests: `ray.cluster_utils.Cluster`, token auth on.
 
 `loopback_ray_cluster()` starts a head and `num_nodes - 1` more nodes, all on 127.0.0.1 (every Ray listener
-binds loopback only), in a private RAY_TMPDIR, with a fresh token. It yields a `RayCluster`: the address to
-join and the environment a subprocess needs to join (`env`). On exit it shuts the cluster down
-(`Cluster.shutdown()`, then SIGKILL by PID for any Ray process it left) and restores this process's
-environment. Nothing here runs `ray stop`.
+binds loopback only), in a private RAY_TMPDIR, with token auth (one token per test process). It yields a
+`RayCluster`: the address to join and the environment a subprocess needs to join (`env`). On exit it shuts
+the cluster down (`Cluster.shutdown()`, then SIGKILL by PID for any Ray process it left) and restores this
+process's environment. Nothing here runs `ray stop`.
 """
 
 from __future__ import annotations
@@ -16,11 +16,24 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import psutil
 
 # What the cluster's processes and a joining driver need: loopback-only Ray, token auth with this token.
 CLUSTER_ENV_KEYS = ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_TMPDIR")
+# Ray keeps the first token a process used for the rest of its life (a second cluster with another token
+# fails to start with InvalidAuthToken), so every cluster of one test process shares one.
+_NEW_TOKEN = secrets.token_hex(32)
+
+
+def process_token() -> str:
+    """The token this process's Ray uses or will use: RAY_AUTH_TOKEN, else the one a local `ray.init()` wrote
+    to ~/.ray/auth_token, else one made for this process."""
+    if token := os.environ.get("RAY_AUTH_TOKEN"):
+        return token
+    saved = Path.home() / ".ray" / "auth_token"
+    return saved.read_text().strip() if saved.is_file() else _NEW_TOKEN
 
 
 @dataclass
@@ -38,7 +51,7 @@ def loopback_ray_cluster(num_nodes: int = 2, num_cpus_per_node: int = 1) -> Iter
     settings = {
         "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
         "RAY_AUTH_MODE": "token",
-        "RAY_AUTH_TOKEN": secrets.token_hex(32),
+        "RAY_AUTH_TOKEN": process_token(),
         "RAY_TMPDIR": tmpdir,
     }
     saved = {key: os.environ.get(key) for key in CLUSTER_ENV_KEYS}
