@@ -17,8 +17,10 @@ per engine are the engine's own: SGLang joins one rank per tensor-parallel rank,
 each engine's `tp_size` from `/get_server_info` (1 when it reports none) when it builds the group, and
 engine i gets `rank_offset = 1 + ranks of the engines before it`, the group
 `world_size = 1 + ranks of all engines`. The trainer config is not consulted: an engine (or a restarted
-one) is asked what it runs. Each group gets a fresh name: torch registers a group under its name, one at
-a time per process, and an engine that missed a destroy must still be able to join the next group.
+one) is asked what it runs. SGLang numbers an engine's ranks by `tp_rank` alone, so its pipeline stages or
+data-parallel replicas (pp_size, dp_size > 1) would repeat rank numbers: such engines cannot join. Each
+group gets a fresh name: torch registers a group under its name, one at a time per process, and an engine
+that missed a destroy must still be able to join the next group.
 
 Sessions: SGLang 0.5.23 refuses `/update_weights_from_distributed` outside a session opened by
 `/begin_weight_update` and closed by `/end_weight_update`; 0.5.15.post1 has neither endpoint. The first
