@@ -178,8 +178,9 @@ async def run_mode(
                 metrics = await manager.generate(step)
                 abort_wait_s += metrics["rollout/abort_wait_s"]
                 batch = buffer.read_batch("trainer-0", cfg.rollout_batch_size, block_ms=0, trainer_version=step)
-                trained = [s for g in batch.groups for s in g.samples]
-                group_lengths += [[len(s.response_ids) for s in g.samples] for g in batch.groups]
+                groups = buffer.fetch_groups(batch.entry_ids)
+                trained = [s for g in groups for s in g.samples]
+                group_lengths += [[len(s.response_ids) for s in g.samples] for g in groups]
                 samples += len(trained)
                 tokens += sum(len(s.response_ids) for s in trained)
                 stale += sum(e - b for s in trained for v, b, e in s.weight_spans if v < step)

@@ -1,7 +1,8 @@
 """Buffer throughput: the full RedisBuffer path against a naive pickle + GET/SET baseline, in one run.
 
-Full path, per repeat (on groups taken beforehand, untimed): encode -> XADD + lease release (publish)
--> XREADGROUP through the trainer consumer group (read_batch) -> decode -> XACK + XDEL (ack), for
+Full path, per repeat (on groups taken beforehand, untimed): encode -> XADD + HSET + lease release
+(publish) -> XREADGROUP of the summaries through the trainer consumer group (read_batch, the driver's
+part) -> HMGET of the payloads + decode (fetch_groups, a trainer rank's part) -> XACK + XDEL (ack), for
 `groups x group_size` samples of 256 prompt and 1024 response tokens with logprobs and loss mask.
 Baseline: the same samples held as Python lists, pickled per
 group, SET / GET / DEL through pipelines. Repeats alternate between the two; medians are reported.
@@ -93,7 +94,7 @@ def run_buffer(client: redis.Redis, groups: list[Group]) -> tuple[float, int]:
     for i in range(0, len(held), CHUNK_GROUPS):
         buffer.publish(held[i : i + CHUNK_GROUPS], version=0)
         batch = buffer.read_batch("trainer-0", CHUNK_GROUPS, block_ms=1000, trainer_version=0)
-        received += sum(len(g.samples) for g in batch.groups)
+        received += sum(len(g.samples) for g in buffer.fetch_groups(batch.entry_ids))  # as a trainer rank reads
         buffer.ack(batch)
     elapsed = time.perf_counter() - start
     buffer.clear()

@@ -1,9 +1,10 @@
-"""Binary codec for `Group`: msgpack with per-token arrays as little-endian numpy bytes.
+"""Binary codec for `Group`: msgpack with per-token arrays as little-endian numpy bytes; and for the small
+records that plan a training step without the tokens, `GroupSummary` and `TrainShare`.
 
-Owns the wire format of everything the Redis buffer stores. It never uses pickle: a payload is a msgpack
-map of plain values, so decoding bytes from the buffer cannot run code. Per-token arrays of all samples
-of a group are concatenated into one byte string per field (int32 ids, float32 logprobs, uint8 mask), so
-encoding and decoding do no per-token Python work.
+Owns the wire format of everything the Redis buffer stores and of what the driver sends trainer ranks.
+It never uses pickle: a payload is a msgpack map of plain values, so decoding bytes from the buffer cannot
+run code. Per-token arrays of all samples of a group are concatenated into one byte string per field
+(int32 ids, float32 logprobs, uint8 mask), so encoding and decoding do no per-token Python work.
 
 Round trips are exact for every field, with msgpack's usual caveat for `metadata`: tuples come back as
 lists. Metadata must hold msgpack-serialisable values (str, int, float, bool, None, bytes, list, dict).
@@ -17,7 +18,7 @@ import msgpack
 import numpy as np
 
 from slime_rl.errors import DataError
-from slime_rl.types import Group, Sample, Status
+from slime_rl.types import Group, GroupSummary, Sample, Status, TrainShare
 
 FORMAT_VERSION = 1
 _IDS = np.dtype("<i4")
@@ -83,6 +84,74 @@ def encode_group(group: Group) -> bytes:
         ) from err
 
 
+def _unpack_map(data: bytes, what: str) -> dict[str, Any]:
+    try:
+        payload = msgpack.unpackb(data, raw=False, use_list=True, strict_map_key=True)
+    except (msgpack.UnpackException, ValueError, TypeError) as err:
+        raise DataError(f"{what} ({len(data)} bytes) is not valid msgpack: {err}") from err
+    if not isinstance(payload, dict):
+        raise DataError(f"{what} must be a msgpack map, got {type(payload).__name__}")
+    return payload
+
+
+def encode_summary(summary: GroupSummary) -> bytes:
+    return msgpack.packb(
+        [
+            summary.group_id,
+            summary.oldest_version,
+            summary.rewards,
+            summary.scored,
+            summary.num_tokens,
+            summary.response_lens,
+        ],
+        use_bin_type=True,
+    )
+
+
+def decode_summary(data: bytes) -> GroupSummary:
+    """Parse bytes written by `encode_summary`; a garbled record raises DataError."""
+    try:
+        group_id, oldest_version, rewards, scored, num_tokens, response_lens = msgpack.unpackb(data, raw=False)
+        return GroupSummary(
+            group_id=str(group_id),
+            oldest_version=int(oldest_version),
+            rewards=[float(r) for r in rewards],
+            scored=[bool(s) for s in scored],
+            num_tokens=[int(n) for n in num_tokens],
+            response_lens=[int(n) for n in response_lens],
+        )
+    except (msgpack.UnpackException, ValueError, TypeError) as err:
+        raise DataError(f"group summary ({len(data)} bytes) is garbled: {err}") from err
+
+
+def encode_share(share: TrainShare) -> bytes:
+    return msgpack.packb(
+        {
+            "step": share.step,
+            "entry_ids": share.entry_ids,
+            "samples": share.samples,
+            "advantages": memoryview(share.advantages.astype(_LOGPROBS)),
+            "mask_before": share.mask_before,
+        },
+        use_bin_type=True,
+    )
+
+
+def decode_share(data: bytes) -> TrainShare:
+    """Parse bytes written by `encode_share`; a garbled message raises DataError."""
+    payload = _unpack_map(data, "train share")
+    try:
+        return TrainShare(
+            step=payload["step"],
+            entry_ids=[str(e) for e in payload["entry_ids"]],
+            samples=payload["samples"],
+            advantages=np.frombuffer(payload["advantages"], dtype=_LOGPROBS),
+            mask_before=payload["mask_before"],
+        )
+    except (KeyError, TypeError, ValueError) as err:
+        raise DataError(f"train share is garbled: {err!r}") from err
+
+
 def _array(payload: dict[str, Any], key: str, dtype: np.dtype, expected: int) -> np.ndarray:
     blob = payload.get(key)
     if not isinstance(blob, bytes):
@@ -103,12 +172,7 @@ def _split(array: np.ndarray, lengths: np.ndarray) -> list[np.ndarray]:
 
 def decode_group(data: bytes) -> Group:
     """Parse bytes written by `encode_group`. A wrong or garbled payload raises DataError saying what is wrong."""
-    try:
-        payload = msgpack.unpackb(data, raw=False, use_list=True, strict_map_key=True)
-    except (msgpack.UnpackException, ValueError, TypeError) as err:
-        raise DataError(f"group payload ({len(data)} bytes) is not valid msgpack: {err}") from err
-    if not isinstance(payload, dict):
-        raise DataError(f"group payload must be a msgpack map, got {type(payload).__name__}")
+    payload = _unpack_map(data, "group payload")
     if payload.get("format") != FORMAT_VERSION:
         raise DataError(
             f"group payload has format {payload.get('format')!r}, this slime-rl reads format {FORMAT_VERSION}; "

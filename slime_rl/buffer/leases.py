@@ -85,16 +85,19 @@ return out
 """
 )
 
-# KEYS: taken (the owner's), counters, destination (samples stream or partials list; unused for 'drop').
-# ARGV: kind ('publish' | 'recycle' | 'drop'), counter, version, then (lease field, payload) pairs.
+# KEYS: taken (the owner's), counters, destination (samples stream or partials list; unused for 'drop'),
+# payloads (the hash of published groups' payloads by stream entry id; used by 'publish').
+# ARGV: kind ('publish' | 'recycle' | 'drop'), counter, version, then (lease field, payload, summary) triples.
 # Applies the move and the counters only to groups the owner still holds; returns how many that was.
+# A published group's stream entry carries its version and summary; its payload goes to `payloads`.
 RELEASE = """
 local held = 0
-for i = 4, #ARGV, 2 do
+for i = 4, #ARGV, 3 do
   if redis.call('HDEL', KEYS[1], ARGV[i]) == 1 then
     held = held + 1
     if ARGV[1] == 'publish' then
-      redis.call('XADD', KEYS[3], '*', 'version', ARGV[3], 'data', ARGV[i + 1])
+      local id = redis.call('XADD', KEYS[3], '*', 'version', ARGV[3], 'summary', ARGV[i + 2])
+      redis.call('HSET', KEYS[4], id, ARGV[i + 1])
     elseif ARGV[1] == 'recycle' then
       redis.call('RPUSH', KEYS[3], ARGV[i + 1])
     end

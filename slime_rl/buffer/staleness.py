@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from slime_rl.types import Group
+from slime_rl.types import Group, GroupSummary
 
 
-def is_fresh(group: Group, trainer_version: int, max_staleness: int | None) -> bool:
+def is_fresh(group: Group | GroupSummary, trainer_version: int, max_staleness: int | None) -> bool:
     """True if the group's oldest token lags `trainer_version` by at most `max_staleness` versions.
 
     The oldest token decides (`Group.oldest_version`): a partial rollout resumed under new weights is as

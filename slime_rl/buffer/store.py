@@ -8,7 +8,10 @@ reconnect policy (`connection`).
 Keys, all under `slime:{run_id}:`:
     prompts   list of encoded prompt groups, refilled from the dataset, popped from the left
     partials  list of recycled (APRIL) groups, taken before fresh prompts
-    samples   stream of finished groups, fields `version` (weight version at publish) and `data`
+    samples   stream of finished groups, fields `version` (weight version at publish) and `summary`
+              (a `GroupSummary`: what the driver plans a step with)
+    payloads  hash of the finished groups' payloads by stream entry id; trainer ranks fetch their share
+              from here (`fetch_groups`), so the groups' tokens never pass through the driver
     version   the last published weight version (absent = 0)
     counters  hash of the counters below, all counted in groups
     dataset   hash of the prompt dataset cursor (owned by `slime_rl.buffer.dataset`)
@@ -47,11 +50,11 @@ import msgpack
 import redis
 
 from slime_rl.buffer import leases
-from slime_rl.buffer.codec import decode_group, encode_group
+from slime_rl.buffer.codec import decode_group, decode_summary, encode_group, encode_summary
 from slime_rl.buffer.connection import DEFAULT_RECONNECT_TIMEOUT_S, connect
 from slime_rl.buffer.staleness import is_fresh
 from slime_rl.errors import DataError
-from slime_rl.types import Group
+from slime_rl.types import Group, GroupSummary
 
 logger = logging.getLogger(__name__)
 
@@ -60,14 +63,15 @@ COUNTERS = ("issued", "completed", "recycled", "reclaimed", "dropped_filter", "d
 DEFAULT_REDELIVERY_IDLE_MS = 600_000
 _REASON = re.compile(r"[a-z][a-z0-9_]*")
 
-# KEYS: samples, counters. ARGV: consumer group, counter field, entry ids...
-# Acknowledges and deletes each entry; counts only entries this call acknowledged, so a second ack of
+# KEYS: samples, counters, payloads. ARGV: consumer group, counter field, entry ids...
+# Acknowledges and deletes each entry and its payload; counts only entries this call acknowledged, so a second ack of
 # the same entry (e.g. by a consumer whose entries were re-delivered elsewhere) changes nothing.
 _SETTLE = """
 local n = 0
 for i = 3, #ARGV do
   if redis.call('XACK', KEYS[1], ARGV[1], ARGV[i]) == 1 then
     redis.call('XDEL', KEYS[1], ARGV[i])
+    redis.call('HDEL', KEYS[3], ARGV[i])
     n = n + 1
   end
 end
@@ -83,6 +87,7 @@ class BufferKeys:
     prompts: str
     partials: str
     samples: str
+    payloads: str
     version: str
     counters: str
     dataset: str
@@ -95,19 +100,22 @@ class BufferKeys:
 
 @dataclass(slots=True, kw_only=True)
 class Batch:
-    """Groups read by one trainer consumer. Pass it to `RedisBuffer.ack` once the optimizer step commits."""
+    """Groups read by one trainer consumer, as summaries; their payloads stay in Redis (`fetch_groups`).
+    Pass it to `RedisBuffer.ack` once the optimizer step commits."""
 
-    groups: list[Group]
+    summaries: list[GroupSummary]
     entry_ids: list[str]  # stream entry of each group, same order
     versions: list[int]  # weight version each group was published under, same order
     num_dropped_stale: int = 0  # groups this read dropped as stale (already counted and acknowledged)
+    bytes_read: int = 0  # bytes of the stream entries this read received (summaries, not payloads)
 
     def extend(self, other: Batch) -> None:
         """Append the groups of a later read by the same consumer."""
-        self.groups += other.groups
+        self.summaries += other.summaries
         self.entry_ids += other.entry_ids
         self.versions += other.versions
         self.num_dropped_stale += other.num_dropped_stale
+        self.bytes_read += other.bytes_read
 
 
 class RedisBuffer:
@@ -251,7 +259,8 @@ class RedisBuffer:
     # -- trainer side -------------------------------------------------------------------------------
 
     def read_batch(self, consumer: str, num_groups: int, block_ms: int, trainer_version: int) -> Batch:
-        """Read up to `num_groups` fresh groups as trainer consumer `consumer`.
+        """Read up to `num_groups` fresh groups as trainer consumer `consumer`: their summaries, entry ids and
+        versions; the payloads stay in Redis for `fetch_groups`.
 
         Sources, in order: this consumer's own unacknowledged entries from an earlier process (a restart
         under the same name), entries of other consumers idle for `redelivery_idle_ms` (XAUTOCLAIM), then
@@ -261,9 +270,9 @@ class RedisBuffer:
         """
         self._ensure_consumer_group()
         deadline = time.monotonic() + block_ms / 1000
-        batch = Batch(groups=[], entry_ids=[], versions=[])
-        while len(batch.groups) < num_groups:
-            need = num_groups - len(batch.groups)
+        batch = Batch(summaries=[], entry_ids=[], versions=[])
+        while len(batch.summaries) < num_groups:
+            need = num_groups - len(batch.summaries)
             entries = self._own_pending(consumer, need)
             if len(entries) < need:
                 entries += self._claim_idle(consumer, need - len(entries))
@@ -275,6 +284,24 @@ class RedisBuffer:
                 break
         self._outstanding.update(batch.entry_ids)
         return batch
+
+    def fetch_payloads(self, entry_ids: Sequence[str]) -> list[bytes]:
+        """The encoded groups (`codec.decode_group` reads them) of stream entries `entry_ids`, read and not yet
+        acknowledged."""
+        if not entry_ids:
+            return []
+        payloads = self.client.hmget(self.keys.payloads, list(entry_ids))
+        missing = [e for e, p in zip(entry_ids, payloads, strict=True) if p is None]
+        if missing:
+            raise DataError(
+                f"{self.keys.payloads} has no payload for stream entries {missing[:3]} ({len(missing)} in all): "
+                "they were acknowledged already, or the buffer was restored from another run"
+            )
+        return payloads
+
+    def fetch_groups(self, entry_ids: Sequence[str]) -> list[Group]:
+        """The groups of stream entries `entry_ids`, decoded (see `fetch_payloads`)."""
+        return [decode_group(p) for p in self.fetch_payloads(entry_ids)]
 
     def ack(self, batch: Batch) -> int:
         """Acknowledge a batch after its optimizer step committed: its entries are deleted and counted trained.
@@ -462,16 +489,17 @@ class RedisBuffer:
         return reply[0][1] if reply else []
 
     def _admit(self, entries: list[tuple[bytes, dict]], trainer_version: int, batch: Batch) -> None:
-        """Decode entries into `batch`; acknowledge and count the stale ones."""
+        """Decode entries' summaries into `batch`; acknowledge and count the stale ones."""
         stale: list[str] = []
         for entry_id, values in entries:
+            batch.bytes_read += len(entry_id) + sum(len(k) + len(v) for k, v in values.items())
             try:
-                group = decode_group(values[b"data"])
+                summary = decode_summary(values[b"summary"])
                 version = int(values[b"version"])
-            except (KeyError, ValueError) as err:
+            except (KeyError, ValueError, DataError) as err:
                 raise DataError(f"stream {self.keys.samples} entry {entry_id.decode()} is unreadable: {err}") from err
-            if is_fresh(group, trainer_version, self.max_staleness):
-                batch.groups.append(group)
+            if is_fresh(summary, trainer_version, self.max_staleness):
+                batch.summaries.append(summary)
                 batch.entry_ids.append(entry_id.decode())
                 batch.versions.append(version)
             else:
@@ -484,7 +512,10 @@ class RedisBuffer:
         if not entry_ids:
             return 0
         return int(
-            self._settle(keys=[self.keys.samples, self.keys.counters], args=[CONSUMER_GROUP, counter, *entry_ids])
+            self._settle(
+                keys=[self.keys.samples, self.keys.counters, self.keys.payloads],
+                args=[CONSUMER_GROUP, counter, *entry_ids],
+            )
         )
 
     def _taken_of(self, owner: str) -> str:
@@ -502,8 +533,11 @@ class RedisBuffer:
             return
         args: list[str | int | bytes] = [kind, counter, version]
         for group in groups:
-            args += [self._held.get(group.group_id, ""), b"" if kind == "drop" else encode_group(group)]
-        released = int(self._release(keys=[self._taken_key, self.keys.counters, destination], args=args))
+            payload = b"" if kind == "drop" else encode_group(group)
+            summary = encode_summary(GroupSummary.of(group)) if kind == "publish" else b""
+            args += [self._held.get(group.group_id, ""), payload, summary]
+        keys = [self._taken_key, self.keys.counters, destination, self.keys.payloads]
+        released = int(self._release(keys=keys, args=args))
         for group in groups:
             self._held.pop(group.group_id, None)
         if released < len(groups):

@@ -101,3 +101,19 @@ def ray_session(cfg: ClusterConfig) -> Iterator[None]:
     finally:
         if owned:
             ray.shutdown()
+
+
+class Located:
+    """Mixin for actor bodies: the Ray node the actor runs on (the driver records where each actor landed)."""
+
+    def node_id(self) -> str:
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+
+
+def this_node_id() -> str:
+    """The Ray node of the calling process (the driver's, where it runs the router and the Redis it starts)."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id()

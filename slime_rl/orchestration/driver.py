@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 import ray
 from omegaconf import OmegaConf
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from slime_rl.buffer.server import redis_service
 from slime_rl.buffer.store import RedisBuffer
@@ -30,7 +31,7 @@ from slime_rl.observability.plots import plot_curves
 from slime_rl.observability.progress import TrainProgress
 from slime_rl.observability.watchdog import Watchdog
 from slime_rl.orchestration.batches import make_sft_batches
-from slime_rl.orchestration.cluster import ray_session
+from slime_rl.orchestration.cluster import ray_session, this_node_id
 from slime_rl.orchestration.engine_health import EngineMonitor
 from slime_rl.orchestration.engines import AWAITING_SYNC, EngineFleet
 from slime_rl.orchestration.loops import LOOPS, ROLLOUT_WORKER_RESTARTS, LoopContext, publish
@@ -99,9 +100,16 @@ def rollout_side(cfg: SlimeRLConfig, redis_url: str, placement) -> Iterator[Roll
     """Engines behind a router, the rollout worker that drives them and, with fault tolerance, their monitor."""
     with contextlib.ExitStack() as stack:
         fleet = stack.enter_context(EngineFleet(cfg.engine, cfg.model.path, placement, log_dir=cfg.run_dir / "logs"))
+        # On the driver's node, beside the router it calls (which may listen on loopback only).
+        on_driver_node = NodeAffinitySchedulingStrategy(this_node_id(), soft=False)
         worker = (
             ray.remote(RolloutWorker)
-            .options(num_cpus=0, max_concurrency=64, max_restarts=ROLLOUT_WORKER_RESTARTS)
+            .options(
+                num_cpus=0,
+                max_concurrency=64,
+                max_restarts=ROLLOUT_WORKER_RESTARTS,
+                scheduling_strategy=on_driver_node,
+            )
             .remote(
                 cfg.rollout,
                 cfg.buffer.data,
@@ -158,8 +166,14 @@ def run_training(cfg: SlimeRLConfig) -> None:
         try:
             with rollout_side(cfg, redis_url, placement) as side:
                 trainers = TrainGroup(
-                    cfg.model, cfg.trainer, cfg.algorithm, placement, loopback=cfg.cluster.address is None
+                    cfg.model,
+                    cfg.trainer,
+                    cfg.algorithm,
+                    placement,
+                    loopback=cfg.cluster.address is None,
+                    buffer=(redis_url, run_id(cfg)),
                 )
+                record_actor_nodes(run_dir / "logs", trainers, side)
                 try:
                     with (
                         contextlib.closing(open_buffer(cfg, redis_url)) as probe_buffer,
@@ -174,6 +188,25 @@ def run_training(cfg: SlimeRLConfig) -> None:
         finally:
             placement.remove()
     write_report(cfg, run_dir, metrics.jsonl_path)
+
+
+def record_actor_nodes(log_dir: Path, trainers: TrainGroup, side: RolloutSide) -> None:
+    """Write where Ray placed every actor of the run to `{log_dir}/actor_nodes.json` (node id and IP)."""
+    nodes = {
+        "driver": this_node_id(),
+        "trainer_ranks": ray.get([rank.node_id.remote() for rank in trainers.ranks]),
+        "engines": ray.get([host.node_id.remote() for host in side.fleet.hosts]),
+        "rollout_worker": ray.get(side.worker.node_id.remote()),
+    }
+    ips = {node["NodeID"]: node["NodeManagerAddress"] for node in ray.nodes() if node["Alive"]}
+    record = nodes | {"node_ips": ips}
+    (log_dir / "actor_nodes.json").write_text(json.dumps(record, indent=1))
+    logger.info(
+        "actors on %d node(s): trainer ranks on %s, engines on %s",
+        len(set(nodes["trainer_ranks"]) | set(nodes["engines"]) | {nodes["driver"]}),
+        [n[:8] for n in nodes["trainer_ranks"]],
+        [n[:8] for n in nodes["engines"]],
+    )
 
 
 def progress_probe(buffer: RedisBuffer, fleet: EngineFleet) -> Callable[[], Hashable]:

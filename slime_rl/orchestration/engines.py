@@ -30,6 +30,7 @@ from slime_rl.config.engine import EngineConfig
 from slime_rl.engines.router import Router
 from slime_rl.engines.server import EngineProcess
 from slime_rl.errors import ServiceError
+from slime_rl.orchestration.cluster import Located
 from slime_rl.orchestration.placement import Placement
 
 logger = logging.getLogger(__name__)
@@ -38,7 +39,7 @@ SERVING, DOWN, AWAITING_SYNC = "serving", "down", "awaiting_sync"
 EVENTS_FILE = "engine_events.jsonl"
 
 
-class EngineHost:
+class EngineHost(Located):
     """Actor body: one engine server process on this actor's node; `torch` threads = its bundle's CPUs."""
 
     def __init__(self, cfg: EngineConfig, model_path: str, log_path: str) -> None:

@@ -32,7 +32,7 @@ from slime_rl.buffer.store import Batch, RedisBuffer
 from slime_rl.config.root import SlimeRLConfig
 from slime_rl.errors import ServiceError
 from slime_rl.observability.watchdog import Watchdog
-from slime_rl.orchestration.batches import make_train_batches
+from slime_rl.orchestration.batches import plan_train_shares
 from slime_rl.orchestration.engine_health import EngineMonitor
 from slime_rl.orchestration.engines import AWAITING_SYNC, EngineFleet
 from slime_rl.orchestration.rollout_worker import StreamNotRunning
@@ -82,18 +82,18 @@ def read_step_batch(ctx: LoopContext, step: int, check_rollout: Callable[[], Non
     cfg = ctx.cfg
     need = cfg.rollout.rollout_batch_size
     deadline = time.monotonic() + cfg.mode.batch_timeout_s
-    batch = Batch(groups=[], entry_ids=[], versions=[])
-    while len(batch.groups) < need:
+    batch = Batch(summaries=[], entry_ids=[], versions=[])
+    while len(batch.summaries) < need:
         wait_s = min(READ_POLL_S, max(deadline - time.monotonic(), 0.0))
-        batch.extend(ctx.buffer.read_batch(TRAINER_CONSUMER, need - len(batch.groups), int(wait_s * 1000), step))
+        batch.extend(ctx.buffer.read_batch(TRAINER_CONSUMER, need - len(batch.summaries), int(wait_s * 1000), step))
         if check_rollout is not None:
             check_rollout()
         sync_restarted_engines(ctx)  # before the step's optimizer update, the trainer holds ctx.version
-        if len(batch.groups) < need and time.monotonic() >= deadline:
+        if len(batch.summaries) < need and time.monotonic() >= deadline:
             stats = ctx.buffer.snapshot()
             raise ServiceError(
                 f"step {step}: the trainer waited {cfg.mode.batch_timeout_s:.0f} s (mode.batch_timeout_s) for "
-                f"{need} groups and got {len(batch.groups)}; the buffer has {stats['in_flight']} groups in flight, "
+                f"{need} groups and got {len(batch.summaries)}; the buffer has {stats['in_flight']} groups in flight, "
                 f"{stats['partials']} partials, {stats['prompts']} prompts, dropped_filter={stats['dropped_filter']}, "
                 f"dropped_stale={stats['dropped_stale']}. Check the rollout log and the engines' logs, or raise "
                 "mode.batch_timeout_s"
@@ -103,7 +103,7 @@ def read_step_batch(ctx: LoopContext, step: int, check_rollout: Callable[[], Non
 
 def staleness_metrics(batch: Batch, trainer_version: int) -> dict[str, float]:
     """Histogram of how many versions each trained group's oldest token lags the trained policy."""
-    lags = Counter(trainer_version - group.oldest_version for group in batch.groups)
+    lags = Counter(trainer_version - group.oldest_version for group in batch.summaries)
     return {"async/staleness_max": float(max(lags, default=0))} | {
         f"async/staleness_{lag}": float(count) for lag, count in sorted(lags.items())
     }
@@ -111,10 +111,9 @@ def staleness_metrics(batch: Batch, trainer_version: int) -> dict[str, float]:
 
 def batch_reward_metrics(batch: Batch) -> dict[str, float]:
     """Reward and length statistics of the trained batch (the streaming loop has no per-step rollout record)."""
-    samples = [s for g in batch.groups for s in g.samples]
-    rewards = np.array([s.reward or 0.0 for s in samples])
-    lengths = np.array([len(s.response_ids) for s in samples])
-    if not samples:
+    rewards = np.array([r for g in batch.summaries for r in g.rewards])
+    lengths = np.array([n for g in batch.summaries for n in g.response_lens])
+    if not len(rewards):
         return {}
     return {
         "rollout/reward_mean": float(rewards.mean()),
@@ -125,22 +124,29 @@ def batch_reward_metrics(batch: Batch) -> dict[str, float]:
 
 
 def train_on_batch(ctx: LoopContext, batch: Batch, step: int) -> dict[str, float]:
-    """Advantages, DP split, one optimizer step on every rank, then acknowledge the batch."""
-    batches = make_train_batches(
-        batch.groups,
+    """Advantages, DP split, one optimizer step on every rank, then acknowledge the batch.
+
+    The driver handles the batch's summaries only; each rank reads its share's groups from the buffer.
+    `driver/bytes_read` and `driver/bytes_sent` count what passed through the driver for this step.
+    """
+    shares = plan_train_shares(
+        batch,
         ctx.cfg.algorithm,
         dp_size=ctx.cfg.trainer.data_parallel_size,
         step=step,
         partial_policy=ctx.cfg.rollout.partial_policy,
-        versions=batch.versions,
     )
-    metrics = ctx.trainers.train(batches)
+    metrics = ctx.trainers.train(shares)
     ctx.buffer.ack(batch)  # only after the optimizer step committed: a crash before this re-delivers
-    num_tokens = sum(s.num_tokens for g in batch.groups for s in g.samples)
+    num_tokens = sum(n for g in batch.summaries for n in g.num_tokens)
     return (
         metrics
         | staleness_metrics(batch, step)
-        | {"train/groups": float(len(batch.groups)), "train/tokens": num_tokens}
+        | {
+            "train/groups": float(len(batch.summaries)),
+            "train/tokens": num_tokens,
+            "driver/bytes_read": float(batch.bytes_read),
+        }
     )
 
 

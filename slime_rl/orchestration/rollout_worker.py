@@ -24,6 +24,7 @@ from slime_rl.config.rollout import RolloutConfig
 from slime_rl.engines.client import EngineClient
 from slime_rl.engines.protocol import served_context_len
 from slime_rl.errors import ServiceError
+from slime_rl.orchestration.cluster import Located
 from slime_rl.rollout.evaluate import evaluate_greedy
 from slime_rl.rollout.filters import make_group_filter
 from slime_rl.rollout.manager import RolloutManager
@@ -69,7 +70,7 @@ class StreamNotRunning(ServiceError):
     """A stream call reached a worker without a stream: Ray restarted it after it died mid-run."""
 
 
-class RolloutWorker:
+class RolloutWorker(Located):
     """One per run. `generate(version)` fills the buffer for one step; `evaluate(version)` runs the eval set."""
 
     def __init__(

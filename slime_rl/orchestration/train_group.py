@@ -4,6 +4,10 @@ Rank 0 reports its node address and a free port; every rank then joins the world
 Megatron model (`MegatronTrainer.init`). Each group method fans out to all ranks and gathers once
 (STYLE.md rule 10): all ranks take part in every collective (training, gathering weights to publish).
 
+Training data does not pass through here: `train` sends each rank its data-parallel share as a small
+msgpack `TrainShare` (entry ids and advantages), and the ranks read the groups from the buffer
+(`slime_rl.trainer.feed`).
+
 A rank that dies (its process killed, a node lost) fails the call with `TrainerRankDied` naming the rank,
 as soon as Ray reports it, even while its peers still wait for it inside a collective: the driver ends the
 run and says how to resume from the last checkpoint.
@@ -13,16 +17,20 @@ from __future__ import annotations
 
 import logging
 import socket
-from typing import Any
+from typing import Any, TypeVar
 
 import ray
 
+from slime_rl.buffer.codec import encode_share
 from slime_rl.config.algorithm import AlgorithmConfig
 from slime_rl.config.model import ModelConfig
 from slime_rl.config.trainer import TrainerConfig
 from slime_rl.errors import ServiceError
+from slime_rl.orchestration.cluster import Located
 from slime_rl.orchestration.placement import Placement
-from slime_rl.types import TrainBatch
+from slime_rl.types import TrainBatch, TrainShare
+
+T = TypeVar("T")
 
 logger = logging.getLogger(__name__)
 
@@ -31,14 +39,22 @@ class TrainerRankDied(ServiceError):
     """A trainer rank's actor died; the run cannot go on (its peers are stuck in their collectives)."""
 
 
-class TrainerRank:
+class TrainerRank(Located):
     """Actor body of one rank: holds the plain `MegatronTrainer` and forwards the driver's calls to it."""
 
     def __init__(
-        self, model: ModelConfig, trainer: TrainerConfig, algorithm: AlgorithmConfig, rank: int, world_size: int
+        self,
+        model: ModelConfig,
+        trainer: TrainerConfig,
+        algorithm: AlgorithmConfig,
+        rank: int,
+        world_size: int,
+        buffer: tuple[str, str],
     ) -> None:
         self._args = (model, trainer, algorithm, rank, world_size)
+        self._buffer = buffer  # (redis URL, run id) of the run's buffer
         self.trainer: Any = None
+        self.feed: Any = None  # TrainFeed, once the rank has joined its groups
         self.listener: socket.socket | None = None  # rank 0: the socket its store will listen on
 
     def master_address(self, loopback: bool) -> tuple[str, int]:
@@ -51,6 +67,7 @@ class TrainerRank:
 
     def init(self, master_addr: str, master_port: int) -> int:
         """Join the world and build the model; returns this rank's data-parallel rank."""
+        from slime_rl.trainer.feed import open_feed
         from slime_rl.trainer.parallel import current_layout
         from slime_rl.trainer.trainer import MegatronTrainer
 
@@ -59,10 +76,15 @@ class TrainerRank:
             model, trainer, algorithm, rank, world_size, master_addr, master_port, listener=self.listener
         )
         self.trainer.init()
+        self.feed = open_feed(*self._buffer)
         return current_layout().dp_rank
 
-    def train(self, batch: TrainBatch) -> dict[str, float]:
-        return self.trainer.train(batch)
+    def train(self, share: bytes) -> dict[str, float]:
+        """Train on this rank's share (`codec.encode_share`); adds `train/payload_bytes_read` (this rank's)."""
+        from slime_rl.buffer.codec import decode_share
+
+        batch, bytes_read = self.feed.batch(decode_share(share))
+        return self.trainer.train(batch) | {"train/payload_bytes_read": float(bytes_read)}
 
     def train_sft(self, batch: TrainBatch) -> dict[str, float]:
         return self.trainer.train_sft(batch)
@@ -84,6 +106,7 @@ class TrainGroup:
     """The trainer ranks of a run. Methods block until every rank is done and return rank 0's result.
 
     `loopback=True` (a local Ray) keeps the torch.distributed store and the weight-sync group on 127.0.0.1.
+    `buffer` is the run's (redis URL, run id): where the ranks read their training data.
     """
 
     def __init__(
@@ -94,12 +117,15 @@ class TrainGroup:
         placement: Placement,
         *,
         loopback: bool,
+        buffer: tuple[str, str],
     ) -> None:
         self.world_size = trainer.world_size
         self.data_parallel_size = trainer.data_parallel_size
         actor_cls = ray.remote(TrainerRank)
         self.ranks = [
-            actor_cls.options(**slot.options(placement.pg)).remote(model, trainer, algorithm, rank, self.world_size)
+            actor_cls.options(**slot.options(placement.pg)).remote(
+                model, trainer, algorithm, rank, self.world_size, buffer
+            )
             for rank, slot in enumerate(placement.trainer_slots)
         ]
         master_addr, master_port = ray.get(self.ranks[0].master_address.remote(loopback))
@@ -119,18 +145,25 @@ class TrainGroup:
             raise TrainerRankDied(f"trainer rank {rank} died during {what}: {cause}") from err
         return ray.get(refs)
 
-    def _data_rank_batches(self, batches: list[TrainBatch]) -> list[TrainBatch]:
-        """`batches[d]` is data-parallel rank d's batch; the TP/PP peers of one DP rank all get it."""
-        if len(batches) != self.data_parallel_size:
-            raise ValueError(f"got {len(batches)} batches for {self.data_parallel_size} data-parallel ranks")
-        return [batches[dp_rank] for dp_rank in self.dp_ranks]
+    def _per_rank(self, parts: list[T]) -> list[T]:
+        """`parts[d]` is data-parallel rank d's part; the TP/PP peers of one DP rank all get it."""
+        if len(parts) != self.data_parallel_size:
+            raise ValueError(f"got {len(parts)} parts for {self.data_parallel_size} data-parallel ranks")
+        return [parts[dp_rank] for dp_rank in self.dp_ranks]
 
-    def train(self, batches: list[TrainBatch]) -> dict[str, float]:
-        refs = [r.train.remote(b) for r, b in zip(self.ranks, self._data_rank_batches(batches), strict=True)]
-        return self._gather(refs, "train")[0]
+    def train(self, shares: list[TrainShare]) -> dict[str, float]:
+        """One step on `shares[d]` for data-parallel rank d. Returns rank 0's metrics, with
+        `driver/bytes_sent` (the encoded shares this call sent) and `train/payload_bytes_read` summed over
+        the ranks (the groups they read from the buffer)."""
+        encoded = self._per_rank([encode_share(share) for share in shares])
+        results = self._gather([r.train.remote(e) for r, e in zip(self.ranks, encoded, strict=True)], "train")
+        return results[0] | {
+            "driver/bytes_sent": float(sum(len(e) for e in encoded)),
+            "train/payload_bytes_read": sum(r["train/payload_bytes_read"] for r in results),
+        }
 
     def train_sft(self, batches: list[TrainBatch]) -> dict[str, float]:
-        refs = [r.train_sft.remote(b) for r, b in zip(self.ranks, self._data_rank_batches(batches), strict=True)]
+        refs = [r.train_sft.remote(b) for r, b in zip(self.ranks, self._per_rank(batches), strict=True)]
         return self._gather(refs, "train_sft")[0]
 
     def set_lr(self, lr: float) -> None:

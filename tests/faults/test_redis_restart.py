@@ -33,7 +33,7 @@ def carry_on(buffer: RedisBuffer, held: list) -> None:
     """Run the rest through the buffer's Lua moves and check every group is trained exactly once."""
     buffer.publish([finish(g, 0) for g in held + buffer.take_groups(5)], version=0)
     batch = buffer.read_batch("t", 5, block_ms=0, trainer_version=0)
-    assert sorted(ids(batch.groups)) == ["g2", "g3", "g4"]
+    assert sorted(ids(batch.summaries)) == ["g2", "g3", "g4"]
     buffer.ack(batch)
     stats = buffer.snapshot()
     assert (stats["issued"], stats["trained"], stats["in_flight"], stats["unaccounted"]) == (5, 5, 0, 0)

@@ -86,7 +86,8 @@ def _partials(buffer: RedisBuffer) -> list[Group]:
 
 def _published(buffer: RedisBuffer) -> list[tuple[int, Group]]:
     entries = buffer.client.xrange(buffer.keys.samples)
-    return [(int(fields[b"version"]), decode_group(fields[b"data"])) for _, fields in entries]
+    groups = buffer.fetch_groups([entry_id.decode() for entry_id, _ in entries])
+    return [(int(fields[b"version"]), group) for (_, fields), group in zip(entries, groups, strict=True)]
 
 
 def test_april_resumed_samples_continue_from_their_tokens_under_the_new_version(engine_url, buffer):
@@ -154,7 +155,7 @@ def test_april_counters_invariant_holds_over_randomised_abort_points(engine_url,
         )
         assert metrics["rollout/groups"] == target
         batch = buffer.read_batch("trainer-0", target, block_ms=0, trainer_version=version)
-        ids = [g.group_id for g in batch.groups]
+        ids = [g.group_id for g in batch.summaries]
         assert len(ids) == target and not seen & set(ids)  # never trained twice
         seen |= set(ids)
         buffer.ack(batch)

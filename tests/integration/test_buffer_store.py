@@ -73,7 +73,7 @@ def test_publish_then_read_and_ack_counts_trained(buffer):
     buffer.publish(groups, version=0)
 
     batch = buffer.read_batch("trainer-0", num_groups=2, block_ms=100, trainer_version=0)
-    assert ids(batch.groups) == ["a", "b"]
+    assert ids(batch.summaries) == ["a", "b"]
     assert batch.versions == [0, 0]
     assert buffer.queue_lengths() == {"prompts": 0, "partials": 0, "samples": 2, "pending": 2}
 
@@ -94,21 +94,21 @@ def test_read_batch_returns_what_it_has_when_block_expires(buffer):
 
     batch = buffer.read_batch("t", num_groups=4, block_ms=50, trainer_version=0)
 
-    assert ids(batch.groups) == ["a"]
+    assert ids(batch.summaries) == ["a"]
 
 
 def test_unacked_groups_are_redelivered_to_a_new_consumer_after_crash(buffer, redis_url):
     buffer.put_prompts([make_group("a"), make_group("b")])
     buffer.publish([finish(g, 0) for g in buffer.take_groups(2)], version=0)
     crashed = buffer.read_batch("trainer-old", num_groups=2, block_ms=100, trainer_version=0)
-    assert len(crashed.groups) == 2  # read, never acknowledged: the process dies here
+    assert len(crashed.summaries) == 2  # read, never acknowledged: the process dies here
 
     successor = RedisBuffer.from_url(redis_url, buffer.run_id, redelivery_idle_ms=50)
-    assert successor.read_batch("trainer-new", num_groups=2, block_ms=0, trainer_version=0).groups == []
+    assert successor.read_batch("trainer-new", num_groups=2, block_ms=0, trainer_version=0).summaries == []
     time.sleep(0.08)  # longer than redelivery_idle_ms
     batch = successor.read_batch("trainer-new", num_groups=2, block_ms=0, trainer_version=0)
 
-    assert ids(batch.groups) == ["a", "b"]
+    assert ids(batch.summaries) == ["a", "b"]
     assert successor.ack(batch) == 2
     assert buffer.ack(crashed) == 0  # the old consumer's late ack does not count twice
     assert buffer.counters()["trained"] == 2
@@ -123,7 +123,7 @@ def test_restarted_consumer_with_same_name_gets_its_unacked_groups_at_once(buffe
     restarted = RedisBuffer.from_url(redis_url, buffer.run_id)  # default idle time: minutes
     batch = restarted.read_batch("trainer-0", num_groups=1, block_ms=0, trainer_version=0)
 
-    assert ids(batch.groups) == ["a"]
+    assert ids(batch.summaries) == ["a"]
     restarted.client.close()
 
 
@@ -134,8 +134,8 @@ def test_outstanding_batch_is_not_handed_out_twice_by_the_same_reader(buffer):
     time.sleep(0.08)  # the first batch is idle past redelivery_idle_ms while it trains
     second = buffer.read_batch("t", num_groups=2, block_ms=0, trainer_version=0)
 
-    assert ids(first.groups) == ["a"]
-    assert ids(second.groups) == ["b"]
+    assert ids(first.summaries) == ["a"]
+    assert ids(second.summaries) == ["b"]
 
 
 def test_read_batch_drops_and_counts_stale_groups(redis_url):
@@ -146,7 +146,7 @@ def test_read_batch_drops_and_counts_stale_groups(redis_url):
 
     batch = buffer.read_batch("t", num_groups=3, block_ms=0, trainer_version=4)
 
-    assert ids(batch.groups) == ["g1", "g2"]  # g0 lags by 3 > 1
+    assert ids(batch.summaries) == ["g1", "g2"]  # g0 lags by 3 > 1
     assert batch.num_dropped_stale == 1
     assert buffer.counters()["dropped_stale"] == 1
     assert buffer.queue_lengths()["samples"] == 2  # the stale entry was acknowledged and deleted
@@ -210,7 +210,7 @@ def test_counters_invariant_holds_under_random_operations(buffer):
     held += buffer.take_groups(10_000)
     buffer.publish([finish(g, version) for g in held], version=version)
     time.sleep(0.02)  # past redelivery_idle_ms, so entries of crashed readers come back
-    while (batch := trainer.read_batch(consumer, 50, block_ms=0, trainer_version=version)).groups:
+    while (batch := trainer.read_batch(consumer, 50, block_ms=0, trainer_version=version)).summaries:
         trainer.ack(batch)
     for unacked in batches:
         trainer.ack(unacked)
@@ -236,7 +236,7 @@ def test_buffer_restore_state_returns_every_key_to_the_dumped_state(buffer):
     assert buffer.snapshot() == before
     assert buffer.get_version() == 0
     batch = buffer.read_batch("t", 4, block_ms=0, trainer_version=0)
-    assert sorted(g.group_id for g in batch.groups) == ["p0", "p1"]  # the stream as it was, re-readable
+    assert sorted(g.group_id for g in batch.summaries) == ["p0", "p1"]  # the stream as it was, re-readable
 
 
 def test_buffer_restore_state_deletes_keys_created_after_the_dump(buffer):

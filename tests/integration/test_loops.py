@@ -38,7 +38,7 @@ def _publish(buffer: RedisBuffer, names: list[str]) -> None:
 def test_read_step_batch_returns_the_full_batch(ctx):
     _publish(ctx.buffer, ["a", "b", "c", "d"])
     batch = read_step_batch(ctx, step=0)
-    assert [g.group_id for g in batch.groups] == ["a", "b", "c"]
+    assert [g.group_id for g in batch.summaries] == ["a", "b", "c"]
 
 
 def test_read_step_batch_short_after_the_timeout_is_an_error_naming_the_key(ctx):

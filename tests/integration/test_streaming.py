@@ -54,7 +54,7 @@ async def _reward(samples, responses) -> list[float]:
 
 
 def _published(buffer: RedisBuffer) -> list[Group]:
-    return [decode_group(fields[b"data"]) for _, fields in buffer.client.xrange(buffer.keys.samples)]
+    return buffer.fetch_groups([entry_id.decode() for entry_id, _ in buffer.client.xrange(buffer.keys.samples)])
 
 
 def _partials(buffer: RedisBuffer) -> list[Group]:

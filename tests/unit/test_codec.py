@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from slime_rl.buffer.codec import decode_group, encode_group
+from slime_rl.buffer.codec import decode_group, decode_share, decode_summary, encode_group, encode_share, encode_summary
 from slime_rl.errors import DataError
-from slime_rl.types import Group, Sample, Status
+from slime_rl.types import Group, GroupSummary, Sample, Status, TrainShare
 
 _text = st.text(max_size=8)
 _json_leaf = st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats(allow_nan=False) | _text
@@ -115,3 +115,31 @@ def test_codec_rejects_unknown_status():
 
     with pytest.raises(DataError, match="garbled"):
         decode_group(msgpack.packb(payload))
+
+
+def test_summary_and_share_round_trip():
+    group = Group(
+        group_id="g",
+        samples=[
+            Sample(uid="u0", group_id="g", index=0, prompt_ids=[1, 2], response_ids=[3], rollout_logprobs=[0.0],
+                   loss_mask=[1], reward=1.0, weight_spans=[(3, 0, 1)]),
+            Sample(uid="u1", group_id="g", index=1, prompt_ids=[1, 2], reward=None),
+        ],
+    )  # fmt: skip
+    group.samples[1].fail("engine died")
+    summary = decode_summary(encode_summary(GroupSummary.of(group)))
+    assert summary == GroupSummary(
+        group_id="g", oldest_version=0, rewards=[1.0, 0.0], scored=[True, False], num_tokens=[3, 2],
+        response_lens=[1, 0],
+    )  # fmt: skip
+    share = TrainShare(step=4, entry_ids=["1-0", "2-0"], samples=[(0, 1), (1, 0)], advantages=[0.5, -0.5])
+    back = decode_share(encode_share(share))
+    assert (back.step, back.entry_ids, back.samples, back.mask_before) == (4, ["1-0", "2-0"], [(0, 1), (1, 0)], None)
+    np.testing.assert_array_equal(back.advantages, share.advantages)
+
+
+def test_summary_and_share_reject_garbage():
+    with pytest.raises(DataError, match="group summary"):
+        decode_summary(msgpack.packb(["g", "not a version", [], [], [], []]))
+    with pytest.raises(DataError, match="train share"):
+        decode_share(msgpack.packb({"step": 1}))
