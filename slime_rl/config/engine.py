@@ -30,7 +30,9 @@ class EngineConfig:
     max_prefill_tokens: int = 4096  # prompt tokens an engine prefills per step
     dtype: str = "auto"  # auto | float32 | bfloat16 | float16; auto: native fp32 on CPU, bf16 on CUDA; SGLang's own
     weight_version: str = "0"  # version engines report until the first weight update
-    host: str = "127.0.0.1"  # bind address of engines and router
+    # Bind address of engines and router. null: each engine listens on its Ray node's IP and the router on the
+    # driver node's, as a cluster whose engines run on other machines than the driver needs.
+    host: str | None = "127.0.0.1"
     router_policy: str = "round_robin"  # round_robin | cache_aware | power_of_two | random
     startup_timeout_s: float = 300.0  # seconds to wait for an engine's /health
     request_timeout_s: float = 600.0  # seconds one HTTP request may take

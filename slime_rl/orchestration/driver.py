@@ -36,6 +36,7 @@ from slime_rl.orchestration.engine_health import EngineMonitor
 from slime_rl.orchestration.engines import AWAITING_SYNC, EngineFleet
 from slime_rl.orchestration.loops import LOOPS, ROLLOUT_WORKER_RESTARTS, LoopContext, publish
 from slime_rl.orchestration.placement import create_placement
+from slime_rl.orchestration.plan import redacted_url
 from slime_rl.orchestration.rollout_worker import RolloutWorker
 from slime_rl.orchestration.train_group import TrainerRankDied, TrainGroup
 from slime_rl.trainer import checkpoint
@@ -72,7 +73,10 @@ def prepare_run_dir(cfg: SlimeRLConfig) -> Path:
     run_dir = cfg.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     setup_logging(log_file=run_dir / "train.log")
-    OmegaConf.save(OmegaConf.structured(cfg), run_dir / "config.yaml", resolve=True)
+    saved = OmegaConf.structured(cfg)
+    if cfg.buffer.url:
+        saved.buffer.url = redacted_url(cfg.buffer.url)  # the Redis password stays out of the run dir
+    OmegaConf.save(saved, run_dir / "config.yaml", resolve=True)
     if cfg.toy.enabled:
         from slime_rl.toy.experiment import prepare_toy
 

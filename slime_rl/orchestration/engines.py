@@ -16,6 +16,7 @@ its URL across restarts. Every move is appended to `{log_dir}/engine_events.json
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import threading
@@ -43,6 +44,8 @@ class EngineHost(Located):
     """Actor body: one engine server process on this actor's node; `torch` threads = its bundle's CPUs."""
 
     def __init__(self, cfg: EngineConfig, model_path: str, log_path: str) -> None:
+        if cfg.host is None:  # listen where the router and the trainer on other nodes reach it
+            cfg = dataclasses.replace(cfg, host=ray.util.get_node_ip_address())
         self.process = EngineProcess(cfg, model_path, log_path=log_path)
 
     def start(self, port: int | None = None) -> str:
@@ -80,7 +83,7 @@ class EngineFleet:
         self.hosts: list[ray.actor.ActorHandle] = []
         self.engines: list[EngineState] = []
         self.router = Router(
-            host=cfg.host,
+            host=cfg.host or ray.util.get_node_ip_address(),  # the driver's node
             policy=cfg.router_policy,
             request_timeout_s=cfg.request_timeout_s,
             log_path=str(log_dir / "router.log"),

@@ -84,7 +84,7 @@ class EnginePlan:
     num_cpus: float
     num_gpus: float
     num_threads: int  # engine.num_threads
-    host: str  # the engine listens on host:<a free port picked at start>
+    host: str  # the engine listens on host:<a free port picked at start>; "node IP" for engine.host=null
     rank_offset: int  # its first rank in the weight-update group (the trainer is rank 0)
     num_ranks: int  # ranks it holds there: one per GPU (SGLang TP workers), one on CPU
 
@@ -299,11 +299,9 @@ def _services(nodes: list[NodeSpec], engine: EngineConfig, buffer: BufferConfig 
     driver = next((n.index for n in nodes if n.is_driver), 0)
     services = [
         ServicePlan(
-            "rollout_worker",
-            driver,
-            "Ray actor with num_cpus=0, outside the placement group; Ray picks its node (usually the driver's)",
+            "rollout_worker", driver, "Ray actor with num_cpus=0, outside the placement group, on the driver's node"
         ),
-        ServicePlan("router", driver, f"sglang-router process of the driver, on {engine.host}"),
+        ServicePlan("router", driver, f"sglang-router process of the driver, on {engine.host or 'its node IP'}"),
     ]
     if buffer is not None and buffer.url:
         services.append(ServicePlan("redis", None, f"external server buffer.url={redacted_url(buffer.url)}"))
@@ -331,10 +329,10 @@ def _reachability_warnings(
     remote = {n.index for n in nodes if n.index != driver.index and (n.address is None or n.address != driver.address)}
     warnings = []
     engine_nodes = sorted({node_of[b] for b in demand.engine_bundle} & remote)
-    if engine_nodes and _is_loopback(engine.host):
+    if engine_nodes and engine.host is not None and _is_loopback(engine.host):
         warnings.append(
             f"engines on node(s) {engine_nodes} listen on engine.host={engine.host}, which the router on the driver's "
-            "node cannot reach from another machine; set engine.host to an address the driver's node can reach"
+            "node cannot reach from another machine; set engine.host=null (each engine on its node's IP)"
         )
     trainer_nodes = sorted({node_of[r] for r in range(world)} & remote)
     embedded_host = buffer.host if buffer is not None and not buffer.url else None
@@ -376,7 +374,9 @@ def plan_placement(
     for i, b in enumerate(demand.engine_bundle):
         num_ranks = max(1, engine_gpus(engine))
         engines.append(
-            EnginePlan(i, node_of[b], b, *demand.engine_slot, engine.num_threads, engine.host, offset, num_ranks)
+            EnginePlan(
+                i, node_of[b], b, *demand.engine_slot, engine.num_threads, engine.host or "node IP", offset, num_ranks
+            )
         )
         offset += num_ranks
     return ClusterPlan(

@@ -7,6 +7,7 @@ the other reserves a placement there and checks each bundle landed on its planne
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -147,6 +148,10 @@ def test_plan_on_cpu_counts_engine_threads_and_names_the_cpu_keys():
 def test_plan_warns_when_loopback_services_meet_another_machine():
     plan = plan_placement(gpu_nodes(8, 8), gpu_trainer(tp=2, dp=4), sglang(8), colocate=False, buffer=BufferConfig())
     assert any("engine.host=127.0.0.1" in w for w in plan.warnings)
+    # engine.host=null: each engine listens on its own node's IP, which the router reaches.
+    per_node = dataclasses.replace(sglang(8), host=None)
+    plan = plan_placement(gpu_nodes(8, 8), gpu_trainer(tp=2, dp=4), per_node, colocate=False, buffer=BufferConfig())
+    assert not plan.warnings and {e.host for e in plan.engines} == {"node IP"}
     # Two Ray nodes of one machine (same IP) reach each other on loopback.
     same_host = [NodeSpec(i, 32, 8, node_id=f"n{i}", address="127.0.0.1", is_driver=i == 0) for i in range(2)]
     assert not plan_placement(same_host, gpu_trainer(tp=2, dp=4), sglang(8), colocate=False).warnings

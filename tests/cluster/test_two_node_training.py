@@ -1,11 +1,13 @@
 """A short toy training on a real two-node Ray cluster (loopback, token auth on): the trainer rank and the
-engine land on different nodes, the buffer is a Redis reached by URL, and the trainer reads its data from it."""
+engine land on different nodes, each engine listens on its node's IP, the buffer is a Redis reached by URL,
+and the trainer reads its data from it."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -22,6 +24,7 @@ def test_toy_training_on_two_ray_nodes(redis_url, tmp_path):
             sys.executable, "-m", "slime_rl.cli", "train", "experiment=toy", f"output_dir={tmp_path}",
             "toy.sft_steps=0", "eval.interval=0", f"mode.num_steps={NUM_STEPS}",
             "cluster=ray", f"cluster.address={cluster.address}", "buffer=external", f"buffer.url={redis_url}",
+            "engine.host=null",  # as on real machines: each engine on its node's IP (127.0.0.1 for both here)
         ]  # fmt: skip
         run = subprocess.run(argv, env=cluster.env, capture_output=True, text=True, timeout=600)
         assert run.returncode == 0, run.stderr[-3000:]
@@ -34,6 +37,8 @@ def test_toy_training_on_two_ray_nodes(redis_url, tmp_path):
         (engine_node,) = nodes["engines"]
         assert trainer_node != engine_node, "one CPU per node: the trainer rank and the engine need a node each"
         assert nodes["rollout_worker"] == nodes["driver"]
+        password = urlsplit(redis_url).password
+        assert password and password not in (run_dir / "config.yaml").read_text()  # buffer.url saved redacted
 
     records = read_step_records(run_dir / "metrics.jsonl")
     assert [r["step"] for r in records] == list(range(1, NUM_STEPS + 1))
