@@ -154,7 +154,8 @@ def main() -> None:
         "samples_per_s": round(statistics.median(buffer_rates)),
         "baseline_samples_per_s": round(statistics.median(baseline_rates)),
         "ratio": round(statistics.median(ratios), 2),
-        "path": "encode -> XADD+HDEL lease -> XREADGROUP (consumer group) -> decode -> XACK+XDEL",
+        "path": "encode -> XADD summary + HSET payload + HDEL lease -> XREADGROUP summaries (consumer group) -> "
+        "HMGET payloads -> decode -> XACK + XDEL + HDEL payload",
         "baseline": "pickle of Python lists -> SET -> GET -> unpickle -> DEL (pipelined)",
         "samples_per_s_repeats": [round(r) for r in buffer_rates],
         "baseline_samples_per_s_repeats": [round(r) for r in baseline_rates],
