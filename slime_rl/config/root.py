@@ -19,6 +19,7 @@ from slime_rl.config.buffer import BufferConfig
 from slime_rl.config.cluster import ClusterConfig
 from slime_rl.config.engine import EngineConfig
 from slime_rl.config.eval import EvalConfig
+from slime_rl.config.metrics import MetricsConfig
 from slime_rl.config.mode import ModeConfig
 from slime_rl.config.model import ModelConfig
 from slime_rl.config.rollout import RolloutConfig
@@ -56,6 +57,7 @@ class SlimeRLConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     toy: ToyConfig = field(default_factory=ToyConfig)
     watchdog: WatchdogConfig = field(default_factory=WatchdogConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
     def __post_init__(self) -> None:
         if self.trainer.micro_batch_size > self.rollout.rollout_batch_size * self.rollout.n_samples_per_prompt:

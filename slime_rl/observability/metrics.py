@@ -1,17 +1,25 @@
-"""Metric sinks: one JSON line per record in `metrics.jsonl`, and TensorBoard scalars.
+"""Metric sinks: one JSON line per record in `metrics.jsonl`, TensorBoard scalars and a Weights & Biases run.
 
 A record is a flat dict of namespaced scalar metrics (`rollout/…`, `train/…`, `perf/…`) logged at a step.
-Non-finite values are written as null in JSONL (JSON has no NaN) and skipped in TensorBoard.
+Non-finite values are written as null in JSONL (JSON has no NaN) and skipped in TensorBoard and W&B.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
+
+from omegaconf import OmegaConf
+
+from slime_rl.config.metrics import MetricsConfig
+from slime_rl.errors import ConfigError
+
+logger = logging.getLogger(__name__)
 
 
 class MetricsSink(Protocol):
@@ -52,14 +60,65 @@ class TensorBoardSink:
         self._writer.close()
 
 
-class MetricsLogger:
-    """Fans one record out to every sink of a run directory."""
+class WandbSink:
+    """One W&B run; `mode="offline"` writes `{wandb_dir}/wandb/offline-run-*/run-*.wandb` with no network or login."""
 
-    def __init__(self, run_dir: Path, use_tensorboard: bool = True) -> None:
+    def __init__(self, cfg: MetricsConfig, wandb_dir: Path, run_name: str | None, run_config: Any) -> None:
+        try:
+            import wandb
+        except ImportError as err:
+            raise ConfigError(
+                "metrics.wandb=true needs the wandb package, which is not installed: "
+                "pip install 'slime-rl[wandb]' (or set metrics.wandb=false)"
+            ) from err
+        wandb_dir.mkdir(parents=True, exist_ok=True)
+        self._run = wandb.init(
+            project=cfg.wandb_project,
+            entity=cfg.wandb_entity,
+            name=run_name,
+            mode=cfg.wandb_mode,  # type: ignore[arg-type]  # checked by MetricsConfig
+            dir=str(wandb_dir),
+            config=run_config,
+            settings=wandb.Settings(console="off", silent=True),  # leave stdout and logging alone
+        )
+        if cfg.wandb_mode == "offline":
+            logger.info("W&B offline run in %s; upload it with `wandb sync %s`", self.run_dir, self.run_dir)
+
+    @property
+    def run_dir(self) -> Path:
+        """The run's own folder (`…/wandb/offline-run-…` or `…/wandb/run-…`)."""
+        return Path(self._run.dir).parent
+
+    def log(self, step: int, metrics: Mapping[str, float]) -> None:
+        finite = {k: float(v) for k, v in metrics.items() if math.isfinite(float(v))}
+        self._run.log(finite, step=step)
+
+    def close(self) -> None:
+        self._run.finish()
+
+
+class MetricsLogger:
+    """Fans one record out to every sink of a run directory: JSONL always, TensorBoard and W&B as `cfg` says.
+
+    The W&B run is named `run_name`; its config panel shows the run dir's `config.yaml` when there is one (the
+    copy the driver writes, without the buffer password).
+    """
+
+    def __init__(self, run_dir: Path, cfg: MetricsConfig | None = None, *, run_name: str | None = None) -> None:
+        cfg = cfg or MetricsConfig()
         self.jsonl_path = run_dir / "metrics.jsonl"
         self._sinks: list[MetricsSink] = [JsonlSink(self.jsonl_path)]
-        if use_tensorboard:
-            self._sinks.append(TensorBoardSink(run_dir / "tensorboard"))
+        try:
+            if cfg.tensorboard:
+                self._sinks.append(TensorBoardSink(run_dir / "tensorboard"))
+            if cfg.wandb:
+                wandb_dir = Path(cfg.wandb_dir) if cfg.wandb_dir is not None else run_dir
+                saved = run_dir / "config.yaml"
+                run_config = OmegaConf.to_container(OmegaConf.load(saved)) if saved.is_file() else None
+                self._sinks.append(WandbSink(cfg, wandb_dir, run_name, run_config))
+        except BaseException:
+            self.close()
+            raise
 
     def log(self, step: int, metrics: Mapping[str, float]) -> None:
         for sink in self._sinks:

@@ -164,7 +164,7 @@ def run_training(cfg: SlimeRLConfig) -> None:
         redis_service(cfg.buffer, run_dir / "redis") as redis_url,
         ray_session(cfg.cluster),
         contextlib.closing(open_buffer(cfg, redis_url)) as buffer,
-        MetricsLogger(run_dir) as metrics,
+        MetricsLogger(run_dir, cfg.metrics, run_name=cfg.name) as metrics,
     ):
         placement = create_placement(cfg.cluster, cfg.trainer, cfg.engine)
         try:
@@ -359,7 +359,7 @@ def run_rollout_only(cfg: SlimeRLConfig) -> None:
     with (
         redis_service(cfg.buffer, run_dir / "redis") as redis_url,
         ray_session(cfg.cluster),
-        MetricsLogger(run_dir) as metrics,
+        MetricsLogger(run_dir, cfg.metrics, run_name=cfg.name) as metrics,
     ):
         placement = create_placement(cfg.cluster, cfg.trainer, cfg.engine, with_trainer=False)
         try:
