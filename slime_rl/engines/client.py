@@ -397,3 +397,41 @@ class EngineClient:
         """Drop cached prefixes; False when the server refused because requests are running."""
         response = await self._request("POST", "/flush_cache", ok_400=True)
         return response.status_code == 200
+
+    # -- profiling ----------------------------------------------------------------------------------
+
+    async def start_profile(
+        self,
+        output_dir: str | None = None,
+        num_steps: int | None = None,
+        activities: list[str] | None = None,
+        *,
+        with_stack: bool | None = None,
+        record_shapes: bool | None = None,
+        profile_by_stage: bool = False,
+    ) -> str:
+        """Start a torch profile on the server (SGLang's `/start_profile`); returns its answer, "Start profiling.".
+
+        The trace goes to `output_dir` on the server's machine (None = the server's default) after `num_steps`
+        model steps, or at `stop_profile` when None. Not retried: a start whose answer was lost has begun, and a
+        second start is refused. A refusal (already profiling) raises EngineError (SGLang answers HTTP 500).
+        """
+        body = {
+            "output_dir": output_dir,
+            "num_steps": num_steps,
+            "activities": activities,
+            "with_stack": with_stack,
+            "record_shapes": record_shapes,
+            "profile_by_stage": profile_by_stage,
+        }
+        body = {key: value for key, value in body.items() if value is not None}
+        response = await self._request("POST", "/start_profile", body, retry=False)
+        return response.text.strip()
+
+    async def stop_profile(self) -> str:
+        """Stop the profile and write its trace (SGLang's `/stop_profile`); returns the server's answer.
+
+        Raises EngineError when none is running (also after a `num_steps` profile has ended by itself).
+        """
+        response = await self._request("POST", "/stop_profile", retry=False)
+        return response.text.strip()

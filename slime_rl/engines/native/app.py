@@ -18,8 +18,9 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from slime_rl.engines.native.bodies import BadRequest, check, field, parse_generate, read_json
+from slime_rl.engines.native.bodies import BadRequest, check, field, parse_generate, parse_profile, read_json
 from slime_rl.engines.native.engine import NativeEngine
+from slime_rl.engines.native.profiler import ProfileError
 from slime_rl.engines.native.scheduler import EngineRequest, RequestUpdate
 
 logger = logging.getLogger(__name__)
@@ -290,5 +291,30 @@ def build_app(engine: NativeEngine) -> FastAPI:
         return Response(
             "Cache flushed.\n" if ok else "Requests are running; cache not flushed.\n", status_code=200 if ok else 400
         )
+
+    # SGLang answers a refused start or stop with HTTP 500 (its handler raises RuntimeError); the body here
+    # is SGLang's message instead of "Internal Server Error".
+    @app.api_route("/start_profile", methods=["GET", "POST"])
+    async def start_profile(request: Request) -> Response:
+        profile = parse_profile(await read_json(request, allow_empty=True))
+        profiler = getattr(scheduler, "profiler", None)  # the simulated engine runs no model steps
+        if profiler is None:
+            raise BadRequest("this engine runs no model steps to profile")
+        try:
+            await asyncio.wrap_future(scheduler.call(lambda: profiler.start(profile)))
+        except ProfileError as err:
+            return Response(f"{err}\n", status_code=500)
+        return Response("Start profiling.\n", status_code=200)
+
+    @app.api_route("/stop_profile", methods=["GET", "POST"])
+    async def stop_profile() -> Response:
+        profiler = getattr(scheduler, "profiler", None)
+        if profiler is None:
+            raise BadRequest("this engine runs no model steps to profile")
+        try:
+            await asyncio.wrap_future(scheduler.call(profiler.stop))
+        except ProfileError as err:
+            return Response(f"{err}\n", status_code=500)
+        return Response("Stop profiling. This will take some time.\n", status_code=200)
 
     return app

@@ -22,11 +22,14 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import time
 import uuid
 from typing import Any
 
 from fastapi import Request
 
+from slime_rl.engines.native.profiler import ACTIVITIES, ProfileRequest
 from slime_rl.engines.native.scheduler import context_error
 from slime_rl.engines.protocol import SamplingParams
 
@@ -229,3 +232,34 @@ def parse_generate(
             }
         )
     return items, is_batch
+
+
+def parse_profile(body: dict[str, Any]) -> ProfileRequest:
+    """A `/start_profile` body (SGLang's ProfileReq). Options this engine does not implement are refused when set:
+    `start_step`, `profile_by_stage`, `profile_stages`, `detailed_annotations`, and activities other than CPU/GPU.
+    `merge_profiles` is accepted: with one rank there is one trace. Unknown keys are ignored."""
+    for name in ("start_step", "profile_stages"):
+        if body.get(name) is not None:
+            raise BadRequest(f"{name} is not supported by this engine; profiling starts at the next step")
+    for name in ("profile_by_stage", "detailed_annotations"):
+        if field(body, name, bool, False):
+            raise BadRequest(f"{name}=true is not supported by this engine")
+    field(body, "merge_profiles", bool, False)
+    num_steps = field(body, "num_steps", int, None)
+    if num_steps is not None and num_steps < 1:
+        raise BadRequest(f"num_steps must be >= 1 or null, got {num_steps}")
+    activities = [
+        check(a, str, f"activities[{i}]") for i, a in enumerate(field(body, "activities", list, ["CPU", "GPU"]))
+    ]
+    unknown = sorted(set(activities) - set(ACTIVITIES))
+    if unknown or not activities:
+        raise BadRequest(f"activities must be a non-empty subset of {list(ACTIVITIES)}, got {activities}")
+    return ProfileRequest(
+        output_dir=field(body, "output_dir", str, None) or os.environ.get("SGLANG_TORCH_PROFILER_DIR", "/tmp"),
+        num_steps=num_steps,
+        activities=activities,
+        with_stack=field(body, "with_stack", bool, True),  # SGLang records stacks and shapes unless told not to
+        record_shapes=field(body, "record_shapes", bool, True),
+        profile_id=field(body, "profile_id", str, None) or str(time.time()),
+        profile_prefix=field(body, "profile_prefix", str, ""),
+    )

@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from slime_rl.engines.native.profiler import StepProfiler
 from slime_rl.engines.native.runner import ModelRunner
 from slime_rl.engines.native.sampling import make_row_sampling, sample
 from slime_rl.engines.protocol import FinishReason, SamplingParams
@@ -102,6 +103,7 @@ class Scheduler:
         self._paused = False
         self._stopping = False
         self.num_finished = 0  # requests ended (any finish reason) since start
+        self.profiler = StepProfiler()  # /start_profile, /stop_profile: driven on the model thread
         self._shared_generator = torch.Generator(device=runner.device)
         self._thread = threading.Thread(target=self._loop, name="native-engine-model", daemon=True)
 
@@ -191,6 +193,7 @@ class Scheduler:
                     future.set_exception(err)
             if self._paused:
                 continue
+            stepped = bool(self._waiting or self._running)
             try:
                 with torch.inference_mode():
                     self._admit()
@@ -199,6 +202,8 @@ class Scheduler:
             except Exception:
                 logger.exception("model step failed; aborting %d running requests", len(self._running))
                 self._abort(None, "engine step failed; see the engine log")
+            if stepped:
+                self.profiler.step()  # a num_steps profile ends here
         self._shutdown()
 
     def _has_work(self) -> bool:
