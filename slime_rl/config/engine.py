@@ -6,7 +6,7 @@ from typing import Any
 from slime_rl.config.checks import check_choice, check_min
 from slime_rl.errors import ConfigError
 
-ENGINE_KINDS = ("native", "sglang")
+ENGINE_KINDS = ("native", "sglang", "simulated")
 # engine.* keys that SGLang gets as server arguments (engines/sglang.py), by SGLang ServerArgs name.
 SGLANG_SERVER_ARGS = {
     "max_running_requests": "max_running_requests",
@@ -20,8 +20,41 @@ SGLANG_LAUNCH_ARGS = ("model_path", "host", "port")  # set from model.path, engi
 
 
 @dataclass
+class SimulatedEngineConfig:
+    """`engine.simulated`: the cost model and response lengths of kind=simulated (engines/simulated/)."""
+
+    # Cost model: a decode step over R sequences holding C context tokens in all takes a + b·R + c·C; a prefill of
+    # P prompt tokens takes d·P.
+    decode_step_base_ms: float = 10.0  # a, milliseconds per decode step
+    decode_row_ms: float = 0.2  # b, milliseconds per running sequence per decode step
+    decode_context_token_us: float = 0.0  # c, microseconds per context token per decode step
+    prefill_token_us: float = 20.0  # d, microseconds per prefilled prompt token
+    # benchmarks/decode_step_cost.py output (JSON): replaces a, b, c (and d when it has prefill_ms_per_token)
+    calibration_path: str | None = None
+    length_median: float = 64.0  # tokens: median response length (lognormal, capped at max_new_tokens)
+    length_sigma: float = 1.0  # lognormal sigma of response lengths (0: every response has the median length)
+    length_trace_path: str | None = None  # JSONL of {input_ids, response_lengths}: lengths replayed per prompt
+    seed: int = 0  # seed of the generated token ids and lengths
+    vocab_size: int = 0  # generated ids lie in [0, vocab_size); 0: the model's config.json (model.path)
+    eos_token_id: int = -1  # id that ends a response (finish reason stop); -1: the model's config.json
+    engines_per_process: int = 64  # engines one process serves (SimulatedEngines launcher; the fleet runs one each)
+
+    def __post_init__(self) -> None:
+        for key in ("decode_step_base_ms", "decode_row_ms", "decode_context_token_us", "prefill_token_us"):
+            if not getattr(self, key) >= 0:
+                raise ConfigError(f"engine.simulated.{key} must be >= 0, got {getattr(self, key)}")
+        if self.length_median < 1:
+            raise ConfigError(f"engine.simulated.length_median must be >= 1 token, got {self.length_median}")
+        if self.length_sigma < 0:
+            raise ConfigError(f"engine.simulated.length_sigma must be >= 0, got {self.length_sigma}")
+        check_min("engine.simulated.vocab_size", self.vocab_size, 0)
+        check_min("engine.simulated.eos_token_id", self.eos_token_id, -1)
+        check_min("engine.simulated.engines_per_process", self.engines_per_process, 1)
+
+
+@dataclass
 class EngineConfig:
-    kind: str = "native"  # native | sglang: engine implementation behind the router
+    kind: str = "native"  # native | sglang | simulated: engine implementation behind the router
     num_engines: int = 1  # engine servers behind the router
     device: str = "cpu"  # cpu | cuda: where each engine runs (GPUs are reserved unless cpu)
     num_threads: int = 1  # logical CPUs per engine (its Ray bundle); the native engine runs this many torch threads
@@ -37,6 +70,7 @@ class EngineConfig:
     startup_timeout_s: float = 300.0  # seconds to wait for an engine's /health
     request_timeout_s: float = 600.0  # seconds one HTTP request may take
     sglang: dict[str, Any] = field(default_factory=dict)  # kind=sglang: more ServerArgs, passed as --key value
+    simulated: SimulatedEngineConfig = field(default_factory=SimulatedEngineConfig)  # kind=simulated only
     # Fault tolerance: the driver watches every engine (its process, and `/health_generate`); a dead or hung one is
     # taken out of the router, restarted, brought to the current weight version and put back. Off: the run fails
     # at the first weight publish that meets a dead engine.
@@ -47,10 +81,6 @@ class EngineConfig:
     max_restarts: int = 5  # restarts per engine; past them it stays out and the others carry on
 
     def __post_init__(self) -> None:
-        if self.kind == "simulated":
-            raise ConfigError(
-                f"engine.kind=simulated is not available yet (nothing serves it); choose {', '.join(ENGINE_KINDS)}"
-            )
         check_choice("engine.kind", self.kind, ENGINE_KINDS)
         check_choice("engine.device", self.device, ("cpu", "cuda"))
         check_choice("engine.dtype", self.dtype, ("auto", "float32", "bfloat16", "float16"))

@@ -1,4 +1,4 @@
-"""Life cycle of one engine server process (native or SGLang): start on a free port, wait for health, stop.
+"""Life cycle of one engine server process (native, SGLang or simulated): start on a free port, wait for health, stop.
 
 Owns the child process, its port and its log file. A plain class: the Ray actor that hosts engines
 wraps it in orchestration/. Every process is started with `slime_rl.processes.spawn` (it dies with its
@@ -54,12 +54,69 @@ def native_command(cfg: EngineConfig, model_path: str, host: str, port: int) -> 
     ]
 
 
+def simulated_command(
+    cfg: EngineConfig, model_path: str, host: str, port: int, *, num_engines: int = 1, urls_file: str | None = None
+) -> list[str]:
+    """argv of `python -m slime_rl.engines.simulated` serving `num_engines` simulated engines for `cfg` from `port`
+    on (0: free ports), writing their URLs to `urls_file` if given."""
+    sim = cfg.simulated
+    argv = [
+        sys.executable,
+        "-m",
+        "slime_rl.engines.simulated",
+        "--num-engines",
+        str(num_engines),
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--model-path",
+        model_path,
+        "--max-running-requests",
+        str(cfg.max_running_requests),
+        "--max-context-len",
+        str(cfg.max_context_len),
+        "--max-prefill-tokens",
+        str(cfg.max_prefill_tokens),
+        "--weight-version",
+        cfg.weight_version,
+        "--seed",
+        str(sim.seed),
+        "--vocab-size",
+        str(sim.vocab_size),
+        "--eos-token-id",
+        str(sim.eos_token_id),
+        "--decode-step-base-ms",
+        str(sim.decode_step_base_ms),
+        "--decode-row-ms",
+        str(sim.decode_row_ms),
+        "--decode-context-token-us",
+        str(sim.decode_context_token_us),
+        "--prefill-token-us",
+        str(sim.prefill_token_us),
+        "--length-median",
+        str(sim.length_median),
+        "--length-sigma",
+        str(sim.length_sigma),
+    ]
+    if sim.calibration_path:
+        argv += ["--calibration", sim.calibration_path]
+    if sim.length_trace_path:
+        argv += ["--length-trace", sim.length_trace_path]
+    if urls_file:
+        argv += ["--urls-file", urls_file]
+    return argv
+
+
+_COMMANDS = {"native": native_command, "sglang": sglang_command, "simulated": simulated_command}
+
+
 class EngineProcess:
     """One engine server. `start()` blocks until `/health` answers 200; `url` is valid after it."""
 
     def __init__(self, cfg: EngineConfig, model_path: str, *, log_path: str | None = None) -> None:
-        if cfg.kind not in ("native", "sglang"):
-            raise ConfigError(f"engine.kind={cfg.kind!r} has no server process; EngineProcess runs native or sglang")
+        if cfg.kind not in _COMMANDS:
+            raise ConfigError(f"engine.kind={cfg.kind!r} has no server process; EngineProcess runs {sorted(_COMMANDS)}")
         self.cfg = cfg
         self.model_path = model_path
         self.log_path = Path(log_path) if log_path else None
@@ -77,8 +134,7 @@ class EngineProcess:
         return self._proc.pid if self._proc else None
 
     def command(self, port: int) -> list[str]:
-        build = native_command if self.cfg.kind == "native" else sglang_command
-        return build(self.cfg, self.model_path, self.cfg.host, port)
+        return _COMMANDS[self.cfg.kind](self.cfg, self.model_path, self.cfg.host, port)
 
     def start(self, port: int | None = None) -> str:
         """Start the server (on `port`, or a free one) and wait for it to be healthy; returns its URL.

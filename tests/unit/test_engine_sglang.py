@@ -7,7 +7,6 @@ import sys
 
 import pytest
 
-from slime_rl.config import load_config
 from slime_rl.config.engine import EngineConfig
 from slime_rl.engines.sglang import sglang_command
 from slime_rl.errors import ConfigError
@@ -66,16 +65,6 @@ def test_engine_config_sglang_keys_with_native_engine_are_rejected():
         EngineConfig(kind="native", sglang={"mem_fraction_static": 0.5})
 
 
-def test_engine_config_simulated_kind_is_rejected_as_not_available_yet():
-    with pytest.raises(ConfigError, match=r"engine.kind=simulated is not available yet.*native, sglang"):
-        EngineConfig(kind="simulated")
-
-
 def test_engine_config_unknown_device_is_rejected():
     with pytest.raises(ConfigError, match=r"engine.device='tpu' is unknown"):
         EngineConfig(device="tpu")
-
-
-def test_load_config_rejects_simulated_engine_at_load():
-    with pytest.raises(ConfigError, match="engine.kind=simulated is not available yet"):
-        load_config(["engine.kind=simulated"])

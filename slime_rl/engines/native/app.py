@@ -13,15 +13,18 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from slime_rl.engines.native.bodies import BadRequest, check, field, parse_generate, parse_profile, read_json
-from slime_rl.engines.native.engine import NativeEngine
 from slime_rl.engines.native.profiler import ProfileError
-from slime_rl.engines.native.scheduler import EngineRequest, RequestUpdate
+from slime_rl.engines.native.requests import EngineRequest, RequestUpdate
+
+if TYPE_CHECKING:  # the simulated engine serves through this app too, without importing torch
+    from slime_rl.engines.native.engine import NativeEngine
+    from slime_rl.engines.simulated.engine import SimulatedEngine
 
 logger = logging.getLogger(__name__)
 SERVER_VERSION = "slime-rl-native-0.1"
@@ -36,7 +39,9 @@ def _control(success: bool, message: str) -> JSONResponse:
     return JSONResponse({"success": success, "message": message}, status_code=200 if success else 400)
 
 
-def _response(engine: NativeEngine, item: dict[str, Any], update: RequestUpdate, started: float) -> dict[str, Any]:
+def _response(
+    engine: NativeEngine | SimulatedEngine, item: dict[str, Any], update: RequestUpdate, started: float
+) -> dict[str, Any]:
     meta: dict[str, Any] = {
         "id": item["rid"],
         "finish_reason": update.finish_reason.to_json() if update.finish_reason else None,
@@ -45,6 +50,7 @@ def _response(engine: NativeEngine, item: dict[str, Any], update: RequestUpdate,
         "cached_tokens": 0,
         "weight_version": update.weight_version,
         "e2e_latency": time.monotonic() - started,
+        **update.metrics,
     }
     if item["return_logprob"]:
         meta["output_token_logprobs"] = [
@@ -56,8 +62,9 @@ def _response(engine: NativeEngine, item: dict[str, Any], update: RequestUpdate,
     return {"text": text, "output_ids": update.output_ids, "meta_info": meta}
 
 
-def build_app(engine: NativeEngine) -> FastAPI:
-    """The FastAPI app serving `engine` (already started)."""
+def build_app(engine: NativeEngine | SimulatedEngine) -> FastAPI:
+    """The FastAPI app serving `engine` (already started): the native engine, or the simulated one, which has the
+    same attributes and methods (engines/simulated/engine.py) over a cost model instead of a model."""
     app = FastAPI(title="slime-rl native engine")
     scheduler = engine.scheduler
 
@@ -89,7 +96,7 @@ def build_app(engine: NativeEngine) -> FastAPI:
         started = time.monotonic()
         body = await read_json(request)
         items, is_batch = parse_generate(
-            body, engine.tokenizer, context_len=engine.max_context_len, vocab_size=engine.runner.vocab_size
+            body, engine.tokenizer, context_len=engine.max_context_len, vocab_size=engine.vocab_size
         )
         stream = field(body, "stream", bool, False)
         if stream and is_batch:

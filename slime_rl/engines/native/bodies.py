@@ -30,7 +30,7 @@ from typing import Any
 from fastapi import Request
 
 from slime_rl.engines.native.profiler import ACTIVITIES, ProfileRequest
-from slime_rl.engines.native.scheduler import context_error
+from slime_rl.engines.native.requests import context_error
 from slime_rl.engines.protocol import SamplingParams
 
 MAX_BODY_BYTES = 8 << 20  # a full-context batch of MAX_BATCH_SIZE short prompts is well below this

@@ -89,6 +89,10 @@ class NativeEngine:
         return self.scheduler.weight_version
 
     @property
+    def vocab_size(self) -> int:
+        return self.runner.vocab_size
+
+    @property
     def max_context_len(self) -> int:
         """Tokens per sequence this engine serves: the configured value, capped at the model's positions."""
         return self.runner.max_len

@@ -1,0 +1,109 @@
+"""Cost model of the simulated engine: seconds per decode step and per prefill, and its calibration.
+
+Owns the formula and the fit. A decode step over `rows` running sequences whose contexts sum to
+`context_tokens` takes `a + b·rows + c·context_tokens` seconds; a prefill of `tokens` prompt tokens takes
+`d·tokens` seconds. It does no timing itself; the scheduler sleeps what it returns.
+
+Calibration reads the JSON objects `benchmarks/decode_step_cost.py` prints (`step_ms` per row count at one
+`kv_len`). One file fixes the context, so `c` is not identifiable from it and the per-row cost at that context
+goes into `b` (c = 0); files at two or more `kv_len` values fit all three. That benchmark does not time
+prefill: `d` comes from a `prefill_ms_per_token` key when the object has one (benchmarks/simulator_fidelity.py
+adds it), otherwise it keeps the value given.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+# decode_step_cost.py times `steps` decode steps after WARMUP_STEPS untimed ones, starting at KV length `kv_len`.
+_DECODE_STEP_COST_WARMUP_STEPS = 5
+
+
+@dataclass(frozen=True, slots=True)
+class CostModel:
+    """Step costs in seconds (see the module docstring for the formula)."""
+
+    decode_base_s: float = 0.010  # a: fixed cost of one decode step
+    decode_row_s: float = 0.0002  # b: per running sequence
+    decode_context_token_s: float = 0.0  # c: per token of context over all running sequences
+    prefill_token_s: float = 0.00002  # d: per prompt token prefilled
+
+    def __post_init__(self) -> None:
+        for name in ("decode_base_s", "decode_row_s", "decode_context_token_s", "prefill_token_s"):
+            value = getattr(self, name)
+            if not value >= 0:  # also refuses NaN
+                raise ValueError(f"cost model {name} must be >= 0 seconds, got {value}")
+
+    def decode_s(self, rows: int, context_tokens: int) -> float:
+        """Seconds of one decode step over `rows` sequences holding `context_tokens` tokens in all."""
+        if rows == 0:
+            return 0.0
+        return self.decode_base_s + self.decode_row_s * rows + self.decode_context_token_s * context_tokens
+
+    def prefill_s(self, tokens: int) -> float:
+        """Seconds to prefill `tokens` prompt tokens."""
+        return self.prefill_token_s * tokens
+
+
+def _points(result: dict[str, Any]) -> list[tuple[int, float, float]]:
+    """(rows, mean context tokens over all rows, step seconds) of one decode_step_cost result."""
+    if result.get("benchmark") != "decode_step_cost" or not isinstance(result.get("step_ms"), dict):
+        raise ValueError("not a decode_step_cost result: expected 'benchmark': 'decode_step_cost' and a 'step_ms' map")
+    mean_kv = result["kv_len"] + _DECODE_STEP_COST_WARMUP_STEPS + (result["steps"] - 1) / 2
+    return [(int(rows), int(rows) * mean_kv, ms / 1000) for rows, ms in result["step_ms"].items()]
+
+
+def calibrate(results: list[dict[str, Any]], base: CostModel | None = None) -> CostModel:
+    """Fit a, b, c (least squares, none negative) to decode_step_cost results; d from `prefill_ms_per_token`.
+
+    Coefficients the data cannot determine keep `base`'s value for d and are 0 for c (one kv_len).
+    Raises ValueError for input that is not such a result or holds fewer than two row counts.
+    """
+    base = base or CostModel()
+    if not results:
+        raise ValueError("calibration needs at least one decode_step_cost result")
+    points = [p for result in results for p in _points(result)]
+    if len({rows for rows, _, _ in points}) < 2:
+        raise ValueError("calibration needs step times at two or more row counts")
+    rows = np.array([p[0] for p in points], dtype=float)
+    context = np.array([p[1] for p in points], dtype=float)
+    seconds = np.array([p[2] for p in points], dtype=float)
+    columns = {"a": np.ones_like(rows), "b": rows, "c": context}
+    if len({r["kv_len"] for r in results}) < 2:
+        del columns["c"]  # collinear with rows at one context length
+    fit: dict[str, float] = {}
+    while columns:  # drop a coefficient that comes out negative and refit the rest
+        names = list(columns)
+        coef, *_ = np.linalg.lstsq(np.stack([columns[n] for n in names], axis=1), seconds, rcond=None)
+        fit = dict(zip(names, (float(x) for x in coef), strict=True))
+        negative = [n for n in names if fit[n] < 0]
+        if not negative:
+            break
+        del columns[min(negative, key=fit.__getitem__)]
+        fit = {}
+    prefill = [r["prefill_ms_per_token"] / 1000 for r in results if "prefill_ms_per_token" in r]
+    return CostModel(
+        decode_base_s=fit.get("a", 0.0),
+        decode_row_s=fit.get("b", 0.0),
+        decode_context_token_s=fit.get("c", 0.0),
+        prefill_token_s=sum(prefill) / len(prefill) if prefill else base.prefill_token_s,
+    )
+
+
+def calibrate_files(paths: list[str], base: CostModel | None = None) -> CostModel:
+    """`calibrate` over JSON files, each holding one decode_step_cost object (the benchmark's output line)."""
+    results = []
+    for path in paths:
+        try:
+            results.append(json.loads(Path(path).read_text()))
+        except (OSError, ValueError) as err:
+            raise ValueError(f"calibration file {path}: {err}") from err
+    try:
+        return calibrate(results, base)
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"calibration files {', '.join(paths)}: {err}") from err
