@@ -69,7 +69,7 @@ def loopback_ray_cluster(num_nodes: int = 2, num_cpus_per_node: int = 1) -> Iter
         )
         for _ in range(num_nodes - 1):
             cluster.add_node(node_ip_address="127.0.0.1", num_cpus=num_cpus_per_node, num_gpus=0)
-        cluster.wait_for_nodes()
+        cluster.wait_for_nodes(timeout=120)  # Ray's default 30 s is too short on two busy cores
         nodes = cluster.list_all_nodes()
         for node in nodes:
             for infos in node.all_processes.values():
