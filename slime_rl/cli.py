@@ -1,4 +1,4 @@
-"""`slime-rl` command line: train, rollout, plan, doctor, buffer stats, export-hf.
+"""`slime-rl` command line: train, rollout, profile-rollout, plan, doctor, buffer stats, export-hf.
 
 `train`, `rollout` and `plan` take Hydra overrides (`slime-rl train experiment=toy rollout.max_new_tokens=32`,
 `slime-rl train --cfg job` prints the resolved config). With `-m` (a Hydra multirun) each job's `name` gets
@@ -13,6 +13,7 @@ import os
 import sys
 import tempfile
 from collections.abc import Callable
+from pathlib import Path
 
 from hydra.errors import HydraException, MissingConfigException, OverrideParseException
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
@@ -29,6 +30,9 @@ USAGE = """usage: slime-rl <command> [args]
 commands:
   train [overrides...]      run RL training (Hydra overrides, e.g. experiment=toy mode=fully_async)
   rollout [overrides...]    run rollout alone: fill the buffer with scored groups, no trainer
+  profile-rollout [overrides...]  profile the rollout side: profile.json, trace.json, report.html in the run dir
+                            (profile.sweep='["rollout=april","rollout=default"]' or -m compares settings)
+  profile-rollout --compare DIR...  compare profiled run dirs: sweep.json, sweep_report.html (--out DIR)
   plan [overrides...]       print where every actor of the run would go (JSON), starting nothing
   doctor [--json] [overrides...]  check versions, GPUs, Redis and Ray nodes; print each problem with its fix
   buffer stats              print a run's buffer counters and queue lengths
@@ -100,6 +104,42 @@ def _rollout(cfg: SlimeRLConfig) -> None:
     from slime_rl.orchestration.driver import run_rollout_only
 
     run_rollout_only(cfg)
+
+
+def _profile_rollout(argv: list[str]) -> None:
+    if argv and argv[0] == "--compare":
+        parser = argparse.ArgumentParser(prog="slime-rl profile-rollout --compare")
+        parser.add_argument("run_dirs", nargs="+", type=Path, help="run dirs holding profile.json")
+        parser.add_argument("--out", type=Path, help="where sweep.json and sweep_report.html go (default: cwd)")
+        args = parser.parse_args(argv[1:])
+        from slime_rl.profiling.sweep import write_comparison
+
+        print(write_comparison(args.run_dirs, args.out or Path.cwd()))
+        return
+    from slime_rl.orchestration.profile_run import run_profile, run_sweep
+
+    if any(arg.startswith("profile.sweep=") for arg in argv):  # composes each setting itself, outside Hydra's app
+        cfg = load_config(argv)
+        _check_model(cfg)
+        check_runnable(cfg.cluster)
+        _, out_dir = run_sweep(cfg, argv)
+        print(out_dir / "sweep_report.html")
+        return
+    run_dirs: list[Path] = []
+
+    def profile(cfg: SlimeRLConfig) -> None:
+        _check_model(cfg)
+        check_runnable(cfg.cluster)
+        run_dirs.append(run_profile(cfg))
+
+    _hydra_command(argv, profile, "profile-rollout")
+    for run_dir in run_dirs:
+        print(run_dir / "report.html")
+    if len(run_dirs) > 1:  # a Hydra -m sweep: compare its jobs ({name}_{k}) in {output_dir}/{name}_sweep
+        from slime_rl.profiling.sweep import write_comparison
+
+        first = run_dirs[0]
+        print(write_comparison(run_dirs, first.parent / f"{first.name.rsplit('_', 1)[0]}_sweep"))
 
 
 def _plan(cfg: SlimeRLConfig) -> None:
@@ -207,6 +247,8 @@ def main(argv: list[str] | None = None) -> None:
             _hydra_command(rest, _train, "train")
         elif command == "rollout":
             _hydra_command(rest, _rollout, "rollout")
+        elif command == "profile-rollout":
+            _profile_rollout(rest)
         elif command == "plan":
             _plan_command(rest)
         elif command == "doctor":

@@ -22,6 +22,7 @@ from slime_rl.config.eval import EvalConfig
 from slime_rl.config.metrics import MetricsConfig
 from slime_rl.config.mode import ModeConfig
 from slime_rl.config.model import ModelConfig
+from slime_rl.config.profile import ProfileConfig
 from slime_rl.config.rollout import RolloutConfig
 from slime_rl.config.toy import ToyConfig
 from slime_rl.config.trainer import TrainerConfig
@@ -57,6 +58,7 @@ class SlimeRLConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     toy: ToyConfig = field(default_factory=ToyConfig)
     watchdog: WatchdogConfig = field(default_factory=WatchdogConfig)
+    profile: ProfileConfig = field(default_factory=ProfileConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
     def __post_init__(self) -> None:

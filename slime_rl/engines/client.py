@@ -30,6 +30,7 @@ import functools
 import json
 import logging
 import ssl
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -47,6 +48,20 @@ POOL_CONNECTIONS = 4  # concurrent requests per httpx pool before another pool i
 # What parsing a body that is not JSON, or not the shape expected, raises (json, dict/list access, int()).
 _MALFORMED = (ValueError, KeyError, TypeError, IndexError, AttributeError)
 T = TypeVar("T")
+# One `generate` call as `EngineClient.lifecycles` records it (wall-clock seconds, time.time()); the last three
+# come from the engine's meta_info (None when it does not report them).
+REQUEST_RECORD = (
+    "rid",
+    "sent_s",
+    "answered_s",
+    "prompt_tokens",
+    "completion_tokens",
+    "finish",
+    "weight_version",
+    "engine_e2e_s",
+    "engine_queue_s",
+    "engine_ttft_s",
+)
 
 
 @functools.cache
@@ -142,6 +157,9 @@ class EngineClient:
         self.backoff_s = backoff_s
         self._pools: list[httpx.AsyncClient] = []
         self._in_flight: list[int] = []  # requests in flight per pool
+        # Profiling (slime_rl/profiling/lifecycles.py reads it): when a list, every `generate` appends one
+        # `REQUEST_RECORD` tuple. A tuple append and two clock reads per request; None costs one test.
+        self.lifecycles: list[tuple] | None = None
 
     async def __aenter__(self) -> EngineClient:
         return self
@@ -228,8 +246,26 @@ class EngineClient:
 
     async def generate(self, request: GenerateRequest) -> GenerateOutput:
         """Generate for one sequence; an aborted request returns normally with finish_reason `abort`."""
+        sent = time.time()
         response = await self._request("POST", "/generate", request.to_json())
-        return _parse_json(f"POST {self.base_url}/generate", response.text, GenerateOutput.from_json)
+        output = _parse_json(f"POST {self.base_url}/generate", response.text, GenerateOutput.from_json)
+        if self.lifecycles is not None:
+            finish = output.finish_reason.type if output.finish_reason else "none"
+            self.lifecycles.append(
+                (
+                    output.rid,
+                    sent,
+                    time.time(),
+                    output.prompt_tokens,
+                    len(output.output_ids),
+                    finish,
+                    output.weight_version,
+                    output.e2e_latency_s,
+                    output.queue_time_s,
+                    output.first_token_latency_s,
+                )
+            )
+        return output
 
     async def generate_stream(self, request: GenerateRequest) -> AsyncIterator[GenerateOutput]:
         """Yield cumulative outputs as tokens arrive; the last one has a `finish_reason`. Not retried."""

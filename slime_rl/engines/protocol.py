@@ -132,6 +132,8 @@ class GenerateOutput:
     prompt_tokens: int
     weight_version: str
     e2e_latency_s: float = 0.0
+    queue_time_s: float | None = None  # meta_info `queue_time`: SGLang with --enable-metrics; None if not reported
+    first_token_latency_s: float | None = None  # meta_info `first_token_latency`, same condition
 
     def __post_init__(self) -> None:
         if self.output_logprobs and len(self.output_logprobs) != len(self.output_ids):
@@ -157,6 +159,10 @@ class GenerateOutput:
             prompt_tokens=int(meta["prompt_tokens"]),
             weight_version=str(meta.get("weight_version", "default")),
             e2e_latency_s=float(meta.get("e2e_latency", 0.0)),
+            queue_time_s=float(meta["queue_time"]) if meta.get("queue_time") is not None else None,
+            first_token_latency_s=(
+                float(meta["first_token_latency"]) if meta.get("first_token_latency") is not None else None
+            ),
         )
 
 

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import httpx
 import ray
@@ -352,8 +353,19 @@ def write_report(cfg: SlimeRLConfig, run_dir: Path, metrics_path: Path) -> None:
     logger.info("run finished: %s", json.dumps(summary))
 
 
-def run_rollout_only(cfg: SlimeRLConfig) -> None:
-    """Rollout without a trainer (debugging, data generation): `mode.num_steps` batches into the buffer."""
+class RolloutObserver(Protocol):
+    """Watches `run_rollout_only` from the driver (the profiler, orchestration/profile_run.py)."""
+
+    def started(self, side: RolloutSide) -> None: ...
+    def before_step(self, side: RolloutSide, step: int) -> int: ...  # returns the weight version to generate with
+    def after_step(self, side: RolloutSide, step: int, record: dict[str, float]) -> None: ...
+    def finished(self, side: RolloutSide) -> None: ...  # also after an error
+
+
+def run_rollout_only(cfg: SlimeRLConfig, observer: RolloutObserver | None = None, num_steps: int | None = None) -> None:
+    """Rollout without a trainer (debugging, data generation, profiling): `num_steps` (default `mode.num_steps`)
+    batches into the buffer, under `observer` when given."""
+    num_steps = cfg.mode.num_steps if num_steps is None else num_steps
     run_dir = prepare_run_dir(cfg)
     check_model_path(cfg.model)  # before any service starts: a missing model would stall the engines
     with (
@@ -364,13 +376,21 @@ def run_rollout_only(cfg: SlimeRLConfig) -> None:
         placement = create_placement(cfg.cluster, cfg.trainer, cfg.engine, with_trainer=False)
         try:
             with rollout_side(cfg, redis_url, placement) as side:
-                for step in range(cfg.mode.num_steps):
-                    for url in side.fleet.urls_in(AWAITING_SYNC):  # a restarted engine holds model.path: as served
-                        side.fleet.put_back(url, version=0)
-                    metrics.log(step + 1, ray.get(side.worker.generate.remote(0)))
+                if observer is not None:
+                    observer.started(side)
+                try:
+                    for step in range(num_steps):
+                        version = observer.before_step(side, step) if observer is not None else 0
+                        for url in side.fleet.urls_in(AWAITING_SYNC):  # a restarted engine holds model.path
+                            side.fleet.put_back(url, version=version)
+                        record = ray.get(side.worker.generate.remote(version))
+                        metrics.log(step + 1, record)
+                        if observer is not None:
+                            observer.after_step(side, step, record)
+                finally:
+                    if observer is not None:
+                        observer.finished(side)
                 where = cfg.buffer.url.split("@")[-1] if cfg.buffer.url else f"{run_dir / 'redis'} (AOF)"
-                logger.info(
-                    "rollout finished: %d steps; groups kept in %s, run id %s", cfg.mode.num_steps, where, run_id(cfg)
-                )
+                logger.info("rollout finished: %d steps; groups kept in %s, run id %s", num_steps, where, run_id(cfg))
         finally:
             placement.remove()

@@ -150,6 +150,17 @@ class RolloutWorker(Located):
     def decode(self, ids: np.ndarray) -> str:
         return self.tokenizer.decode(ids.tolist(), skip_special_tokens=True)
 
+    def start_profiling(self) -> None:
+        """Record every `/generate` through the router and the manager's step/buffer/reward/abort intervals."""
+        self.router.lifecycles = []
+        self.manager.timeline = []
+
+    def take_profile(self) -> tuple[list[tuple], list[tuple[str, float, float]]]:
+        """The request records and intervals since the last call (see `start_profiling`), then empties them."""
+        requests, self.router.lifecycles = self.router.lifecycles or [], []
+        timeline, self.manager.timeline = self.manager.timeline or [], []
+        return requests, timeline
+
     async def generate(self, version: int, num_groups: int | None = None) -> dict[str, float]:
         return await self.manager.generate(version, num_groups)
 

@@ -18,9 +18,10 @@ buffer's counters invariant holds across aborts and failures. Knows nothing abou
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -72,6 +73,20 @@ class RolloutManager:
         self.sampling = SamplingParams(
             max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k
         )
+        # Profiling: when a list, `(kind, start_s, end_s)` wall-clock intervals are appended, kind one of `step`,
+        # `buffer` (take, settle), `reward`, `abort_wait` (slime_rl/profiling/lifecycles.py reads them).
+        self.timeline: list[tuple[str, float, float]] | None = None
+
+    @contextlib.contextmanager
+    def _timed(self, kind: str) -> Iterator[None]:
+        if self.timeline is None:
+            yield
+            return
+        start = time.time()
+        try:
+            yield
+        finally:
+            self.timeline.append((kind, start, time.time()))
 
     @property
     def groups_in_flight_target(self) -> int:
@@ -92,9 +107,24 @@ class RolloutManager:
         semaphore = asyncio.Semaphore(self.cfg.max_concurrent_requests)
         stop = asyncio.Event()
         tasks: dict[asyncio.Task[Group], Group] = {}
+        with self._timed("step"):
+            await self._fill(target, state, semaphore, stop, tasks)
+        return rollout_metrics(state, time.perf_counter() - start)
+
+    async def _fill(
+        self,
+        target: int,
+        state: StepState,
+        semaphore: asyncio.Semaphore,
+        stop: asyncio.Event,
+        tasks: dict[asyncio.Task[Group], Group],
+    ) -> None:
+        version = state.version
         try:
             while len(state.published) < target:
-                for group in self.take(self._num_to_take(state, len(tasks), target), state):
+                with self._timed("buffer"):
+                    taken = self.take(self._num_to_take(state, len(tasks), target), state)
+                for group in taken:
                     tasks[asyncio.create_task(self._run_group(group, version, semaphore, stop))] = group
                 if not tasks:
                     if not self.settler.keep_rejected_when_starved(state):
@@ -103,12 +133,13 @@ class RolloutManager:
                 done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
                 for task in done:
                     target_met = len(state.published) >= target
-                    self.settler.settle(tasks.pop(task), state, target_met=target_met)
+                    with self._timed("buffer"):
+                        self.settler.settle(tasks.pop(task), state, target_met=target_met)
         finally:
             if tasks:
-                state.abort_wait_s = await self._abort_and_recycle(tasks, stop, state)
+                with self._timed("abort_wait"):
+                    state.abort_wait_s = await self._abort_and_recycle(tasks, stop, state)
             self.settler.close(state)
-        return rollout_metrics(state, time.perf_counter() - start)
 
     def _num_to_take(self, state: StepState, num_in_flight: int, target: int) -> int:
         # Without APRIL only as many groups as still needed are in flight; with it, the over-sampling target.
@@ -143,7 +174,8 @@ class RolloutManager:
                 serving=self.serving,
             )
         if group.is_finished:
-            await self.score_group(group)
+            with self._timed("reward"):
+                await self.score_group(group)
         return group
 
     async def score_group(self, group: Group) -> None:

@@ -1,0 +1,26 @@
+"""Rollout profiler settings (`profile` group; `slime-rl profile-rollout`)."""
+
+from dataclasses import dataclass, field
+
+from slime_rl.errors import ConfigError
+
+
+@dataclass
+class ProfileConfig:
+    num_steps: int = 3  # rollout steps profiled (each publishes rollout.rollout_batch_size groups)
+    republish_every: int = 0  # steps between version-only weight updates (/update_weight_version); 0 = never
+    load_poll_interval_s: float = 0.1  # seconds between polls of each engine's /v1/loads (utilisation, bubbles)
+    tail_fraction: float = 0.5  # decode counts as long-tail wait while requests in flight < this x the step's peak
+    # Each entry is one setting of a sweep: space-separated overrides on top of the command line's, e.g.
+    # ["rollout=april", "rollout=default"]. Empty = profile the command line's config once.
+    sweep: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.num_steps < 1:
+            raise ConfigError(f"profile.num_steps must be >= 1, got {self.num_steps}")
+        if self.republish_every < 0:
+            raise ConfigError(f"profile.republish_every must be >= 0 steps (0 = never), got {self.republish_every}")
+        if self.load_poll_interval_s <= 0:
+            raise ConfigError(f"profile.load_poll_interval_s must be > 0 seconds, got {self.load_poll_interval_s}")
+        if not 0.0 < self.tail_fraction <= 1.0:
+            raise ConfigError(f"profile.tail_fraction must be in (0, 1], got {self.tail_fraction}")
