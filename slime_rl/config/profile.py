@@ -2,6 +2,7 @@
 
 from dataclasses import dataclass, field
 
+from slime_rl.config.checks import check_choice
 from slime_rl.errors import ConfigError
 
 
@@ -9,6 +10,9 @@ from slime_rl.errors import ConfigError
 class ProfileConfig:
     num_steps: int = 3  # rollout steps profiled (each publishes rollout.rollout_batch_size groups)
     republish_every: int = 0  # steps between version-only weight updates (/update_weight_version); 0 = never
+    # between_steps: the update runs before the step, engines idle. in_flight: it interrupts the step halfway (by
+    # the previous step's time) as an SGLang-style pause: /pause_generation retract, update, /continue_generation.
+    republish_mode: str = "between_steps"
     load_poll_interval_s: float = 0.1  # seconds between polls of each engine's /v1/loads (utilisation, bubbles)
     tail_fraction: float = 0.5  # decode counts as long-tail wait while requests in flight < this x the step's peak
     # Each entry is one setting of a sweep: space-separated overrides on top of the command line's, e.g.
@@ -20,6 +24,7 @@ class ProfileConfig:
             raise ConfigError(f"profile.num_steps must be >= 1, got {self.num_steps}")
         if self.republish_every < 0:
             raise ConfigError(f"profile.republish_every must be >= 0 steps (0 = never), got {self.republish_every}")
+        check_choice("profile.republish_mode", self.republish_mode, ("between_steps", "in_flight"))
         if self.load_poll_interval_s <= 0:
             raise ConfigError(f"profile.load_poll_interval_s must be > 0 seconds, got {self.load_poll_interval_s}")
         if not 0.0 < self.tail_fraction <= 1.0:

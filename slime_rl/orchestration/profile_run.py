@@ -3,8 +3,11 @@
 The profiler turns on the rollout worker's capture (`RolloutWorker.start_profiling`: one record per
 `/generate`, the manager's step/buffer/reward/abort intervals), polls every engine's `/v1/loads` on a thread,
 and after each step collects the records. Every `profile.republish_every` steps it republishes the weights as
-a version-only update (`/update_weight_version` on each serving engine, between steps: the same weights under
-a new version, so partials resume under a newer version as after a real publish). At the end it writes
+a version-only update (`/update_weight_version` on each serving engine: the same weights under a new
+version, so partials resume under a newer version as after a real publish), either before the step
+(`republish_mode=between_steps`) or halfway through it, judged by the previous step's time (`in_flight`):
+`/pause_generation` in `retract` mode holds the running requests, then the update, then
+`/continue_generation`, the in-place pause SGLang serves for weight updates under load. At the end it writes
 `profile.json`, `trace.json` and `report.html` into the run dir (slime_rl/profiling/ does the analysis).
 With `profile.sweep` it profiles each setting in turn, as run `{name}_{k}`, and then compares them
 (`sweep.json`, `sweep_report.html` in `{output_dir}/{name}_sweep`).
@@ -104,6 +107,8 @@ class ProfileObserver:
         self.finished_before: list[int] = []
         self.finished_after: list[int] = []
         self.poller: LoadPoller | None = None
+        self.pending: threading.Thread | None = None  # an in-flight republish of the running step
+        self.pending_errors: list[BaseException] = []
 
     def started(self, side: RolloutSide) -> None:
         self.engine_urls = list(side.fleet.engine_urls)
@@ -113,24 +118,60 @@ class ProfileObserver:
 
     def before_step(self, side: RolloutSide, step: int) -> int:
         every = self.cfg.profile.republish_every
-        if every and step and step % every == 0:
-            self.republish(side.fleet.serving_urls(), self.version + 1)
-        return self.version
+        if not (every and step and step % every == 0):
+            return self.version
+        urls, version = side.fleet.serving_urls(), self.version + 1
+        if self.cfg.profile.republish_mode == "between_steps":
+            self.republish(urls, version, pause=False)
+            return self.version
+        delay_s = self.steps[-1].time_s / 2 if self.steps else 0.0
+        errors: list[BaseException] = []
 
-    def republish(self, urls: list[str], version: int) -> None:
-        """A version-only weight update on every serving engine, timed as a weight-update interval."""
+        def republish_later() -> None:
+            time.sleep(delay_s)
+            try:
+                self.republish(urls, version, pause=True)
+            except (httpx.HTTPError, OSError) as err:  # raised on the driver's thread after the step
+                errors.append(err)
+
+        self.pending = threading.Thread(target=republish_later, name="profile-republish", daemon=True)
+        self.pending_errors = errors
+        self.pending.start()
+        return self.version  # the step starts under the old version; the engines switch mid-step
+
+    def republish(self, urls: list[str], version: int, *, pause: bool) -> None:
+        """A version-only weight update on every serving engine (paused in place around it when `pause`), timed
+        as a weight-update interval."""
         start = time.time()
         with httpx.Client(timeout=self.cfg.engine.request_timeout_s) as client:
-            for url in urls:
-                response = client.post(f"{url}/update_weight_version", json={"new_version": str(version)})
-                response.raise_for_status()
+
+            def post(path: str, body: dict[str, object]) -> None:
+                for url in urls:
+                    client.post(f"{url}{path}", json=body).raise_for_status()
+
+            if pause:
+                post("/pause_generation", {"mode": "retract"})
+            try:
+                post("/update_weight_version", {"new_version": str(version)})
+            finally:
+                if pause:
+                    post("/continue_generation", {})
         self.weight_updates.append(Interval("weight_update", start, time.time()))
         self.version = version
 
     def after_step(self, side: RolloutSide, step: int, record: dict[str, float]) -> None:
+        if self.pending is not None:  # the pause may outlast a short step: it belongs to this one
+            self.pending.join()
+            self.pending = None
+            if self.pending_errors:
+                raise self.pending_errors[0]
         records, timeline = ray.get(side.worker.take_profile.remote())
         requests = lifecycles_from_records(records, self.seen_rids)
-        self.steps.append(step_from_records(step, requests, timeline, record))
+        profiled = step_from_records(step, requests, timeline, record)
+        profiled.intervals += [
+            u for u in self.weight_updates if u.end_s > profiled.start_s and u.start_s < profiled.end_s
+        ]
+        self.steps.append(profiled)
 
     def finished(self, side: RolloutSide) -> None:
         if self.poller is not None:
@@ -182,6 +223,7 @@ def settings_of(cfg: SlimeRLConfig, overrides: list[str]) -> dict[str, object]:
         "engine_kind": cfg.engine.kind,
         "num_steps": cfg.profile.num_steps,
         "republish_every": cfg.profile.republish_every,
+        "republish_mode": cfg.profile.republish_mode,
     }
 
 

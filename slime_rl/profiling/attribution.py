@@ -3,6 +3,7 @@
 A sweep over the step window `[start, end)` (the manager's `generate` call) classifies every instant `t` by
 the first rule that holds (requests and their phases as `lifecycles.py` defines them):
 
+0. `weight_update_pause`: a weight update (profile.republish_mode=in_flight) holds the engines paused.
 1. `abort_wait`: the manager is aborting (APRIL's abort at the target, or a failure): from `abort_all` until
    every aborted request returned and the engines report no load.
 2. Requests in flight (`n(t) > 0`, sent and not answered). The instant is shared among them by phase: a share
@@ -25,6 +26,7 @@ from collections.abc import Sequence
 from slime_rl.profiling.lifecycles import Interval, LoadSample, RequestLifecycle
 
 CATEGORIES = (
+    "weight_update_pause",
     "useful_decode",
     "long_tail",
     "queueing",
@@ -34,7 +36,7 @@ CATEGORIES = (
     "buffer_io",
     "rollout_overhead",
 )
-_COUNTERS = ("queued", "prefill", "decode", "abort_wait", "reward", "buffer")
+_COUNTERS = ("queued", "prefill", "decode", "weight_update", "abort_wait", "reward", "buffer")
 
 
 def _events(
@@ -83,7 +85,9 @@ def attribute_step(
         dt = at - t
         if dt > 0:
             n = counts["queued"] + counts["prefill"] + counts["decode"]
-            if counts["abort_wait"]:
+            if counts["weight_update"]:
+                out["weight_update_pause"] += dt
+            elif counts["abort_wait"]:
                 out["abort_wait"] += dt
             elif n:
                 out["queueing"] += dt * counts["queued"] / n

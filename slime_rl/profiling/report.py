@@ -19,6 +19,7 @@ from slime_rl.profiling.attribution import CATEGORIES
 from slime_rl.profiling.lifecycles import Profile, response_lengths
 
 COLORS = {
+    "weight_update_pause": "#ef6c00",
     "useful_decode": "#2e7d32",
     "long_tail": "#c62828",
     "queueing": "#f9a825",

@@ -33,6 +33,7 @@ def run_dir(tmp_path_factory):
         "trainer.micro_batch_size=8",
         f"profile.num_steps={NUM_STEPS}",
         "profile.republish_every=2",
+        "profile.republish_mode=in_flight",  # pause/update/continue while step 2 runs
         "profile.load_poll_interval_s=0.02",
     ]
     result = subprocess.run(
@@ -56,7 +57,8 @@ def test_profile_rollout_writes_profile_json_whose_attribution_sums_to_step_time
         assert set(step["seconds"]) == set(CATEGORIES)
         assert sum(step["seconds"].values()) == pytest.approx(step_time, rel=1e-6, abs=1e-6)
     assert profile["latency"]["e2e_s"]["p50"] <= profile["latency"]["e2e_s"]["p99"]
-    assert len(profile["weight_updates"]) == 1  # republished before step 2
+    assert len(profile["weight_updates"]) == 1  # republished during step 2
+    assert profile["attribution"]["total"]["weight_update_s"] > 0
 
 
 def test_profile_rollout_writes_a_well_formed_trace(run_dir):

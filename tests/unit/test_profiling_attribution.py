@@ -29,6 +29,7 @@ def test_attribute_step_splits_queue_decode_tail_reward_buffer_and_overhead():
     # [8,9) reward; [9,9.5) buffer; [9.5,10) overhead. The reward during [2,3) hides behind generation.
     assert out == pytest.approx(
         {
+            "weight_update_pause": 0.0,
             "useful_decode": 3.5,
             "long_tail": 4.0,
             "queueing": 0.5,
@@ -80,3 +81,12 @@ def test_lifecycles_from_records_marks_a_resent_rid_as_resume():
     again = lifecycles_from_records([("s1", 3.0, 4.0, 7, 2, "stop", "1", 0.9, None, None)], seen)
     assert (first[0].is_resume, again[0].is_resume) == (False, True)
     assert first[0].queue_s == pytest.approx(0.1)
+
+
+def test_attribute_step_counts_an_in_flight_weight_update_as_a_pause():
+    # One request decoding 0..6; the engines are paused for an update during [2, 3).
+    out = attribute_step(
+        [request("a", 0.0, 6.0, 6.0)], [Interval("weight_update", 2.0, 3.0)], 0.0, 6.0, tail_fraction=0.5
+    )
+    assert out["weight_update_pause"] == pytest.approx(1.0)
+    assert out["useful_decode"] == pytest.approx(5.0)
