@@ -179,8 +179,8 @@ def render_report(profile: Profile, summary: dict[str, Any], config_yaml: str, t
         '<p id="summary">Time attribution: each instant of a step goes to one category (definitions in '
         "slime_rl/profiling/attribution.py). <b>long_tail</b> is decode time while fewer than "
         f"{att['tail_fraction']:g} x the step's peak requests were in flight: the step waiting on its slowest "
-        "samples. <b>abort_wait</b> is APRIL's abort at the target. Open trace.json in ui.perfetto.dev for "
-        "every request.</p>",
+        "samples. <b>abort_wait</b> is APRIL's abort at the target; <b>weight_update_pause</b> a republish that "
+        "paused the engines mid-step. Open trace.json in ui.perfetto.dev for every request.</p>",
         "<h2>Throughput</h2>",
         headline,
         _throughput_plot(profile),
