@@ -34,7 +34,7 @@ from slime_rl.processes import free_port, log_tail, process_tree, spawn, stop
 
 SLURM_BINARIES = ("munged", "slurmctld", "slurmd", "sbatch", "scancel", "scontrol", "sinfo")
 VENV_BIN = str(Path(sys.executable).parent)  # the jobs' `python`, `ray` and `slime-rl`
-JOB_FINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED"}
+JOB_FINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED", "PURGED"}
 
 
 def slurm_skip_reason() -> str | None:
@@ -79,6 +79,7 @@ MpiDefault=none
 ReturnToService=2
 # Seconds between scancel's SIGTERM and SIGKILL: room for train.sbatch's cleanup (Ray drains for up to 30 s).
 KillWait=60
+MinJobAge=3600
 NodeName={node} NodeAddr=127.0.0.1 CPUs=2 RealMemory=4000 State=UNKNOWN
 PartitionName=debug Nodes={node} Default=YES MaxTime=INFINITE State=UP
 """
@@ -129,8 +130,19 @@ class SlurmCluster:
                 self.wait_job(job_id, timeout_s)
 
     def job_state(self, job_id: str) -> str:
-        """PENDING, RUNNING, ..., COMPLETED: `scontrol` remembers a finished job for MinJobAge (300 s)."""
-        line = self.command("scontrol", "show", "job", "--oneliner", job_id)
+        """PENDING, RUNNING, ..., COMPLETED; PURGED once `scontrol` forgot the finished job (after MinJobAge,
+        an hour here, so a session's teardown still sees its jobs)."""
+        shown = subprocess.run(
+            ["scontrol", "show", "job", "--oneliner", job_id],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        if shown.returncode != 0 and "Invalid job id" in shown.stderr:
+            return "PURGED"
+        shown.check_returncode()
+        line = shown.stdout
         match = re.search(r"\bJobState=(\S+)", line)
         assert match, f"no JobState in: {line}"
         return match.group(1)
