@@ -6,7 +6,8 @@ Two calibrations, both in the same run, both fitted by `calibrate` from decode_s
 - `engine` (the headline figures): the same row counts and KV lengths measured through the native engine over
   HTTP: `rows` concurrent requests of `8` and of `8 + steps` tokens; the step time is the difference over
   `steps` (per-request HTTP and prefill costs cancel; the simulated engine pays its own through the same app).
-Both take d from `ModelRunner.prefill` of `--prefill-batch` prompts (`prefill_ms_per_token`).
+Both take the prefill cost from `ModelRunner.prefill` of 16-token prompts, one and `--prefill-batch` at a time:
+the line through the two gives e (`prefill_base_ms`, the fixed cost of a forward) and d (`prefill_ms_per_token`).
 
 Workload: `--num-requests` prompts of random toy-vocabulary ids (8-24 tokens); target lengths long-tailed (most
 8-32 tokens, a `--long-fraction` near `--max-new-tokens`). The native engine (the same toy model, one torch
@@ -78,18 +79,25 @@ def engine_step_cost(url: str, kv_len: int, rows: list[int], steps: int, repeats
             "steps": steps + 1, "step_ms": step_ms}  # fmt: skip
 
 
-def prefill_ms_per_token(model_dir: Path, batch: int, prompt_len: int, repeats: int = 5) -> float:
+def prefill_cost(model_dir: Path, batch: int, prompt_len: int, repeats: int = 7) -> dict[str, float]:
+    """`prefill_base_ms` and `prefill_ms_per_token`: the line through prefill times of 1 and `batch` prompts."""
     runner = ModelRunner(
         str(model_dir), device="cpu", dtype=resolve_dtype("auto", "cpu"), num_slots=batch, max_len=prompt_len + 1
     )
-    prompts = [[3] * prompt_len] * batch
-    runner.prefill(0, prompts).float().argmax(-1).tolist()  # warm-up
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        runner.prefill(0, prompts).float().argmax(-1).tolist()
-        times.append(time.perf_counter() - started)
-    return 1000 * statistics.median(times) / (batch * prompt_len)
+
+    def ms(count: int) -> float:
+        prompts = [[3] * prompt_len] * count
+        runner.prefill(0, prompts).float().argmax(-1).tolist()  # warm-up
+        times = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            runner.prefill(0, prompts).float().argmax(-1).tolist()
+            times.append(time.perf_counter() - started)
+        return 1000 * statistics.median(times)
+
+    one, many = ms(1), ms(batch)
+    per_token = max(0.0, (many - one) / ((batch - 1) * prompt_len))
+    return {"prefill_ms_per_token": per_token, "prefill_base_ms": max(0.0, one - per_token * prompt_len)}
 
 
 def workload(args: argparse.Namespace, vocab: int) -> tuple[list[list[int]], list[int]]:
@@ -166,6 +174,7 @@ def sim_config(cost: CostModel, trace: Path) -> SimulatedEngineConfig:
         decode_row_ms=1000 * cost.decode_row_s,
         decode_context_token_us=1e6 * cost.decode_context_token_s,
         prefill_token_us=1e6 * cost.prefill_token_s,
+        prefill_base_ms=1000 * cost.prefill_base_s,
         length_trace_path=str(trace),
     )
 
@@ -176,6 +185,7 @@ def cost_ms(cost: CostModel) -> dict[str, float]:
         "b_per_row": round(1000 * cost.decode_row_s, 5),
         "c_per_context_token": round(1000 * cost.decode_context_token_s, 7),
         "d_per_prefill_token": round(1000 * cost.prefill_token_s, 5),
+        "e_per_prefill_step": round(1000 * cost.prefill_base_s, 4),
     }
 
 
@@ -197,7 +207,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = make_toy_model(Path(tmp) / "model", seed=0, max_position_embeddings=MAX_POSITIONS)
         vocab = json.loads((model_dir / "config.json").read_text())["vocab_size"]
-        prefill_ms = prefill_ms_per_token(model_dir, args.prefill_batch, 16)
+        prefill = prefill_cost(model_dir, args.prefill_batch, 16)
         runner_steps = [decode_step_cost(kv, args.calibration_rows, args.calibration_steps) for kv in args.kv_lens]
         prompts, lengths = workload(args, vocab)
         native_bodies = [
@@ -226,7 +236,7 @@ def main() -> None:
             ]
             costs = {}
             for name, steps in (("engine", engine_steps), ("runner", runner_steps)):
-                steps[0]["prefill_ms_per_token"] = prefill_ms
+                steps[0].update(prefill)
                 costs[name] = calibrate(steps)
             with contextlib.ExitStack() as stack:
                 sim_urls = {name: stack.enter_context(SimulatedEngines(

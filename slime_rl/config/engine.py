@@ -23,13 +23,14 @@ SGLANG_LAUNCH_ARGS = ("model_path", "host", "port")  # set from model.path, engi
 class SimulatedEngineConfig:
     """`engine.simulated`: the cost model and response lengths of kind=simulated (engines/simulated/)."""
 
-    # Cost model: a decode step over R sequences holding C context tokens in all takes a + b·R + c·C; a prefill of
-    # P prompt tokens takes d·P.
+    # Cost model: a decode step over R sequences holding C context tokens in all takes a + b·R + c·C; a step that
+    # prefills P prompt tokens takes e + d·P more.
     decode_step_base_ms: float = 10.0  # a, milliseconds per decode step
     decode_row_ms: float = 0.2  # b, milliseconds per running sequence per decode step
     decode_context_token_us: float = 0.0  # c, microseconds per context token per decode step
     prefill_token_us: float = 20.0  # d, microseconds per prefilled prompt token
-    # benchmarks/decode_step_cost.py output (JSON): replaces a, b, c (and d when it has prefill_ms_per_token)
+    prefill_base_ms: float = 0.0  # e, milliseconds per step that prefills anything
+    # benchmarks/decode_step_cost.py output (JSON): replaces a, b, c (d, e when it has prefill_ms_per_token, _base_ms)
     calibration_path: str | None = None
     length_median: float = 64.0  # tokens: median response length (lognormal, capped at max_new_tokens)
     length_sigma: float = 1.0  # lognormal sigma of response lengths (0: every response has the median length)
@@ -40,7 +41,13 @@ class SimulatedEngineConfig:
     engines_per_process: int = 64  # engines one process serves (SimulatedEngines launcher; the fleet runs one each)
 
     def __post_init__(self) -> None:
-        for key in ("decode_step_base_ms", "decode_row_ms", "decode_context_token_us", "prefill_token_us"):
+        for key in (
+            "decode_step_base_ms",
+            "decode_row_ms",
+            "decode_context_token_us",
+            "prefill_token_us",
+            "prefill_base_ms",
+        ):
             if not getattr(self, key) >= 0:
                 raise ConfigError(f"engine.simulated.{key} must be >= 0, got {getattr(self, key)}")
         if self.length_median < 1:

@@ -94,6 +94,8 @@ def simulated_command(
         str(sim.decode_context_token_us),
         "--prefill-token-us",
         str(sim.prefill_token_us),
+        "--prefill-base-ms",
+        str(sim.prefill_base_ms),
         "--length-median",
         str(sim.length_median),
         "--length-sigma",

@@ -14,10 +14,13 @@ def _result(kv_len: int, steps: int, step_ms: dict[int, float], **extra) -> dict
 
 
 def test_cost_model_decode_and_prefill_follow_the_formula():
-    cost = CostModel(decode_base_s=0.01, decode_row_s=0.001, decode_context_token_s=1e-6, prefill_token_s=1e-4)
+    cost = CostModel(
+        decode_base_s=0.01, decode_row_s=0.001, decode_context_token_s=1e-6, prefill_token_s=1e-4, prefill_base_s=0.002
+    )
     assert cost.decode_s(4, 1000) == pytest.approx(0.01 + 0.004 + 0.001)
     assert cost.decode_s(0, 0) == 0.0
-    assert cost.prefill_s(50) == pytest.approx(0.005)
+    assert cost.prefill_s(50) == pytest.approx(0.002 + 0.005)
+    assert cost.prefill_s(0) == 0.0
 
 
 def test_cost_model_refuses_negative_coefficients():
@@ -49,10 +52,11 @@ def test_calibrate_two_kv_lens_separates_the_context_cost():
 
 def test_calibrate_drops_a_negative_coefficient_and_reads_prefill():
     # Time falls slightly with rows: a negative b is dropped and the rest refitted (a = the mean).
-    cost = calibrate([_result(40, 11, {1: 3.0, 2: 2.9, 4: 2.8}, prefill_ms_per_token=0.05)])
+    cost = calibrate([_result(40, 11, {1: 3.0, 2: 2.9, 4: 2.8}, prefill_ms_per_token=0.05, prefill_base_ms=1.5)])
     assert cost.decode_row_s == 0.0
     assert cost.decode_base_s == pytest.approx(0.0029)
     assert cost.prefill_token_s == pytest.approx(5e-5)
+    assert cost.prefill_base_s == pytest.approx(0.0015)
 
 
 def test_calibrate_refuses_other_json_and_a_single_row_count(tmp_path):

@@ -36,8 +36,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--decode-row-ms", type=float, default=0.2, help="b: ms per running sequence per step")
     p.add_argument("--decode-context-token-us", type=float, default=0.0, help="c: us per context token per step")
     p.add_argument("--prefill-token-us", type=float, default=20.0, help="d: us per prefilled prompt token")
+    p.add_argument("--prefill-base-ms", type=float, default=0.0, help="e: ms per step that prefills anything")
     p.add_argument(
-        "--calibration", nargs="+", default=None, help="decode_step_cost.py JSON file(s): replace a, b, c (d if given)"
+        "--calibration",
+        nargs="+",
+        default=None,
+        help="decode_step_cost.py JSON file(s): replace a, b, c (d, e if given)",
     )
     p.add_argument("--length-median", type=float, default=64.0, help="median response length, tokens (lognormal)")
     p.add_argument("--length-sigma", type=float, default=1.0, help="lognormal sigma of response lengths")
@@ -51,6 +55,7 @@ def engine_args(ns: argparse.Namespace) -> SimulatedEngineArgs:
         decode_row_s=ns.decode_row_ms / 1e3,
         decode_context_token_s=ns.decode_context_token_us / 1e6,
         prefill_token_s=ns.prefill_token_us / 1e6,
+        prefill_base_s=ns.prefill_base_ms / 1e3,
     )
     if ns.calibration:
         cost = calibrate_files(ns.calibration, cost)

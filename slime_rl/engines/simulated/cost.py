@@ -2,13 +2,14 @@
 
 Owns the formula and the fit. A decode step over `rows` running sequences whose contexts sum to
 `context_tokens` takes `a + b·rows + c·context_tokens` seconds; a prefill of `tokens` prompt tokens takes
-`d·tokens` seconds. It does no timing itself; the scheduler sleeps what it returns.
+`e + d·tokens` seconds (e: the fixed cost of a prefill forward, which a step that admits requests pays once).
+It does no timing itself; the scheduler sleeps what it returns.
 
 Calibration reads the JSON objects `benchmarks/decode_step_cost.py` prints (`step_ms` per row count at one
 `kv_len`). One file fixes the context, so `c` is not identifiable from it and the per-row cost at that context
 goes into `b` (c = 0); files at two or more `kv_len` values fit all three. That benchmark does not time
-prefill: `d` comes from a `prefill_ms_per_token` key when the object has one (benchmarks/simulator_fidelity.py
-adds it), otherwise it keeps the value given.
+prefill: `d` and `e` come from `prefill_ms_per_token` and `prefill_base_ms` keys when the object has them
+(benchmarks/simulator_fidelity.py adds them), otherwise they keep the values given.
 """
 
 from __future__ import annotations
@@ -32,9 +33,10 @@ class CostModel:
     decode_row_s: float = 0.0002  # b: per running sequence
     decode_context_token_s: float = 0.0  # c: per token of context over all running sequences
     prefill_token_s: float = 0.00002  # d: per prompt token prefilled
+    prefill_base_s: float = 0.0  # e: per step that prefills anything
 
     def __post_init__(self) -> None:
-        for name in ("decode_base_s", "decode_row_s", "decode_context_token_s", "prefill_token_s"):
+        for name in ("decode_base_s", "decode_row_s", "decode_context_token_s", "prefill_token_s", "prefill_base_s"):
             value = getattr(self, name)
             if not value >= 0:  # also refuses NaN
                 raise ValueError(f"cost model {name} must be >= 0 seconds, got {value}")
@@ -46,8 +48,8 @@ class CostModel:
         return self.decode_base_s + self.decode_row_s * rows + self.decode_context_token_s * context_tokens
 
     def prefill_s(self, tokens: int) -> float:
-        """Seconds to prefill `tokens` prompt tokens."""
-        return self.prefill_token_s * tokens
+        """Seconds to prefill `tokens` prompt tokens in one step (0 if none)."""
+        return self.prefill_base_s + self.prefill_token_s * tokens if tokens else 0.0
 
 
 def _points(result: dict[str, Any]) -> list[tuple[int, float, float]]:
@@ -59,9 +61,9 @@ def _points(result: dict[str, Any]) -> list[tuple[int, float, float]]:
 
 
 def calibrate(results: list[dict[str, Any]], base: CostModel | None = None) -> CostModel:
-    """Fit a, b, c (least squares, none negative) to decode_step_cost results; d from `prefill_ms_per_token`.
+    """Fit a, b, c (least squares, none negative) to decode_step_cost results; d, e from their prefill keys.
 
-    Coefficients the data cannot determine keep `base`'s value for d and are 0 for c (one kv_len).
+    Coefficients the data cannot determine keep `base`'s value for d and e and are 0 for c (one kv_len).
     Raises ValueError for input that is not such a result or holds fewer than two row counts.
     """
     base = base or CostModel()
@@ -86,12 +88,17 @@ def calibrate(results: list[dict[str, Any]], base: CostModel | None = None) -> C
             break
         del columns[min(negative, key=fit.__getitem__)]
         fit = {}
-    prefill = [r["prefill_ms_per_token"] / 1000 for r in results if "prefill_ms_per_token" in r]
+
+    def mean_s(key: str, default: float) -> float:
+        values = [r[key] / 1000 for r in results if key in r]
+        return sum(values) / len(values) if values else default
+
     return CostModel(
         decode_base_s=fit.get("a", 0.0),
         decode_row_s=fit.get("b", 0.0),
         decode_context_token_s=fit.get("c", 0.0),
-        prefill_token_s=sum(prefill) / len(prefill) if prefill else base.prefill_token_s,
+        prefill_token_s=mean_s("prefill_ms_per_token", base.prefill_token_s),
+        prefill_base_s=mean_s("prefill_base_ms", base.prefill_base_s),
     )
 
 

@@ -2,7 +2,7 @@
 
 Owns request life cycles of one simulated engine, on the event loop (no threads): each step it (1) admits
 waiting requests FIFO while `max_running_requests` slots and `max_prefill_tokens` allow, (2) sleeps the
-modelled time of that prefill plus one decode step over all running rows (cost.py), then (3) gives each
+modelled time of that prefill (if any) plus one decode step over all running rows (cost.py), then (3) gives each
 admitted fresh request its first token and every running row one decode token, as the native scheduler does.
 Steps are scheduled against a running deadline, so a late wake-up (a busy event loop hosting many engines)
 is caught up by the next steps instead of slowing the engine down.
