@@ -42,7 +42,9 @@ def test_config_out_of_range_value_says_what_is_allowed():
 
 
 def test_config_unknown_choice_lists_the_choices():
-    with pytest.raises(ConfigError, match=r"engine.kind='vllm' is unknown; choose one of \['native', 'sglang'\]"):
+    with pytest.raises(
+        ConfigError, match=r"engine.kind='vllm' is unknown; choose one of \['native', 'sglang', 'simulated'\]"
+    ):
         load_config(["engine.kind=vllm"])
 
 
