@@ -18,6 +18,9 @@ class ProfileConfig:
     # Each entry is one setting of a sweep: space-separated overrides on top of the command line's, e.g.
     # ["rollout=april", "rollout=default"]. Empty = profile the command line's config once.
     sweep: list[str] = field(default_factory=list)
+    # Steps (0-based) during which every engine runs its own profiler (SGLang's /start_profile .. /stop_profile,
+    # a torch profiler in the native engine); traces go to {run dir}/engine_profiles/step_{k}/ on each engine's node.
+    sglang_profiler_steps: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.num_steps < 1:
@@ -27,5 +30,11 @@ class ProfileConfig:
         check_choice("profile.republish_mode", self.republish_mode, ("between_steps", "in_flight"))
         if self.load_poll_interval_s <= 0:
             raise ConfigError(f"profile.load_poll_interval_s must be > 0 seconds, got {self.load_poll_interval_s}")
+        outside = [k for k in self.sglang_profiler_steps if not 0 <= k < self.num_steps]
+        if outside:
+            raise ConfigError(
+                f"profile.sglang_profiler_steps has steps {outside} outside 0..{self.num_steps - 1} "
+                "(profile.num_steps); list steps the run profiles"
+            )
         if not 0.0 < self.tail_fraction <= 1.0:
             raise ConfigError(f"profile.tail_fraction must be in (0, 1], got {self.tail_fraction}")

@@ -79,6 +79,11 @@ class SlimeRLConfig:
                 f"(trainer.num_gpus_per_rank={self.trainer.num_gpus_per_rank}), which a native engine on "
                 "engine.device=cpu cannot join; set engine.device=cuda or trainer.weight_sync=disk"
             )
+        if self.profile.sglang_profiler_steps and self.engine.kind == "simulated":
+            raise ConfigError(
+                "profile.sglang_profiler_steps profiles the engines' model steps, and engine.kind=simulated runs "
+                "none; leave profile.sglang_profiler_steps empty or choose engine=native|sglang"
+            )
         corrects_with_rollout_logprobs = self.algorithm.use_tis or self.algorithm.off_policy in ("tis", "decoupled_ppo")
         if self.rollout.partial_policy == "tis" and not corrects_with_rollout_logprobs:
             raise ConfigError(

@@ -9,12 +9,16 @@ version, so partials resume under a newer version as after a real publish), eith
 `/pause_generation` in `retract` mode holds the running requests, then the update, then
 `/continue_generation`, the in-place pause SGLang serves for weight updates under load. At the end it writes
 `profile.json`, `trace.json` and `report.html` into the run dir (slime_rl/profiling/ does the analysis).
-With `profile.sweep` it profiles each setting in turn, as run `{name}_{k}`, and then compares them
+During the steps in `profile.sglang_profiler_steps` every engine the router serves also runs its own profiler
+(SGLang's `/start_profile` before the step, `/stop_profile` after it, as slime's tools/profile_rollout.py
+does), writing its trace under `{run dir}/engine_profiles/step_{k}/`. With `profile.sweep` it profiles each
+setting in turn, as run `{name}_{k}`, and then compares them
 (`sweep.json`, `sweep_report.html` in `{output_dir}/{name}_sweep`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import shlex
@@ -26,6 +30,7 @@ import httpx
 import ray
 
 from slime_rl.config.root import SlimeRLConfig
+from slime_rl.engines.profiler import router_workers, start_engine_profilers, stop_engine_profilers
 from slime_rl.orchestration.driver import RolloutSide, run_rollout_only
 from slime_rl.profiling.lifecycles import (
     Interval,
@@ -109,6 +114,7 @@ class ProfileObserver:
         self.poller: LoadPoller | None = None
         self.pending: threading.Thread | None = None  # an in-flight republish of the running step
         self.pending_errors: list[BaseException] = []
+        self.profiled_engines: list[str] = []  # engines running their own profiler during this step
 
     def started(self, side: RolloutSide) -> None:
         self.engine_urls = list(side.fleet.engine_urls)
@@ -116,7 +122,15 @@ class ProfileObserver:
         self.finished_before = finished_requests(self.engine_urls)
         self.poller = LoadPoller(self.engine_urls, self.cfg.profile.load_poll_interval_s).__enter__()
 
+    def engine_profile_dir(self, step: int) -> Path:
+        return (self.cfg.run_dir / "engine_profiles" / f"step_{step}").resolve()
+
     def before_step(self, side: RolloutSide, step: int) -> int:
+        if step in self.cfg.profile.sglang_profiler_steps:  # every engine the router serves, as slime's tool does
+            self.engine_profile_dir(step).mkdir(parents=True, exist_ok=True)
+            urls = asyncio.run(router_workers(side.fleet.router_url))
+            asyncio.run(start_engine_profilers(urls, str(self.engine_profile_dir(step))))
+            self.profiled_engines = urls
         every = self.cfg.profile.republish_every
         if not (every and step and step % every == 0):
             return self.version
@@ -165,6 +179,9 @@ class ProfileObserver:
             self.pending = None
             if self.pending_errors:
                 raise self.pending_errors[0]
+        if self.profiled_engines:  # each engine writes its trace as it stops
+            asyncio.run(stop_engine_profilers(self.profiled_engines))
+            self.profiled_engines = []
         records, timeline = ray.get(side.worker.take_profile.remote())
         requests = lifecycles_from_records(records, self.seen_rids)
         profiled = step_from_records(step, requests, timeline, record)

@@ -1,6 +1,7 @@
 """`slime-rl profile-rollout` on the toy: profile.json, trace.json and report.html, the report rendered in a
 headless Chromium (skipped, saying why, where Debian's `chromium` is not installed: .ci/install_chromium.sh)."""
 
+import gzip
 import json
 import shutil
 import subprocess
@@ -35,6 +36,7 @@ def run_dir(tmp_path_factory):
         "profile.republish_every=2",
         "profile.republish_mode=in_flight",  # pause/update/continue while step 2 runs
         "profile.load_poll_interval_s=0.02",
+        "profile.sglang_profiler_steps=[1]",  # the engine's own profiler around step 1
     ]
     result = subprocess.run(
         [sys.executable, "-m", "slime_rl.cli", "profile-rollout", *overrides],
@@ -59,6 +61,13 @@ def test_profile_rollout_writes_profile_json_whose_attribution_sums_to_step_time
     assert profile["latency"]["e2e_s"]["p50"] <= profile["latency"]["e2e_s"]["p99"]
     assert len(profile["weight_updates"]) == 1  # republished during step 2
     assert profile["attribution"]["total"]["weight_update_s"] > 0
+
+
+def test_profile_rollout_runs_each_engines_own_profiler_in_the_chosen_steps(run_dir):
+    traces = sorted((run_dir / "engine_profiles").rglob("*.trace.json.gz"))
+    assert [t.parent.name for t in traces] == ["step_1"]  # one engine, profiled in step 1 only
+    events = json.loads(gzip.decompress(traces[0].read_bytes()))["traceEvents"]
+    assert any(e.get("ph") == "X" for e in events)
 
 
 def test_profile_rollout_writes_a_well_formed_trace(run_dir):

@@ -111,3 +111,12 @@ def test_config_added_key_the_schema_lacks_is_rejected(override, key):
 def test_config_added_key_under_a_dict_field_is_kept():
     cfg = load_config(["engine=sglang", "+engine.sglang.chunked_prefill_size=4096"])
     assert cfg.engine.sglang["chunked_prefill_size"] == 4096
+
+
+def test_config_engine_profiler_steps_must_be_profiled_steps_of_a_model_running_engine():
+    cfg = load_config(["profile.num_steps=3", "profile.sglang_profiler_steps=[0,2]"])
+    assert cfg.profile.sglang_profiler_steps == [0, 2]
+    with pytest.raises(ConfigError, match=r"steps \[3\] outside 0\.\.2"):
+        load_config(["profile.num_steps=3", "profile.sglang_profiler_steps=[3]"])
+    with pytest.raises(ConfigError, match="engine.kind=simulated runs none"):
+        load_config(["engine=simulated", "profile.sglang_profiler_steps=[0]"])
