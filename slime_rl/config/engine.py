@@ -38,7 +38,7 @@ class SimulatedEngineConfig:
     seed: int = 0  # seed of the generated token ids and lengths
     vocab_size: int = 0  # generated ids lie in [0, vocab_size); 0: the model's config.json (model.path)
     eos_token_id: int = -1  # id that ends a response (finish reason stop); -1: the model's config.json
-    engines_per_process: int = 64  # engines one process serves (SimulatedEngines launcher; the fleet runs one each)
+    engines_per_process: int = 64  # engines one process (one engine host, one placement bundle) serves
 
     def __post_init__(self) -> None:
         for key in (

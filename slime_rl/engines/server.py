@@ -55,10 +55,17 @@ def native_command(cfg: EngineConfig, model_path: str, host: str, port: int) -> 
 
 
 def simulated_command(
-    cfg: EngineConfig, model_path: str, host: str, port: int, *, num_engines: int = 1, urls_file: str | None = None
+    cfg: EngineConfig,
+    model_path: str,
+    host: str,
+    port: int,
+    *,
+    num_engines: int = 1,
+    ports: list[int] | None = None,
+    urls_file: str | None = None,
 ) -> list[str]:
-    """argv of `python -m slime_rl.engines.simulated` serving `num_engines` simulated engines for `cfg` from `port`
-    on (0: free ports), writing their URLs to `urls_file` if given."""
+    """argv of `python -m slime_rl.engines.simulated` serving `num_engines` simulated engines for `cfg` on `ports`
+    (one each) or else from `port` on (0: free ports), writing their URLs to `urls_file` if given."""
     sim = cfg.simulated
     argv = [
         sys.executable,
@@ -105,6 +112,8 @@ def simulated_command(
         argv += ["--calibration", sim.calibration_path]
     if sim.length_trace_path:
         argv += ["--length-trace", sim.length_trace_path]
+    if ports:
+        argv += ["--ports", ",".join(str(p) for p in ports)]
     if urls_file:
         argv += ["--urls-file", urls_file]
     return argv

@@ -1,16 +1,21 @@
 """Engine actors and the router in front of them, and which engines serve.
 
-Each engine is a Ray actor placed in its bundle; it owns one engine server process (native or SGLang)
-that dies with it. The router is the real `sglang-router`, started by the driver's process; engines
-register with it through its HTTP API. Rollout code only ever sees the router's and engines' URLs.
-Every server logs to the run dir's `logs/` folder; a failed start's error carries the log's tail.
+Engines run in engine hosts: Ray actors placed in their bundles, each owning one server process that dies
+with it. A native or SGLang process serves one engine; a simulated one serves up to
+`engine.simulated.engines_per_process` engines (each on its own port), so hundreds fit on a few CPUs (the
+plan asks one bundle per host: plan.py). The router is the real `sglang-router`, started by the driver's
+process; engines register with it through its HTTP API. Rollout code only ever sees the router's and
+engines' URLs. Every server logs to the run dir's `logs/` folder; a failed start's error carries the log's
+tail.
 
 Fault tolerance (`engine.fault_tolerance`): an engine is `serving` (in the router, at the trainer's
 weight version), `down` (taken out of the router; being restarted) or `awaiting_sync` (restarted, on
-stale weights, not yet in the router). The `EngineMonitor` (engine_health.py) moves engines to `down`
-and restarts them; the training loop brings `awaiting_sync` engines to the current weights and puts them
-back (`put_back`), since only it knows when the trainer's weights are the published ones. An engine keeps
-its URL across restarts. Every move is appended to `{log_dir}/engine_events.jsonl`.
+stale weights, not yet in the router). States are per engine, restarts per host: a host's process that
+dies takes all its engines down, and its restart brings them all back on their ports. The
+`EngineMonitor` (engine_health.py) moves engines to `down` and restarts their hosts; the training loop
+brings `awaiting_sync` engines to the current weights and puts them back (`put_back`), since only it
+knows when the trainer's weights are the published ones. An engine keeps its URL across restarts. Every
+move is appended to `{log_dir}/engine_events.jsonl`.
 """
 
 from __future__ import annotations
@@ -30,9 +35,11 @@ import ray
 from slime_rl.config.engine import EngineConfig
 from slime_rl.engines.router import Router
 from slime_rl.engines.server import EngineProcess
+from slime_rl.engines.simulated.launcher import SimulatedProcess
 from slime_rl.errors import ServiceError
 from slime_rl.orchestration.cluster import Located
 from slime_rl.orchestration.placement import Placement
+from slime_rl.orchestration.plan import engine_hosts, engines_per_host
 
 logger = logging.getLogger(__name__)
 
@@ -41,21 +48,37 @@ EVENTS_FILE = "engine_events.jsonl"
 
 
 class EngineHost(Located):
-    """Actor body: one engine server process on this actor's node; `torch` threads = its bundle's CPUs."""
+    """Actor body: one server process on this actor's node, serving `num_engines` engines (more than one only for
+    kind=simulated); a native engine runs as many `torch` threads as its bundle has CPUs."""
 
-    def __init__(self, cfg: EngineConfig, model_path: str, log_path: str) -> None:
+    def __init__(self, cfg: EngineConfig, model_path: str, log_path: str, num_engines: int = 1) -> None:
         if cfg.host is None:  # listen where the router and the trainer on other nodes reach it
             cfg = dataclasses.replace(cfg, host=ray.util.get_node_ip_address())
-        self.process = EngineProcess(cfg, model_path, log_path=log_path)
+        self.process: EngineProcess | SimulatedProcess
+        if cfg.kind == "simulated":
+            self.process = SimulatedProcess(cfg, model_path, num_engines, log_path=log_path)
+        elif num_engines == 1:
+            self.process = EngineProcess(cfg, model_path, log_path=log_path)
+        else:
+            raise ValueError(f"a {cfg.kind} engine process serves one engine, not {num_engines}")
 
-    def start(self, port: int | None = None) -> str:
-        return self.process.start(port)
+    def start(self, ports: list[int] | None = None) -> list[str]:
+        """Start the process (its engines on `ports`, or free ones); returns the engines' URLs."""
+        if isinstance(self.process, SimulatedProcess):
+            return self.process.start(ports)
+        return [self.process.start(ports[0] if ports else None)]
 
-    def restart(self) -> str:
-        return self.process.restart(force=True)
+    def restart(self) -> list[str]:
+        """Kill the process and start it again on its ports; returns the engines' (unchanged) URLs."""
+        urls = self.process.restart(force=True)
+        return urls if isinstance(urls, list) else [urls]
 
     def is_alive(self) -> bool:
         return self.process.is_alive()
+
+    def pid(self) -> int | None:
+        """PID of the server process (None when stopped)."""
+        return self.process.pid
 
     def stop(self) -> None:
         self.process.stop()
@@ -69,10 +92,13 @@ class EngineState:
 
 
 class EngineFleet:
-    """`num_engines` engine actors behind one router. Use as a context manager; exiting stops everything.
+    """The engines of `placement` (one slot each) in their host actors, behind one router. Use as a context
+    manager; exiting stops everything.
 
-    Engine i logs to `{log_dir}/engine_{i}.log` (on its actor's node), the router to `{log_dir}/router.log`.
-    `on_change(serving_urls)` is called (outside the fleet's lock) whenever the serving set changes.
+    Host h serves engines `host_engines[h]`; `host_of[i]` is engine i's host. A one-engine host logs to
+    `{log_dir}/engine_{i}.log`, a host of engines i..j to `{log_dir}/engines_{i}-{j}.log` (on its actor's
+    node), the router to `{log_dir}/router.log`. `on_change(serving_urls)` is called (outside the fleet's lock)
+    whenever the serving set changes.
     """
 
     def __init__(self, cfg: EngineConfig, model_path: str, placement: Placement, *, log_dir: Path) -> None:
@@ -80,8 +106,11 @@ class EngineFleet:
         self.model_path = model_path
         self.placement = placement
         self.log_dir = log_dir
+        self.host_engines = engine_hosts(len(placement.engine_slots), engines_per_host(cfg))
+        self.host_of = [h for h, members in enumerate(self.host_engines) for _ in members]
         self.hosts: list[ray.actor.ActorHandle] = []
         self.engines: list[EngineState] = []
+        self._host_locks = [threading.Lock() for _ in self.host_engines]  # one restart of a host at a time
         self.router = Router(
             host=cfg.host or ray.util.get_node_ip_address(),  # the driver's node
             policy=cfg.router_policy,
@@ -94,8 +123,8 @@ class EngineFleet:
 
     def __enter__(self) -> EngineFleet:
         try:
-            self.hosts = [self._new_host(i) for i in range(len(self.placement.engine_slots))]
-            urls = ray.get([h.start.remote() for h in self.hosts])
+            self.hosts = [self._new_host(h) for h in range(len(self.host_engines))]
+            urls = [url for host_urls in ray.get([h.start.remote() for h in self.hosts]) for url in host_urls]
             self.engines = [EngineState(url) for url in urls]
             self.router_url = self.router.start()
             for url in urls:
@@ -103,15 +132,23 @@ class EngineFleet:
         except BaseException:
             self.__exit__()
             raise
-        logger.info("%d %s engine(s) behind router %s", len(self.hosts), self.cfg.kind, self.router_url)
+        logger.info(
+            "%d %s engine(s) in %d process(es) behind router %s",
+            len(self.engines),
+            self.cfg.kind,
+            len(self.hosts),
+            self.router_url,
+        )
         return self
 
-    def _new_host(self, index: int) -> ray.actor.ActorHandle:
-        slot = self.placement.engine_slots[index]
+    def _new_host(self, host: int) -> ray.actor.ActorHandle:
+        members = self.host_engines[host]
+        slot = self.placement.engine_slots[members[0]]  # the engines of a host share its bundle
+        name = f"engine_{members[0]}" if len(members) == 1 else f"engines_{members[0]}-{members[-1]}"
         return (
             ray.remote(EngineHost)
             .options(**slot.options(self.placement.pg))
-            .remote(self.cfg, self.model_path, str(self.log_dir / f"engine_{index}.log"))
+            .remote(self.cfg, self.model_path, str(self.log_dir / f"{name}.log"), len(members))
         )
 
     @property
@@ -149,28 +186,41 @@ class EngineFleet:
         return True
 
     def restart(self, index: int) -> bool:
-        """Restart a `down` engine on its port (a new actor if its actor died); it then awaits a weight sync.
+        """Restart the host of `down` engine `index` on its ports (a new actor if its actor died): every engine of
+        that host is taken out for it (its process goes) and then awaits a weight sync.
 
-        Returns False without restarting once the engine has used `engine.max_restarts`. Raises what the
-        start raised (the engine stays `down`, to be tried again).
+        Returns False without restarting once engine `index` has used `engine.max_restarts` (each restart of its
+        host counts for each of its engines); True also when its host was restarted meanwhile, with another of
+        its engines. Raises what the start raised (the engines stay `down`, to be tried again).
         """
-        with self._lock:
-            engine = self.engines[index]
-            assert engine.state == DOWN, f"engine {index} is {engine.state}, not down"
-            if engine.restarts >= self.cfg.max_restarts:
-                return False
-            engine.restarts += 1
-        port = int(engine.url.rsplit(":", 1)[1])
-        try:
-            url = ray.get(self.hosts[index].restart.remote())
-        except ray.exceptions.RayActorError:  # the actor itself is gone: its process died with it
-            self.hosts[index] = self._new_host(index)
-            url = ray.get(self.hosts[index].start.remote(port))
-        if url != engine.url:
-            raise ServiceError(f"engine {index} came back at {url}, not at its own {engine.url}")
-        with self._lock:
-            engine.state = AWAITING_SYNC
-        self._record(index, "restarted", restarts=engine.restarts)
+        host = self.host_of[index]
+        members = self.host_engines[host]
+        with self._host_locks[host]:
+            with self._lock:
+                if self.engines[index].state != DOWN:
+                    return True
+                if self.engines[index].restarts >= self.cfg.max_restarts:
+                    return False
+            for other in members:
+                if other != index:
+                    self.take_out(other, f"its server process restarts (with engine {index})")
+            with self._lock:
+                for member in members:
+                    self.engines[member].restarts += 1
+            expected = [self.engines[member].url for member in members]
+            try:
+                urls = ray.get(self.hosts[host].restart.remote())
+            except ray.exceptions.RayActorError:  # the actor itself is gone: its process died with it
+                self.hosts[host] = self._new_host(host)
+                ports = [int(url.rsplit(":", 1)[1]) for url in expected]
+                urls = ray.get(self.hosts[host].start.remote(ports))
+            if urls != expected:
+                raise ServiceError(f"engines {members} came back at {urls}, not at their own {expected}")
+            with self._lock:
+                for member in members:
+                    self.engines[member].state = AWAITING_SYNC
+            for member in members:
+                self._record(member, "restarted", restarts=self.engines[member].restarts)
         return True
 
     def put_back(self, url: str, version: int) -> None:
@@ -185,10 +235,23 @@ class EngineFleet:
 
     def is_alive(self, index: int, timeout_s: float) -> bool:
         """Whether engine `index`'s server process (and its actor) is alive; False if the actor does not answer."""
-        try:
-            return ray.get(self.hosts[index].is_alive.remote(), timeout=timeout_s)
-        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
-            return False
+        return self.hosts_alive([self.host_of[index]], timeout_s)[self.host_of[index]]
+
+    def hosts_alive(self, hosts: list[int], timeout_s: float) -> dict[int, bool]:
+        """Whether each of `hosts` has its server process (and its actor) alive; False where the actor does not
+        answer within `timeout_s` (all asked at once)."""
+        if not hosts:
+            return {}
+        alive_refs = {h: self.hosts[h].is_alive.remote() for h in hosts}
+        ready, _ = ray.wait(list(alive_refs.values()), num_returns=len(alive_refs), timeout=timeout_s)
+        answered = set(ready)
+        alive = {}
+        for h, ref in alive_refs.items():
+            try:
+                alive[h] = ref in answered and ray.get(ref)  # answered: returns at once
+            except ray.exceptions.RayActorError:
+                alive[h] = False
+        return alive
 
     def _record(self, index: int, event: str, **fields: object) -> None:
         record = {"time": time.time(), "engine": index, "url": self.engines[index].url, "event": event, **fields}

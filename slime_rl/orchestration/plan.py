@@ -4,12 +4,15 @@ Pure: nodes and configs in, a `ClusterPlan` out. `slime-rl plan` prints it; `pla
 reserves exactly its bundles (pinned to their planned nodes on a multi-node cluster), so what `plan`
 shows is what a run gets. It does not start, join or ask Ray anything; `placement.read_ray_nodes` does.
 
-Rules. Disaggregated (default): one bundle per trainer rank, then one per engine. Colocated: bundle i is
-shared by trainer rank i and engine i, each asking half of it. A trainer tensor-parallel group (consecutive
-ranks, Megatron order tp-cp-ep-dp-pp) stays on one node; an engine is whole on one node. Larger units are
-placed first, each on the first node with room (first fit); a plan that does not fit raises `PlanError`
-naming what is missing and the keys to change. The router and an embedded Redis run in the driver's
-process (its node); the rollout worker asks for no CPU and Ray places it, usually on the driver's node.
+Rules. Disaggregated (default): one bundle per trainer rank, then one per engine host. Colocated: bundle i
+is shared by trainer rank i and engine host i, each asking half of it. A trainer tensor-parallel group (consecutive
+ranks, Megatron order tp-cp-ep-dp-pp) stays on one node; an engine is whole on one node. An engine bundle
+holds one engine host (one Ray actor, one server process): one engine for native and SGLang, up to
+`engine.simulated.engines_per_process` engines for kind=simulated, which share their process's bundle.
+Larger units are placed first, each on the first node with room (first fit); a plan that does not fit
+raises `PlanError` naming what is missing and the keys to change. The router and an embedded Redis run in
+the driver's process (its node); the rollout worker asks for no CPU and Ray places it, usually on the
+driver's node.
 """
 
 from __future__ import annotations
@@ -87,6 +90,7 @@ class EnginePlan:
     host: str  # the engine listens on host:<a free port picked at start>; "node IP" for engine.host=null
     rank_offset: int  # its first rank in the weight-update group (the trainer is rank 0)
     num_ranks: int  # ranks it holds there: one per GPU (SGLang TP workers), one on CPU
+    process: int  # its engine host (Ray actor and server process); simulated engines share one per bundle
 
 
 @dataclass(frozen=True)
@@ -145,6 +149,21 @@ class ClusterPlan:
         }
 
 
+def engines_per_host(engine: EngineConfig) -> int:
+    """Engines one engine host serves (one Ray actor, one server process, one bundle): up to
+    `engine.simulated.engines_per_process` for kind=simulated, one for every other kind."""
+    return engine.simulated.engines_per_process if engine.kind == "simulated" else 1
+
+
+def engine_hosts(num_engines: int, per_host: int) -> list[list[int]]:
+    """The engines of each engine host, in order: host h serves engines h*k .. h*k+k-1 (k = `per_host`)."""
+    return [list(range(start, min(start + per_host, num_engines))) for start in range(0, num_engines, per_host)]
+
+
+def _host_text(engines: list[int]) -> str:
+    return f"engine {engines[0]}" if len(engines) == 1 else f"engines {engines[0]}-{engines[-1]} (one process)"
+
+
 def engine_gpus(engine: EngineConfig) -> int:
     """GPUs one engine holds: none on CPU, else SGLang's tensor-parallel size."""
     return 0 if engine.device == "cpu" else int(engine.sglang.get("tp_size", 1))
@@ -182,13 +201,15 @@ class _Demand:
 def _disaggregated(world: int, tp: int, trainer: TrainerConfig, engine: EngineConfig) -> _Demand:
     tc, tg = float(trainer.num_cpus_per_rank), float(trainer.num_gpus_per_rank)
     ec, eg = float(engine.num_threads), float(engine_gpus(engine))
-    bundles = [(tc, tg)] * world + [(ec, eg)] * engine.num_engines
+    hosts = engine_hosts(engine.num_engines, engines_per_host(engine))
+    bundles = [(tc, tg)] * world + [(ec, eg)] * len(hosts)
     units = [
         _Unit(f"a TP group (trainer ranks {s}-{s + tp - 1})", list(range(s, s + tp)), tc * tp, tg * tp)
         for s in range(0, world, tp)
     ]
-    units += [_Unit(f"engine {i}", [world + i], ec, eg) for i in range(engine.num_engines)]
-    return _Demand(bundles, units, (tc, tg), (ec, eg), [world + i for i in range(engine.num_engines)])
+    units += [_Unit(_host_text(members), [world + h], ec, eg) for h, members in enumerate(hosts)]
+    engine_bundle = [world + h for h, members in enumerate(hosts) for _ in members]
+    return _Demand(bundles, units, (tc, tg), (ec, eg), engine_bundle)
 
 
 def _colocated(world: int, tp: int, trainer: TrainerConfig, engine: EngineConfig) -> _Demand:
@@ -199,7 +220,8 @@ def _colocated(world: int, tp: int, trainer: TrainerConfig, engine: EngineConfig
             "GPU(s) (engine.sglang.tp_size); set both to 1, or cluster.colocate=false"
         )
     cpus, gpus = float(max(trainer.num_cpus_per_rank, engine.num_threads)), float(max(tg, eg))
-    n = max(world, engine.num_engines)
+    hosts = engine_hosts(engine.num_engines, engines_per_host(engine))
+    n = max(world, len(hosts))
     units = [
         _Unit(
             f"a TP group (trainer ranks {s}-{s + tp - 1}, with their engines)",
@@ -209,9 +231,9 @@ def _colocated(world: int, tp: int, trainer: TrainerConfig, engine: EngineConfig
         )
         for s in range(0, world, tp)
     ]
-    units += [_Unit(f"engine {i}", [i], cpus, gpus) for i in range(world, n)]
+    units += [_Unit(_host_text(hosts[h]), [h], cpus, gpus) for h in range(world, n)]
     half = (cpus / 2, gpus / 2)
-    return _Demand([(cpus, gpus)] * n, units, half, half, list(range(engine.num_engines)))
+    return _Demand([(cpus, gpus)] * n, units, half, half, [h for h, members in enumerate(hosts) for _ in members])
 
 
 def _grid_text(trainer: TrainerConfig) -> str:
@@ -246,7 +268,9 @@ def _check_totals(demand: _Demand, nodes: list[NodeSpec], world: int, trainer: T
             parts.append(f"trainer needs {trainer_need:g} {kind}s as {_grid_text(trainer)} (trainer.{key}={per_rank})")
         engine_need = need - sum(b[pos] for b in demand.bundles[:world])
         if engine_need > EPS:
-            parts.append(f"{len(demand.engine_bundle)} engine(s) need {engine_need:g} {kind}s")
+            num_hosts = len(set(demand.engine_bundle))
+            in_hosts = f" in {num_hosts} process(es)" if num_hosts != len(demand.engine_bundle) else ""
+            parts.append(f"{len(demand.engine_bundle)} engine(s){in_hosts} need {engine_need:g} {kind}s")
         keys = "trainer.*_parallel_size or engine.num_engines" if world else "engine.num_engines"
         if kind == "GPU":
             keys += " (or engine.sglang.tp_size)"
@@ -283,7 +307,7 @@ def _assign_nodes(demand: _Demand, nodes: list[NodeSpec], *, source: str) -> lis
             keys = (
                 "trainer.tensor_model_parallel_size (a TP group stays on one node)"
                 if unit.what.startswith("a TP group")
-                else "engine.sglang.tp_size or engine.num_threads (an engine stays on one node)"
+                else "engine.sglang.tp_size or engine.num_threads (an engine's process stays on one node)"
             )
             raise PlanError(f"{unit.what} needs {need}; {where}. Lower {keys}, or {_fix_keys(source, 'GPU')}")
     return node_of
@@ -371,13 +395,12 @@ def plan_placement(
         for r in range(world)
     ]
     engines, offset = [], 1
+    hosts = engine_hosts(engine.num_engines, engines_per_host(engine))
+    process_of = [h for h, members in enumerate(hosts) for _ in members]
     for i, b in enumerate(demand.engine_bundle):
         num_ranks = max(1, engine_gpus(engine))
-        engines.append(
-            EnginePlan(
-                i, node_of[b], b, *demand.engine_slot, engine.num_threads, engine.host or "node IP", offset, num_ranks
-            )
-        )
+        where = (node_of[b], b, *demand.engine_slot, engine.num_threads, engine.host or "node IP")
+        engines.append(EnginePlan(i, *where, offset, num_ranks, process=process_of[i]))
         offset += num_ranks
     return ClusterPlan(
         source=source,

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from slime_rl.config import BufferConfig, ClusterConfig, EngineConfig, TrainerConfig
+from slime_rl.config.engine import SimulatedEngineConfig
 from slime_rl.errors import ConfigError
 from slime_rl.orchestration.plan import (
     NodeSpec,
@@ -143,6 +144,32 @@ def test_plan_on_cpu_counts_engine_threads_and_names_the_cpu_keys():
     assert [b.resources() for b in plan.bundles] == [{"CPU": 1.0}, {"CPU": 2.0}]
     with pytest.raises(PlanError, match=r"need 3 CPUs: 4 in all; cluster has 2.*engine.num_threads"):
         plan_placement(described_nodes(ClusterConfig()), TrainerConfig(), EngineConfig(num_threads=3), colocate=False)
+
+
+def simulated(num_engines: int, per_process: int) -> EngineConfig:
+    return EngineConfig(
+        kind="simulated", num_engines=num_engines, simulated=SimulatedEngineConfig(engines_per_process=per_process)
+    )
+
+
+def test_plan_simulated_engines_share_one_bundle_per_process():
+    nodes = described_nodes(ClusterConfig(num_cpus=3))
+    plan = plan_placement(nodes, TrainerConfig(), simulated(130, 64), colocate=False, with_trainer=False)
+    assert [b.resources() for b in plan.bundles] == [{"CPU": 1.0}] * 3  # engines 0-63, 64-127, 128-129
+    assert len(plan.engines) == 130
+    assert [e.process for e in plan.engines] == [0] * 64 + [1] * 64 + [2] * 2
+    assert [e.bundle for e in plan.engines] == [e.process for e in plan.engines]
+    # Native engines keep one bundle (and one process) each.
+    native = plan_placement(nodes, TrainerConfig(), EngineConfig(num_engines=3), colocate=False, with_trainer=False)
+    assert len(native.bundles) == 3 and [e.process for e in native.engines] == [0, 1, 2]
+
+
+def test_plan_simulated_engines_that_do_not_fit_name_their_processes():
+    nodes = described_nodes(ClusterConfig(num_cpus=2))
+    with pytest.raises(PlanError, match=r"256 engine\(s\) in 4 process\(es\) need 4 CPUs"):
+        plan_placement(nodes, TrainerConfig(), simulated(256, 64), colocate=False, with_trainer=False)
+    plan = plan_placement(nodes, TrainerConfig(), simulated(256, 256), colocate=False)  # trainer rank + 1 process
+    assert len(plan.bundles) == 2 and {e.bundle for e in plan.engines} == {1}
 
 
 def test_plan_warns_when_loopback_services_meet_another_machine():

@@ -22,6 +22,7 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="slime-rl simulated engines (SGLang HTTP protocol, cost model, no model)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=0, help="port of the first engine, the others follow; 0: free ports")
+    p.add_argument("--ports", default=None, help="comma-separated port of each engine (overrides --port)")
     p.add_argument("--num-engines", type=int, default=1)
     p.add_argument("--urls-file", default=None, help="write {pid, urls} as JSON here once serving")
     p.add_argument("--model-path", default="simulated", help="reported as the model; its config.json gives vocab/EOS")
@@ -80,6 +81,9 @@ def main(argv: list[str] | None = None) -> None:
     ns = parser().parse_args(argv)
     if ns.num_engines < 1:
         sys.exit("--num-engines must be >= 1")
+    ports = [int(port) for port in ns.ports.split(",")] if ns.ports else None
+    if ports is not None and len(ports) != ns.num_engines:
+        sys.exit(f"--ports lists {len(ports)} ports for --num-engines {ns.num_engines}")
     args = engine_args(ns)
     logging.getLogger(__name__).info("cost model: %s", args.cost)
 
@@ -88,7 +92,13 @@ def main(argv: list[str] | None = None) -> None:
 
     uvloop.run(
         serve(
-            args, host=ns.host, num_engines=ns.num_engines, first_port=ns.port, urls_file=ns.urls_file, on_ready=ready
+            args,
+            host=ns.host,
+            num_engines=ns.num_engines,
+            first_port=ns.port,
+            ports=ports,
+            urls_file=ns.urls_file,
+            on_ready=ready,
         )
     )
 

@@ -57,16 +57,22 @@ async def serve(
     host: str,
     num_engines: int,
     first_port: int = 0,
+    ports: list[int] | None = None,
     urls_file: str | None = None,
     on_ready: Callable[[list[str]], None] | None = None,
 ) -> None:
-    """Serve `num_engines` engines on ports `first_port`.. (0: free ports) until SIGTERM/SIGINT or cancellation."""
+    """Serve `num_engines` engines on `ports` (one each), else on ports `first_port`.. (0: free ports), until
+    SIGTERM/SIGINT or cancellation."""
+    if ports is not None and len(ports) != num_engines:
+        raise ValueError(f"{num_engines} engines need {num_engines} ports, got {len(ports)}")
     lengths = (
         ResponseLengths.from_trace_file(args.length_trace_path, median=args.length_median, sigma=args.length_sigma)
         if args.length_trace_path
         else None
     )  # read once, shared: engines draw replayed lengths in turn whichever engine a request lands on
-    sockets = [bind(host, first_port + i if first_port else 0) for i in range(num_engines)]
+    if ports is None:
+        ports = [first_port + i if first_port else 0 for i in range(num_engines)]
+    sockets = [bind(host, port) for port in ports]
     engines = [SimulatedEngine(args, lengths) for _ in range(num_engines)]
     servers = []
     for engine in engines:
