@@ -23,14 +23,16 @@ SGLANG_LAUNCH_ARGS = ("model_path", "host", "port")  # set from model.path, engi
 class SimulatedEngineConfig:
     """`engine.simulated`: the cost model and response lengths of kind=simulated (engines/simulated/)."""
 
-    # Cost model: a decode step over R sequences holding C context tokens in all takes a + b·R + c·C; a step that
-    # prefills P prompt tokens takes e + d·P more.
+    # Cost model: a decode step over R sequences holding C context tokens in all takes a + b·R + c·C; each prefill
+    # forward over P (padded) prompt tokens takes e + d·P more (a step's prefill is split into forwards as the native
+    # engine splits it); each request that ends costs f (only from calibration_path's `request_ms`; default 0).
     decode_step_base_ms: float = 10.0  # a, milliseconds per decode step
     decode_row_ms: float = 0.2  # b, milliseconds per running sequence per decode step
     decode_context_token_us: float = 0.0  # c, microseconds per context token per decode step
     prefill_token_us: float = 20.0  # d, microseconds per prefilled prompt token
-    prefill_base_ms: float = 0.0  # e, milliseconds per step that prefills anything
-    # benchmarks/decode_step_cost.py output (JSON): replaces a, b, c (d, e when it has prefill_ms_per_token, _base_ms)
+    prefill_base_ms: float = 0.0  # e, milliseconds per prefill forward
+    # benchmarks/decode_step_cost.py output (JSON, or a list of them): replaces a, b, c, and d, e, f where it has
+    # prefill_ms_per_token, prefill_base_ms, request_ms (benchmarks/simulator_fidelity.py writes all of them)
     calibration_path: str | None = None
     length_median: float = 64.0  # tokens: median response length (lognormal, capped at max_new_tokens)
     length_sigma: float = 1.0  # lognormal sigma of response lengths (0: every response has the median length)

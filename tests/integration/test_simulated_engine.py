@@ -209,3 +209,20 @@ def test_engine_process_starts_one_simulated_engine(tmp_path, http):
     finally:
         engine.stop()
     assert not engine.is_alive()
+
+
+def test_simulated_engine_takes_its_per_request_cost_from_a_calibration_file(tmp_path, http):
+    step = {"benchmark": "decode_step_cost", "kv_len": 16, "steps": 11, "step_ms": {"1": 1.0, "2": 1.0}}
+    calibration = tmp_path / "calibration.json"
+    calibration.write_text(json.dumps([{**step, "request_ms": 200.0, "prefill_base_ms": 0.0}]))
+    sim = SimulatedEngineConfig(vocab_size=VOCAB, eos_token_id=EOS, calibration_path=str(calibration))
+    cfg = EngineConfig(kind="simulated", simulated=sim, startup_timeout_s=60)
+    engine = EngineProcess(cfg, "simulated", log_path=str(tmp_path / "engine.log"))
+    try:
+        url = engine.start()
+        params = {"max_new_tokens": 3, "ignore_eos": True}
+        meta = _generate(http, url, input_ids=[1, 2], sampling_params=params).json()["meta_info"]
+    finally:
+        engine.stop()
+    # Two 1 ms steps, then the step the request ends in pays its 200 ms.
+    assert 0.2 <= meta["e2e_latency"] < 0.6

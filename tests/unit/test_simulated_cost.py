@@ -1,12 +1,18 @@
-"""The simulated engine's cost model, its calibration from decode_step_cost results, and response lengths."""
+"""The simulated engine's cost model, its calibration, how its scheduler charges it, and response lengths."""
 
+import asyncio
 import json
 import random
+from types import SimpleNamespace
 
 import pytest
 
+from slime_rl.engines.native.requests import EngineRequest, RequestUpdate
+from slime_rl.engines.native.scheduler import Scheduler
+from slime_rl.engines.protocol import SamplingParams
 from slime_rl.engines.simulated.cost import CostModel, calibrate, calibrate_files
 from slime_rl.engines.simulated.lengths import ResponseLengths
+from slime_rl.engines.simulated.scheduler import SimulatedScheduler, prefill_chunks
 
 
 def _result(kv_len: int, steps: int, step_ms: dict[int, float], **extra) -> dict:
@@ -57,6 +63,112 @@ def test_calibrate_drops_a_negative_coefficient_and_reads_prefill():
     assert cost.decode_base_s == pytest.approx(0.0029)
     assert cost.prefill_token_s == pytest.approx(5e-5)
     assert cost.prefill_base_s == pytest.approx(0.0015)
+
+
+def test_calibrate_reads_the_per_request_cost_and_a_list_file(tmp_path):
+    results = [_result(40, 11, {1: 2.5, 16: 10.0}, request_ms=0.8), _result(400, 11, {1: 2.5, 16: 10.0})]
+    assert calibrate(results).request_s == pytest.approx(0.0008)
+    assert calibrate(results[1:], CostModel(request_s=0.001)).request_s == 0.001
+    path = tmp_path / "cost.json"
+    path.write_text(json.dumps(results))
+    assert calibrate_files([str(path)]).request_s == pytest.approx(0.0008)
+
+
+@pytest.mark.parametrize("budget", [16, 64, 4096])
+def test_prefill_chunks_split_as_the_native_scheduler_does(budget):
+    rng = random.Random(budget)
+    for _ in range(50):
+        widths = [rng.randint(1, 40) for _ in range(rng.randint(1, 20))]
+        batch = [(i, [0] * w) for i, w in enumerate(widths)]
+        native = Scheduler._prefill_chunks(SimpleNamespace(max_prefill_tokens=budget), batch)  # type: ignore[arg-type]
+        assert prefill_chunks(widths, budget) == [[i for i, _ in chunk] for chunk in native]
+
+
+def _timed(cost: CostModel, prompts: list[list[int]], params: SamplingParams, **scheduler) -> list[float]:
+    """Seconds from submit to the final update of each request, all submitted at once."""
+
+    async def main() -> list[float]:
+        sim = SimulatedScheduler(
+            cost,
+            scheduler.pop("lengths", ResponseLengths(median=4, sigma=0.0)),
+            max_running_requests=8,
+            max_prefill_tokens=64,
+            max_context_len=256,
+            vocab_size=50,
+            eos_token_id=7,
+        )
+        sim.start()
+        loop = asyncio.get_running_loop()
+        futures = [loop.create_future() for _ in prompts]
+        started = loop.time()
+        for i, (prompt, future) in enumerate(zip(prompts, futures, strict=True)):
+
+            def sink(update: RequestUpdate, future: asyncio.Future = future) -> None:
+                if update.finish_reason is not None:
+                    future.set_result(loop.time() - started)
+
+            sim.submit(EngineRequest(rid=str(i), input_ids=prompt, params=params, sink=sink))
+        seconds = await asyncio.gather(*futures)
+        await sim.stop()
+        return seconds
+
+    return asyncio.run(main())
+
+
+def test_scheduler_pays_one_prefill_forward_per_native_chunk():
+    cost = CostModel(decode_base_s=0.0, decode_row_s=0.0, prefill_token_s=0.0, prefill_base_s=0.05)
+    params = SamplingParams(max_new_tokens=1, ignore_eos=True)
+    one = max(_timed(cost, [[1] * 4, [1] * 5], params))  # padded 2 x 5 <= twice the real 9: one forward
+    two = max(_timed(cost, [[1] * 4, [1] * 40], params))  # padded 2 x 40 > 64: two forwards
+    assert 0.05 <= one < 0.09 and 0.1 <= two < 0.14
+
+
+def test_scheduler_charges_each_ending_request_to_its_step():
+    cost = CostModel(decode_base_s=0.01, decode_row_s=0.0, prefill_token_s=0.0, request_s=0.04)
+    # Both end in step 2 (3 tokens): two steps of 10 ms, then 2 x 40 ms for the two requests that end there.
+    seconds = _timed(cost, [[1, 2], [3, 4]], SamplingParams(max_new_tokens=3, ignore_eos=True))
+    assert all(0.1 <= s < 0.14 for s in seconds)
+
+
+def test_an_aborted_request_resumed_with_its_partial_output_keeps_its_planned_length(tmp_path):
+    trace = tmp_path / "trace.jsonl"
+    trace.write_text(json.dumps({"input_ids": [5, 6], "response_lengths": [12]}) + "\n")
+    lengths = ResponseLengths.from_trace_file(str(trace), median=40, sigma=0.0)
+
+    async def main() -> tuple[RequestUpdate, RequestUpdate]:
+        sim = SimulatedScheduler(
+            CostModel(decode_base_s=0.01, decode_row_s=0.0, prefill_token_s=0.0),
+            lengths,
+            max_running_requests=2,
+            max_prefill_tokens=64,
+            max_context_len=64,
+            vocab_size=50,
+            eos_token_id=7,
+        )
+        sim.start()
+        loop = asyncio.get_running_loop()
+        done: list[asyncio.Future] = [loop.create_future(), loop.create_future()]
+
+        def sink(future: asyncio.Future):
+            return lambda update: future.set_result(update) if update.finish_reason is not None else None
+
+        sim.submit(
+            EngineRequest(rid="a", input_ids=[5, 6], params=SamplingParams(max_new_tokens=30), sink=sink(done[0]))
+        )
+        await asyncio.sleep(0.045)
+        sim.abort("a")
+        first = await done[0]
+        resumed = [5, 6, *first.output_ids]
+        params = SamplingParams(max_new_tokens=30 - len(first.output_ids))
+        sim.submit(EngineRequest(rid="a", input_ids=resumed, params=params, sink=sink(done[1])))
+        second = await done[1]
+        await sim.stop()
+        return first, second
+
+    first, second = asyncio.run(main())
+    assert first.finish_reason is not None and first.finish_reason.type == "abort" and 0 < len(first.output_ids) < 12
+    assert second.finish_reason is not None and second.finish_reason.type == "stop"
+    assert len(first.output_ids) + len(second.output_ids) == 12
 
 
 def test_calibrate_refuses_other_json_and_a_single_row_count(tmp_path):

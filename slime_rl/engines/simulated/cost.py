@@ -1,15 +1,19 @@
 """Cost model of the simulated engine: seconds per decode step and per prefill, and its calibration.
 
 Owns the formula and the fit. A decode step over `rows` running sequences whose contexts sum to
-`context_tokens` takes `a + b·rows + c·context_tokens` seconds; a prefill of `tokens` prompt tokens takes
-`e + d·tokens` seconds (e: the fixed cost of a prefill forward, which a step that admits requests pays once).
-It does no timing itself; the scheduler sleeps what it returns.
+`context_tokens` takes `a + b·rows + c·context_tokens` seconds; one prefill forward over `tokens` (padded) prompt
+tokens takes `e + d·tokens` seconds (e: the fixed cost of a forward and of sampling its first tokens; the
+scheduler splits a step's prefill into forwards as the native scheduler does); and every request that ends costs
+`f` seconds of engine time (the native engine's per-request work outside the forwards: releasing its KV row,
+detokenising and answering over HTTP on the same CPU). It does no timing itself; the scheduler sleeps what it
+returns.
 
 Calibration reads the JSON objects `benchmarks/decode_step_cost.py` prints (`step_ms` per row count at one
 `kv_len`). One file fixes the context, so `c` is not identifiable from it and the per-row cost at that context
 goes into `b` (c = 0); files at two or more `kv_len` values fit all three. That benchmark does not time
-prefill: `d` and `e` come from `prefill_ms_per_token` and `prefill_base_ms` keys when the object has them
-(benchmarks/simulator_fidelity.py adds them), otherwise they keep the values given.
+prefill: `d`, `e` and `f` come from `prefill_ms_per_token`, `prefill_base_ms` and `request_ms` keys when the object
+has them (benchmarks/simulator_fidelity.py adds them), otherwise they keep the values given. A calibration file
+holds one such object or a JSON list of them.
 """
 
 from __future__ import annotations
@@ -33,10 +37,18 @@ class CostModel:
     decode_row_s: float = 0.0002  # b: per running sequence
     decode_context_token_s: float = 0.0  # c: per token of context over all running sequences
     prefill_token_s: float = 0.00002  # d: per prompt token prefilled
-    prefill_base_s: float = 0.0  # e: per step that prefills anything
+    prefill_base_s: float = 0.0  # e: per prefill forward
+    request_s: float = 0.0  # f: per request that ends (any finish reason)
 
     def __post_init__(self) -> None:
-        for name in ("decode_base_s", "decode_row_s", "decode_context_token_s", "prefill_token_s", "prefill_base_s"):
+        for name in (
+            "decode_base_s",
+            "decode_row_s",
+            "decode_context_token_s",
+            "prefill_token_s",
+            "prefill_base_s",
+            "request_s",
+        ):
             value = getattr(self, name)
             if not value >= 0:  # also refuses NaN
                 raise ValueError(f"cost model {name} must be >= 0 seconds, got {value}")
@@ -48,7 +60,7 @@ class CostModel:
         return self.decode_base_s + self.decode_row_s * rows + self.decode_context_token_s * context_tokens
 
     def prefill_s(self, tokens: int) -> float:
-        """Seconds to prefill `tokens` prompt tokens in one step (0 if none)."""
+        """Seconds of one prefill forward over `tokens` prompt tokens, padding included (0 if none)."""
         return self.prefill_base_s + self.prefill_token_s * tokens if tokens else 0.0
 
 
@@ -61,9 +73,9 @@ def _points(result: dict[str, Any]) -> list[tuple[int, float, float]]:
 
 
 def calibrate(results: list[dict[str, Any]], base: CostModel | None = None) -> CostModel:
-    """Fit a, b, c (least squares, none negative) to decode_step_cost results; d, e from their prefill keys.
+    """Fit a, b, c (least squares, none negative) to decode_step_cost results; d, e, f from their extra keys.
 
-    Coefficients the data cannot determine keep `base`'s value for d and e and are 0 for c (one kv_len).
+    Coefficients the data cannot determine keep `base`'s value for d, e and f and are 0 for c (one kv_len).
     Raises ValueError for input that is not such a result or holds fewer than two row counts.
     """
     base = base or CostModel()
@@ -99,17 +111,19 @@ def calibrate(results: list[dict[str, Any]], base: CostModel | None = None) -> C
         decode_context_token_s=fit.get("c", 0.0),
         prefill_token_s=mean_s("prefill_ms_per_token", base.prefill_token_s),
         prefill_base_s=mean_s("prefill_base_ms", base.prefill_base_s),
+        request_s=mean_s("request_ms", base.request_s),
     )
 
 
 def calibrate_files(paths: list[str], base: CostModel | None = None) -> CostModel:
-    """`calibrate` over JSON files, each holding one decode_step_cost object (the benchmark's output line)."""
+    """`calibrate` over JSON files, each holding one decode_step_cost object (the benchmark's output line) or a list."""
     results = []
     for path in paths:
         try:
-            results.append(json.loads(Path(path).read_text()))
+            loaded = json.loads(Path(path).read_text())
         except (OSError, ValueError) as err:
             raise ValueError(f"calibration file {path}: {err}") from err
+        results += loaded if isinstance(loaded, list) else [loaded]
     try:
         return calibrate(results, base)
     except (KeyError, TypeError, ValueError) as err:

@@ -2,16 +2,21 @@
 
 Owns request life cycles of one simulated engine, on the event loop (no threads): each step it (1) admits
 waiting requests FIFO while `max_running_requests` slots and `max_prefill_tokens` allow, (2) sleeps the
-modelled time of that prefill (if any) plus one decode step over all running rows (cost.py), then (3) gives each
-admitted fresh request its first token and every running row one decode token, as the native scheduler does.
-Steps are scheduled against a running deadline, so a late wake-up (a busy event loop hosting many engines)
-is caught up by the next steps instead of slowing the engine down.
+modelled time (cost.py) of that prefill, split into forwards exactly as the native scheduler splits it
+(`prefill_chunks`), plus one decode step over all running rows, plus the per-request cost of every request that
+ends in this step (and of those that ended between steps, e.g. aborted), then (3) gives each admitted fresh
+request its first token and every running row one decode token, as the native scheduler does. Steps are
+scheduled against a running deadline, so a late wake-up (a busy event loop hosting many engines) is caught up by
+the next steps instead of slowing the engine down.
 
 Tokens are pseudo-random ids in [0, vocab_size) from a generator seeded by (seed, prompt, sampling_seed, and
 the rid unless greedy): a greedy request is reproducible per prompt, a sampled one per rid. The response length
 comes from `ResponseLengths`; the last token is `eos_token_id` (finish reason stop) unless the length reaches
-`max_new_tokens` (length) or `ignore_eos` is set. Aborts, pause modes and the one final update per request
-follow the native scheduler (engines/native/scheduler.py); the thread-safe API returns already-done futures.
+`max_new_tokens` (length) or `ignore_eos` is set. An aborted request that comes back with its partial output
+appended to its prompt (how the rollout resumes a sample, e.g. under APRIL) continues its plan: it gets the
+tokens it had left, so a replayed trace keeps each sample's length across aborts. Aborts, pause modes and the one
+final update per request follow the native scheduler (engines/native/scheduler.py); the thread-safe API returns
+already-done futures.
 """
 
 from __future__ import annotations
@@ -28,10 +33,32 @@ from dataclasses import dataclass, field
 from slime_rl.engines.native.requests import PAUSE_MODES, EngineRequest, RequestUpdate, context_error
 from slime_rl.engines.protocol import FinishReason
 from slime_rl.engines.simulated.cost import CostModel
-from slime_rl.engines.simulated.lengths import ResponseLengths
+from slime_rl.engines.simulated.lengths import ResponseLengths, prompt_key
 
 logger = logging.getLogger(__name__)
 GREEDY_TEMPERATURE = 1e-6  # SGLang: below this, sampling is greedy
+MAX_RESUMABLE = 65536  # plans of aborted requests kept for a resume (oldest dropped first)
+
+
+def prefill_chunks(widths: list[int], max_prefill_tokens: int) -> list[list[int]]:
+    """Indices of `widths` (prompt lengths) grouped into prefill forwards as native/scheduler.py `_prefill_chunks` does.
+
+    Prompts go in length order; a forward takes the next one while its padded size (rows x the longest, which is
+    the newest) stays within `max_prefill_tokens` and at most twice its real tokens. A forward costs
+    `CostModel.prefill_s(rows x width)`.
+    """
+    chunks: list[list[int]] = []
+    real = 0
+    for index in sorted(range(len(widths)), key=widths.__getitem__):
+        width = widths[index]
+        padded = (len(chunks[-1]) + 1) * width if chunks else 0
+        if chunks and padded <= max_prefill_tokens and padded <= 2 * (real + width):
+            chunks[-1].append(index)
+            real += width
+        else:
+            chunks.append([index])
+            real = width
+    return chunks
 
 
 def _done(result: object = None) -> Future:
@@ -87,6 +114,8 @@ class SimulatedScheduler:
         self._waiting: deque[_Sequence] = deque()
         self._running: list[_Sequence] = []
         self._paused = False
+        self._owed_s = 0.0  # per-request cost of requests that ended between steps, paid by the next step
+        self._resumable: dict[bytes, tuple[int, bool]] = {}  # key of prompt + partial output -> (tokens left, eos)
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         loop = asyncio.get_running_loop()
@@ -118,10 +147,14 @@ class SimulatedScheduler:
         greedy = params.temperature < GREEDY_TEMPERATURE
         key = f"{self.seed}|{params.sampling_seed}|{'' if greedy else request.rid}|{request.input_ids}"
         rng = random.Random(hashlib.blake2b(key.encode(), digest_size=8).digest())
-        drawn = self.lengths.draw(request.input_ids, rng)
+        resumed = self._resumable.pop(prompt_key(request.input_ids), None) if self._resumable else None
         if params.ignore_eos:
             target, ends_with_eos = params.max_new_tokens, False
         else:
+            if resumed is not None:  # the rest of an aborted request's plan; its EOS only if that still fits
+                drawn = resumed[0] if resumed[1] else params.max_new_tokens + 1
+            else:
+                drawn = self.lengths.draw(request.input_ids, rng)
             drawn = max(drawn, params.min_new_tokens)
             target, ends_with_eos = min(drawn, params.max_new_tokens), drawn < params.max_new_tokens
         request.stop_ids = frozenset(params.stop_token_ids or ()) | {self.eos_token_id}
@@ -178,11 +211,15 @@ class SimulatedScheduler:
                 await self._wake.wait()
                 deadline = self._clock()  # the modelled clock starts again from an idle engine
                 continue
-            admitted, prefill_tokens = self._admit()
+            admitted, prefill_s = self._admit()
             rows = list(self._running)
             context = sum(len(s.request.input_ids) + len(s.request.output_ids) for s in rows)
+            fresh = {id(s) for s in admitted if not s.request.output_ids}
+            ending = sum(len(s.request.output_ids) + 1 + (id(s) in fresh) >= s.target for s in rows)
             deadline = max(deadline, self._clock() - 1.0)  # lagging more than 1 s behind: drop the debt
-            deadline += self.cost.prefill_s(prefill_tokens) + self.cost.decode_s(len(rows), context)
+            deadline += prefill_s + self.cost.decode_s(len(rows), context)
+            deadline += self._owed_s + self.cost.request_s * ending
+            self._owed_s = 0.0
             await asyncio.sleep(max(0.0, deadline - self._clock()))
             now = self._clock()
             for s in admitted:
@@ -193,9 +230,10 @@ class SimulatedScheduler:
                 if not s.finished:
                     self._next_token(s, now)
 
-    def _admit(self) -> tuple[list[_Sequence], int]:
-        """Move waiting requests into free slots (FIFO, within the prefill budget); returns them and their tokens."""
+    def _admit(self) -> tuple[list[_Sequence], float]:
+        """Move waiting requests into free slots (FIFO, within the prefill budget); returns them and their prefill s."""
         admitted: list[_Sequence] = []
+        widths: list[int] = []
         budget = self.max_prefill_tokens
         now = self._clock()
         while self._waiting and len(self._running) < self.max_running_requests:
@@ -203,6 +241,7 @@ class SimulatedScheduler:
             if s.request.params.max_new_tokens == 0:
                 self._waiting.popleft()
                 self._finish(s, FinishReason(type="length", length=0))
+                self._owed_s += self.cost.request_s
                 continue
             prompt = len(s.request.input_ids) + max(0, len(s.request.output_ids) - 1)
             if admitted and prompt > budget:
@@ -215,7 +254,9 @@ class SimulatedScheduler:
                 s.metrics["queue_time"] = now - s.received
             self._running.append(s)
             admitted.append(s)
-        return admitted, self.max_prefill_tokens - budget
+            widths.append(prompt)
+        chunks = prefill_chunks(widths, self.max_prefill_tokens)
+        return admitted, sum(self.cost.prefill_s(len(c) * max(widths[i] for i in c)) for c in chunks)
 
     def _next_token(self, s: _Sequence, now: float) -> None:
         request = s.request
@@ -254,6 +295,8 @@ class SimulatedScheduler:
         )
 
     def _finish(self, s: _Sequence, finish: FinishReason) -> None:
+        """Deliver `s`'s final update. Costs `request_s`: `_loop` charges the step a request ends in ahead, others
+        (aborts, zero-token requests) go to the next step."""
         s.finished = True
         self._live.discard(s.request.rid)
         self.num_finished += 1
@@ -276,6 +319,19 @@ class SimulatedScheduler:
         self._waiting = deque(s for s in self._waiting if not matches(s))
         for s in victims:
             self._finish(s, FinishReason(type="abort", message=message))
+            self._owed_s += self.cost.request_s
+            if s.request.output_ids and not s.request.params.ignore_eos:
+                self._keep_resumable(s)
         if victims:
             logger.info("aborted %d requests (%s)", len(victims), "all" if rid_prefix is None else repr(rid_prefix))
         return len(victims)
+
+    def _keep_resumable(self, s: _Sequence) -> None:
+        """Remember the rest of aborted `s`'s plan for a request of its prompt + partial output."""
+        if len(self._resumable) >= MAX_RESUMABLE:
+            del self._resumable[next(iter(self._resumable))]
+        request = s.request  # unfinished, so fewer tokens than its target
+        self._resumable[prompt_key(request.input_ids + request.output_ids)] = (
+            s.target - len(request.output_ids),
+            s.ends_with_eos,
+        )
