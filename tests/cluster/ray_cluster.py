@@ -44,6 +44,18 @@ class RayCluster:
     pids: list[int] = field(default_factory=list)  # every Ray process the nodes started
 
 
+def _reread_ray_settings() -> None:
+    """Make this process's Ray follow the environment again: Ray reads the loopback switch and the auth mode when
+    it is imported and caches them, so a test process that imported Ray before the cluster's settings were set
+    would resolve 127.0.0.1 to the LAN address and talk to the cluster without its token."""
+    from ray._private import ray_constants
+    from ray._raylet import AuthenticationTokenLoader, Config
+
+    ray_constants.ENABLE_RAY_CLUSTER = os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER") != "0"
+    Config.initialize("")  # re-reads RAY_AUTH_MODE, as Ray's own token set-up does
+    AuthenticationTokenLoader.instance().reset_cache()
+
+
 @contextmanager
 def loopback_ray_cluster(num_nodes: int = 2, num_cpus_per_node: int = 1) -> Iterator[RayCluster]:
     """A `num_nodes`-node Ray cluster on 127.0.0.1 for the block (see the module docstring)."""
@@ -56,6 +68,7 @@ def loopback_ray_cluster(num_nodes: int = 2, num_cpus_per_node: int = 1) -> Iter
     }
     saved = {key: os.environ.get(key) for key in CLUSTER_ENV_KEYS}
     os.environ.update(settings)  # the nodes' processes inherit them
+    _reread_ray_settings()  # this process may have imported Ray before (test collection does)
     from ray.cluster_utils import Cluster
 
     cluster = None
@@ -93,4 +106,5 @@ def loopback_ray_cluster(num_nodes: int = 2, num_cpus_per_node: int = 1) -> Iter
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+        _reread_ray_settings()
         shutil.rmtree(tmpdir, ignore_errors=True)
