@@ -69,14 +69,15 @@ class EngineMonitor:
             sorted({self.fleet.host_of[i] for i in up}), timeout_s=self.cfg.health_check_timeout_s
         )
         outcomes = self._health_generate([i for i in up if alive[self.fleet.host_of[i]]])
-        taken_out = []
+        reasons = {}
         for index in up:
             if alive[self.fleet.host_of[index]]:
                 reason = self._judge(index, outcomes[index])
             else:
                 reason = "its server process is gone"
-            if reason is not None and self.fleet.take_out(index, reason):
-                taken_out.append(index)
+            if reason is not None:
+                reasons[index] = reason
+        taken_out = self.fleet.take_out_all(reasons)
         for index in range(len(self.fleet.engines)):
             if self.fleet.state(index) == DOWN:
                 self._start_restart(index)

@@ -27,8 +27,10 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import ray
 
@@ -45,6 +47,9 @@ logger = logging.getLogger(__name__)
 
 SERVING, DOWN, AWAITING_SYNC = "serving", "down", "awaiting_sync"
 EVENTS_FILE = "engine_events.jsonl"
+_ROUTER_CALLS_AT_ONCE = 16
+_T = TypeVar("_T")
+_R = TypeVar("_R")
 
 
 class EngineHost(Located):
@@ -82,6 +87,15 @@ class EngineHost(Located):
 
     def stop(self) -> None:
         self.process.stop()
+
+
+def _each(fn: Callable[[_T], _R], items: list[_T]) -> list[_R]:
+    """`fn` on every item, a few at once (router calls wait on the router: one by one, 256 engines take a minute);
+    results in order, the first exception raised."""
+    if len(items) <= 1:
+        return [fn(item) for item in items]
+    with ThreadPoolExecutor(max_workers=min(_ROUTER_CALLS_AT_ONCE, len(items))) as pool:
+        return list(pool.map(fn, items))
 
 
 @dataclass
@@ -127,8 +141,7 @@ class EngineFleet:
             urls = [url for host_urls in ray.get([h.start.remote() for h in self.hosts]) for url in host_urls]
             self.engines = [EngineState(url) for url in urls]
             self.router_url = self.router.start()
-            for url in urls:
-                self.router.add_worker(url)
+            _each(self.router.add_worker, urls)
         except BaseException:
             self.__exit__()
             raise
@@ -185,6 +198,12 @@ class EngineFleet:
         self._changed()
         return True
 
+    def take_out_all(self, reasons: dict[int, str]) -> list[int]:
+        """`take_out` each engine of `reasons` with its reason, several at once; returns those it took out."""
+        indices = list(reasons)
+        taken = _each(lambda i: self.take_out(i, reasons[i]), indices)
+        return [i for i, was_taken in zip(indices, taken, strict=True) if was_taken]
+
     def restart(self, index: int) -> bool:
         """Restart the host of `down` engine `index` on its ports (a new actor if its actor died): every engine of
         that host is taken out for it (its process goes) and then awaits a weight sync.
@@ -201,9 +220,8 @@ class EngineFleet:
                     return True
                 if self.engines[index].restarts >= self.cfg.max_restarts:
                     return False
-            for other in members:
-                if other != index:
-                    self.take_out(other, f"its server process restarts (with engine {index})")
+            reason = f"its server process restarts (with engine {index})"
+            self.take_out_all({other: reason for other in members if other != index})
             with self._lock:
                 for member in members:
                     self.engines[member].restarts += 1
