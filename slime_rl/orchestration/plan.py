@@ -254,7 +254,9 @@ def _fix_keys(source: str, kind: str) -> str:
     return f"raise cluster.num_{kind.lower()}s (per node) or cluster.num_nodes"
 
 
-def _check_totals(demand: _Demand, nodes: list[NodeSpec], world: int, trainer: TrainerConfig, *, source: str) -> None:
+def _check_totals(
+    demand: _Demand, nodes: list[NodeSpec], world: int, trainer: TrainerConfig, engine: EngineConfig, *, source: str
+) -> None:
     for kind, pos in (("GPU", 1), ("CPU", 0)):
         have = sum(n.num_gpus if kind == "GPU" else n.num_cpus for n in nodes)
         need = sum(b[pos] for b in demand.bundles)
@@ -276,6 +278,8 @@ def _check_totals(demand: _Demand, nodes: list[NodeSpec], world: int, trainer: T
             keys += " (or engine.sglang.tp_size)"
         else:
             keys += ", trainer.num_cpus_per_rank or engine.num_threads"
+            if engine.kind == "simulated":
+                keys += " (or raise engine.simulated.engines_per_process)"
         raise PlanError(
             f"{' and '.join(parts)}: {need:g} in all; cluster has {have:g} ({_nodes_text(nodes, kind)}). "
             f"Lower {keys}, or {_fix_keys(source, kind)}"
@@ -387,7 +391,7 @@ def plan_placement(
     tp, pp, dp = trainer.tensor_model_parallel_size, trainer.pipeline_model_parallel_size, trainer.data_parallel_size
     world = trainer.world_size if with_trainer else 0
     demand = (_colocated if colocate else _disaggregated)(world, tp, trainer, engine)
-    _check_totals(demand, nodes, world, trainer, source=source)
+    _check_totals(demand, nodes, world, trainer, engine, source=source)
     node_of = _assign_nodes(demand, nodes, source=source)
     bundles = [Bundle(i, node_of[i], c, g) for i, (c, g) in enumerate(demand.bundles)]
     ranks = [
