@@ -14,6 +14,9 @@ Redis) is pinned to the other cores.
    and the engine process's utilisation the same way. `requests_per_s_one_core` is the best point of the
    curve, `cpu_us_per_request` its CPU cost (so 1e6 / cpu_us_per_request is what one core could sustain
    if nothing else limited it); `saturates_at_engines` is the smallest engine count within 5% of the best.
+   At the last engine count the worker also runs once under cProfile (`worker_cpu_shares_cprofile`: the share
+   of its time in the HTTP client, the event loop, Redis, slime_rl) and sends the same `/generate` requests
+   through `EngineClient` and through a bare aiohttp session (`http_client`: CPU us per request of each).
    The baseline measured in the same run is the curve's first point (one engine).
 
 2. APRIL (`april`): 64 engines, `--april-slots` rows each (max_running_requests), a decode step costs
@@ -176,10 +179,43 @@ async def transports(spec: dict) -> dict:
     return {"engine_client_httpx_cpu_us_per_request": httpx_us, "aiohttp_cpu_us_per_request": aiohttp_us}
 
 
+CPU_GROUPS = {  # where a profiled worker's own time goes, by the file a function lives in
+    "http_client (httpx, httpcore, h11, anyio, sniffio)": ("/httpx/", "/httpcore/", "/h11/", "/anyio/", "/sniffio/"),
+    "asyncio event loop": ("/asyncio/",),
+    "redis client": ("/redis/",),
+    "slime_rl": ("/slime_rl/",),
+    "C built-ins (socket I/O, json, ...)": ("~",),  # pstats files built-in functions under "~"
+}
+
+
+def profiled(spec: dict) -> dict:
+    """`drive(spec)` under cProfile: the share of the worker's profiled time in each of `CPU_GROUPS` (cProfile
+    slows Python code down, so these are shares, not times)."""
+    import cProfile
+    import pstats
+
+    profile = cProfile.Profile()
+    profile.enable()
+    asyncio.run(drive(spec))
+    profile.disable()
+    by_group = dict.fromkeys([*CPU_GROUPS, "other"], 0.0)
+    for (filename, _, _), (_, _, own_s, _, _) in pstats.Stats(profile).stats.items():  # type: ignore[attr-defined]
+        group = next((g for g, parts in CPU_GROUPS.items() if any(p in filename for p in parts)), "other")
+        by_group[group] += own_s
+    total = sum(by_group.values()) or 1.0
+    return {group: round(seconds / total, 3) for group, seconds in by_group.items()}
+
+
 def worker_main(spec_path: str) -> None:
     os.sched_setaffinity(0, {WORKER_CORE})
     spec = json.loads(Path(spec_path).read_text())
-    print(json.dumps(asyncio.run(transports(spec) if spec.get("transports") else drive(spec))))
+    if spec.get("transports"):
+        result = asyncio.run(transports(spec))
+    elif spec.get("profile"):
+        result = profiled(spec)
+    else:
+        result = asyncio.run(drive(spec))
+    print(json.dumps(result))
 
 
 # --- the orchestration (engines, router, Redis on the other cores) ---------------------------------------------
@@ -266,6 +302,7 @@ def measure(
             after = sum(cpu_seconds(p) for p in engine_procs)
             if extra is not None:
                 result["transports"] = run_worker({**extra, "transports": True, "router_url": router.url}, tmp)
+                result["cpu_shares"] = run_worker({**spec, "profile": True}, tmp)
         finally:
             router.stop()
     result["engine_process_cpu_s"] = after - before
@@ -301,6 +338,7 @@ def scale_curve(args: argparse.Namespace, redis_url: str, tmp: Path) -> list[dic
         }
         if "transports" in run:
             point["http_client"] = {k: round(v, 1) for k, v in run["transports"].items()}
+            point["worker_cpu_shares_cprofile"] = run["cpu_shares"]
         curve.append(point)
         report_progress(
             f"{num_engines} engines: {point['requests_per_s']} requests/s, {point['cpu_us_per_request']} us CPU "
@@ -366,10 +404,10 @@ def main() -> None:
     parser.add_argument("--april-groups", type=int, default=32, help="rollout_batch_size")
     parser.add_argument("--april-over-sampling", type=int, default=64, help="groups in flight with APRIL")
     parser.add_argument("--april-slots", type=int, default=4, help="max_running_requests per engine")
-    parser.add_argument("--april-step-ms", type=float, default=20.0, help="a: ms per decode step")
-    parser.add_argument("--april-median", type=float, default=16.0, help="median response length, tokens")
+    parser.add_argument("--april-step-ms", type=float, default=40.0, help="a: ms per decode step")
+    parser.add_argument("--april-median", type=float, default=8.0, help="median response length, tokens")
     parser.add_argument("--april-sigma", type=float, default=1.5, help="lognormal sigma of response lengths")
-    parser.add_argument("--april-max-new-tokens", type=int, default=256)
+    parser.add_argument("--april-max-new-tokens", type=int, default=128)
     parser.add_argument("--skip-april", action="store_true")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp_name, EmbeddedRedis(BufferConfig(appendonly=False)) as redis:
