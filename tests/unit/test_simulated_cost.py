@@ -208,3 +208,36 @@ def test_lengths_trace_names_the_bad_line(tmp_path):
     path.write_text(json.dumps({"input_ids": [1], "response_lengths": [0]}) + "\n")
     with pytest.raises(ValueError, match="trace.jsonl:1: not a length-trace row"):
         ResponseLengths.from_trace_file(str(path), median=4, sigma=0.0)
+
+
+def test_aborted_requests_answer_one_per_request_cost_after_the_step_in_progress():
+    async def main() -> list[float]:
+        sim = SimulatedScheduler(
+            CostModel(decode_base_s=0.03, decode_row_s=0.0, prefill_token_s=0.0, request_s=0.02),
+            ResponseLengths(median=40, sigma=0.0),
+            max_running_requests=4,
+            max_prefill_tokens=64,
+            max_context_len=256,
+            vocab_size=50,
+            eos_token_id=7,
+        )
+        sim.start()
+        loop = asyncio.get_running_loop()
+        answered: list[float] = []
+        for rid in "abc":
+            sim.submit(
+                EngineRequest(
+                    rid=rid, input_ids=[1, 2], params=SamplingParams(), sink=lambda u: answered.append(loop.time())
+                )
+            )
+        await asyncio.sleep(0.01)  # inside the first 30 ms step
+        aborted = loop.time()
+        sim.abort(None)
+        await asyncio.sleep(0.15)
+        await sim.stop()
+        return [t - aborted for t in answered]
+
+    answered = asyncio.run(main())
+    assert len(answered) == 3
+    # The step ends ~20 ms after the abort; then one answer per 20 ms.
+    assert [round(t, 2) for t in answered] == pytest.approx([0.04, 0.06, 0.08], abs=0.015)

@@ -4,10 +4,10 @@ Owns request life cycles of one simulated engine, on the event loop (no threads)
 waiting requests FIFO while `max_running_requests` slots and `max_prefill_tokens` allow, (2) sleeps the
 modelled time (cost.py) of that prefill, split into forwards exactly as the native scheduler splits it
 (`prefill_chunks`), plus one decode step over all running rows, plus the per-request cost of every request that
-ends in this step (and of those that ended between steps, e.g. aborted), then (3) gives each admitted fresh
-request its first token and every running row one decode token, as the native scheduler does. Steps are
-scheduled against a running deadline, so a late wake-up (a busy event loop hosting many engines) is caught up by
-the next steps instead of slowing the engine down.
+ends in this step (after that of requests that ended between steps, e.g. aborted ones), then (3) gives each
+admitted fresh request its first token and every running row one decode token, as the native scheduler does.
+Steps are scheduled against a running deadline, so a late wake-up (a busy event loop hosting many engines) is
+caught up by the next steps instead of slowing the engine down.
 
 Tokens are pseudo-random ids in [0, vocab_size) from a generator seeded by (seed, prompt, sampling_seed, and
 the rid unless greedy): a greedy request is reproducible per prompt, a sampled one per rid. The response length
@@ -114,7 +114,8 @@ class SimulatedScheduler:
         self._waiting: deque[_Sequence] = deque()
         self._running: list[_Sequence] = []
         self._paused = False
-        self._owed_s = 0.0  # per-request cost of requests that ended between steps, paid by the next step
+        self._step_end = 0.0  # loop clock at which the step in progress ends (past when idle)
+        self._busy_until = 0.0  # loop clock until which requests that ended between steps keep the engine busy
         self._resumable: dict[bytes, tuple[int, bool]] = {}  # key of prompt + partial output -> (tokens left, eos)
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
@@ -163,8 +164,12 @@ class SimulatedScheduler:
         self._wake.set()
 
     def abort(self, rid_prefix: str | None) -> Future:
-        """Abort running and waiting requests whose rid starts with `rid_prefix` (None = all)."""
-        self._abort(rid_prefix, "aborted by request")
+        """Abort running and waiting requests whose rid starts with `rid_prefix` (None = all).
+
+        As in the native engine, the abort takes effect when the step in progress ends, and the aborted requests'
+        answers go out one per `request_s` after that (the engine is busy until the last one).
+        """
+        self._abort(rid_prefix, "aborted by request", paced=True)
         return _done()
 
     def pause(self, mode: str) -> Future:
@@ -209,17 +214,16 @@ class SimulatedScheduler:
             if self._paused or not (self._waiting or self._running):
                 self._wake.clear()
                 await self._wake.wait()
-                deadline = self._clock()  # the modelled clock starts again from an idle engine
+                deadline = max(self._clock(), self._busy_until)  # the modelled clock starts again from an idle engine
                 continue
             admitted, prefill_s = self._admit()
             rows = list(self._running)
             context = sum(len(s.request.input_ids) + len(s.request.output_ids) for s in rows)
             fresh = {id(s) for s in admitted if not s.request.output_ids}
             ending = sum(len(s.request.output_ids) + 1 + (id(s) in fresh) >= s.target for s in rows)
-            deadline = max(deadline, self._clock() - 1.0)  # lagging more than 1 s behind: drop the debt
-            deadline += prefill_s + self.cost.decode_s(len(rows), context)
-            deadline += self._owed_s + self.cost.request_s * ending
-            self._owed_s = 0.0
+            deadline = max(deadline, self._clock() - 1.0, self._busy_until)  # lagging over 1 s behind: drop the debt
+            deadline += prefill_s + self.cost.decode_s(len(rows), context) + self.cost.request_s * ending
+            self._step_end = deadline
             await asyncio.sleep(max(0.0, deadline - self._clock()))
             now = self._clock()
             for s in admitted:
@@ -241,7 +245,7 @@ class SimulatedScheduler:
             if s.request.params.max_new_tokens == 0:
                 self._waiting.popleft()
                 self._finish(s, FinishReason(type="length", length=0))
-                self._owed_s += self.cost.request_s
+                self._busy_until = max(self._busy_until, self._clock()) + self.cost.request_s
                 continue
             prompt = len(s.request.input_ids) + max(0, len(s.request.output_ids) - 1)
             if admitted and prompt > budget:
@@ -295,8 +299,8 @@ class SimulatedScheduler:
         )
 
     def _finish(self, s: _Sequence, finish: FinishReason) -> None:
-        """Deliver `s`'s final update. Costs `request_s`: `_loop` charges the step a request ends in ahead, others
-        (aborts, zero-token requests) go to the next step."""
+        """Deliver `s`'s final update. Costs `request_s`: `_loop` charges the step a request ends in ahead; one that
+        ends between steps (aborted, zero tokens) keeps the engine busy that long (`_busy_until`)."""
         s.finished = True
         self._live.discard(s.request.rid)
         self.num_finished += 1
@@ -310,18 +314,25 @@ class SimulatedScheduler:
         except Exception:
             logger.exception("delivering the result of %s failed", s.request.rid)
 
-    def _abort(self, rid_prefix: str | None, message: str) -> int:
+    def _abort(self, rid_prefix: str | None, message: str, *, paced: bool = False) -> int:
         def matches(s: _Sequence) -> bool:
             return rid_prefix is None or (rid_prefix != "" and s.request.rid.startswith(rid_prefix))
 
         victims = [s for s in self._running if matches(s)] + [s for s in self._waiting if matches(s)]
         self._running = [s for s in self._running if not matches(s)]
         self._waiting = deque(s for s in self._waiting if not matches(s))
-        for s in victims:
-            self._finish(s, FinishReason(type="abort", message=message))
-            self._owed_s += self.cost.request_s
+        loop = asyncio.get_running_loop()
+        start = max(self._clock(), self._step_end, self._busy_until)
+        for index, s in enumerate(victims):
             if s.request.output_ids and not s.request.params.ignore_eos:
                 self._keep_resumable(s)
+            finish = FinishReason(type="abort", message=message)
+            if paced and self.cost.request_s > 0:
+                s.finished = True  # leaves the batch now, answers later
+                loop.call_at(start + self.cost.request_s * (index + 1), self._finish, s, finish)
+            else:
+                self._finish(s, finish)
+        self._busy_until = start + self.cost.request_s * len(victims)
         if victims:
             logger.info("aborted %d requests (%s)", len(victims), "all" if rid_prefix is None else repr(rid_prefix))
         return len(victims)
