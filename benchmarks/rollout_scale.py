@@ -111,10 +111,12 @@ async def drive(spec: dict) -> dict:
     try:
         await manager.generate(0)  # warm-up: connections, first-call costs
         router.lifecycles = []  # one record per answered /generate from here on (REQUEST_RECORD in client.py)
-        samples = 0
+        samples, abort_wait_s = 0, 0.0
         wall, cpu = time.perf_counter(), time.process_time()
         for step in range(1, steps + 1):
-            samples += int((await manager.generate(step))["rollout/samples"])
+            metrics = await manager.generate(step)
+            samples += int(metrics["rollout/samples"])
+            abort_wait_s += metrics["rollout/abort_wait_s"]
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
         records = router.lifecycles
         unaccounted = buffer.snapshot()["unaccounted"]
@@ -131,6 +133,7 @@ async def drive(spec: dict) -> dict:
     return {
         "samples": samples,
         "requests": len(records),
+        "abort_wait_s": abort_wait_s,
         "generated_tokens": generated,
         "decode_tokens": generated - fresh_first_tokens,
         "wall_s": wall,
@@ -375,6 +378,7 @@ def april_runs(args: argparse.Namespace, redis_url: str, tmp: Path) -> dict:
             "requests": run["requests"],
             "samples": run["samples"],
             "seconds": round(run["wall_s"], 2),
+            "abort_wait_s": round(run["abort_wait_s"], 2),
             "generated_tokens_per_s": round(run["generated_tokens"] / run["wall_s"], 1),
             "decode_tokens_per_s": round(decode_per_s, 1),
             "share_of_bound": round(decode_per_s / bound_tokens_per_s, 3),
