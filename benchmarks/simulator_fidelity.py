@@ -12,7 +12,8 @@ Calibration (all measured in the same run, on the native engine the simulator is
   row counts (g, the per-run latency, is not modelled: both engines pay their own).
 The simulated engine gets them through a calibration file (`engine.simulated.calibration_path`).
 
-Settings, each run `--repeats` times per engine (native runs first, then simulated ones):
+Settings, each run `--repeats` times per engine: all settings on the native engine, then on the simulated one,
+and so on (the first native sweep gives the trace below):
 - `concurrency_N`: `--num-requests` prompts of random toy-vocabulary ids (8-24 tokens), target lengths long-tailed
   (most 8-32 tokens, a `--long-fraction` near `--max-new-tokens`); both engines generate them with ignore_eos at
   exactly those lengths; a plain client keeps N requests in flight (closed loop). Throughput: completion tokens over
@@ -246,22 +247,20 @@ def cost_ms(cost: CostModel) -> dict[str, float]:
     }
 
 
-def run_settings(url: str, redis_url: str, args: argparse.Namespace, work: dict) -> dict[str, list]:
-    """Every setting `args.repeats` times on the engine at `url`: (throughput, latencies) per run, plus raw runs."""
+def run_settings(url: str, redis_url: str, args: argparse.Namespace, work: dict, into: dict[str, list]) -> None:
+    """Every setting once on the engine at `url`, appended to `into`: (throughput, latencies) per run, raw runs."""
     out: dict[str, list] = {}
     for concurrency in args.concurrency:
-        runs = []
-        for _ in range(args.repeats):
-            makespan, latencies, tokens = asyncio.run(closed_loop(url, work["bodies"], concurrency))
-            if tokens != work["lengths"]:
-                raise RuntimeError("an engine produced other response lengths than the workload's")
-            runs.append((sum(tokens) / makespan, latencies))
-        out[f"concurrency_{concurrency}"] = runs
+        makespan, latencies, tokens = asyncio.run(closed_loop(url, work["bodies"], concurrency))
+        if tokens != work["lengths"]:
+            raise RuntimeError("an engine produced other response lengths than the workload's")
+        out[f"concurrency_{concurrency}"] = [(sum(tokens) / makespan, latencies)]
     for mode, cfg in work["rollout"].items():
-        raw = [rollout_run(url, redis_url, cfg, work["april_args"]) for _ in range(args.repeats)]
+        raw = [rollout_run(url, redis_url, cfg, work["april_args"])]
         out[f"april_{mode}"] = [(run["figures"]["samples_per_s"], [r[4] for r in run["requests"]]) for run in raw]
         out[f"april_{mode}_raw"] = raw
-    return out
+    for name, runs in out.items():
+        into.setdefault(name, []).extend(runs)
 
 
 def main() -> None:
@@ -324,46 +323,54 @@ def main() -> None:
             steps[0].update(prefill)
             request = request_cost(calibrate(steps), steps)
             steps[0]["request_ms"] = request["request_ms"]
-            native_runs = run_settings(native_url, redis_address.url, args, work)
+            native_runs: dict[str, list] = {}
+            run_settings(native_url, redis_address.url, args, work, native_runs)  # the first repeat gives the trace
+            cost = calibrate(steps)
+            calibration = Path(tmp) / "calibration.json"
+            calibration.write_text(json.dumps(steps))
+
+            # Simulated lengths: each APRIL sample's native length, per prompt (closed-loop requests carry theirs).
+            groups = april.prompt_groups(args.april_steps * args.april_batch * 4, april_args)
+            sample_prompts = {s.uid: list(map(int, s.prompt_ids)) for g in groups for s in g.samples}
+            native_lengths = april_trace(native_runs["april_off_raw"] + native_runs["april_on_raw"], sample_prompts)
+            trace = Path(tmp) / "lengths.jsonl"
+            with trace.open("w") as out:
+                for g in groups:
+                    known = [native_lengths[s.uid] for s in g.samples if s.uid in native_lengths]
+                    if known:
+                        out.write(
+                            json.dumps({"input_ids": sample_prompts[g.samples[0].uid], "response_lengths": known})
+                        )
+                        out.write("\n")
+            logs = [math.log(n) for n in native_lengths.values()] or [math.log(args.april_max_new_tokens)]
+            sim_cfg = SimulatedEngineConfig(
+                calibration_path=str(calibration),
+                length_trace_path=str(trace),
+                length_median=math.exp(statistics.median(logs)),
+                length_sigma=statistics.pstdev(logs),
+            )
+            simulated = EngineProcess(
+                EngineConfig(kind="simulated", simulated=sim_cfg, startup_timeout_s=60, **limits), str(model_dir)
+            )
+            try:
+                sim_url = simulated.start()
+                # The decode calibration repeated on the simulated engine: does it give back a, b and f?
+                probe = [
+                    engine_step_cost(sim_url, kv, args.calibration_rows, args.calibration_steps, 1)
+                    for kv in args.kv_lens
+                ]
+                probe[0].update(prefill)
+                probe_cost = calibrate(probe)
+                probe_request = request_cost(probe_cost, probe)
+                sim_runs: dict[str, list] = {}
+                run_settings(sim_url, redis_address.url, args, work, sim_runs)
+                for _ in range(args.repeats - 1):  # alternate, so that both engines see the machine's same moods
+                    run_settings(native_url, redis_address.url, args, work, native_runs)
+                    run_settings(sim_url, redis_address.url, args, work, sim_runs)
+            finally:
+                simulated.stop()
         finally:
             native.stop()
-        cost = calibrate(steps)
-        calibration = Path(tmp) / "calibration.json"
-        calibration.write_text(json.dumps(steps))
-
-        # Simulated lengths: each APRIL sample's native length, per prompt (closed-loop requests carry theirs).
-        groups = april.prompt_groups(args.april_steps * args.april_batch * 4, april_args)
-        sample_prompts = {s.uid: list(map(int, s.prompt_ids)) for g in groups for s in g.samples}
-        native_lengths = april_trace(native_runs["april_off_raw"] + native_runs["april_on_raw"], sample_prompts)
-        trace = Path(tmp) / "lengths.jsonl"
-        with trace.open("w") as out:
-            for g in groups:
-                known = [native_lengths[s.uid] for s in g.samples if s.uid in native_lengths]
-                if known:
-                    out.write(json.dumps({"input_ids": sample_prompts[g.samples[0].uid], "response_lengths": known}))
-                    out.write("\n")
-        logs = [math.log(n) for n in native_lengths.values()] or [math.log(args.april_max_new_tokens)]
-        sim_cfg = SimulatedEngineConfig(
-            calibration_path=str(calibration),
-            length_trace_path=str(trace),
-            length_median=math.exp(statistics.median(logs)),
-            length_sigma=statistics.pstdev(logs),
-        )
-        simulated = EngineProcess(
-            EngineConfig(kind="simulated", simulated=sim_cfg, startup_timeout_s=60, **limits), str(model_dir)
-        )
-        try:
-            sim_url = simulated.start()
-            # The decode calibration repeated on the simulated engine: does it give back a, b and f?
-            probe = [
-                engine_step_cost(sim_url, kv, args.calibration_rows, args.calibration_steps, 1) for kv in args.kv_lens
-            ]
-            probe[0].update(prefill)
-            probe_cost = calibrate(probe)
-            probe_request = request_cost(probe_cost, probe)
-            sim_runs = run_settings(sim_url, redis_address.url, args, work)
-        finally:
-            simulated.stop()
     settings = {
         name: compare(native_runs[name], sim_runs[name], "samples/s" if name.startswith("april") else "tokens/s")
         for name in native_runs
