@@ -87,8 +87,9 @@ def main(argv: list[str] | None = None) -> None:
     args = engine_args(ns)
     logging.getLogger(__name__).info("cost model: %s", args.cost)
 
-    def ready(urls: list[str]) -> None:
-        print(json.dumps({"pid": os.getpid(), "urls": urls}), flush=True)
+    def ready(urls: list[str]) -> None:  # one JSON line on stdout: what the launcher reads the URLs from
+        sys.stdout.write(json.dumps({"pid": os.getpid(), "urls": urls}) + "\n")
+        sys.stdout.flush()
 
     uvloop.run(
         serve(
