@@ -196,21 +196,24 @@ def run_training(cfg: SlimeRLConfig) -> None:
 
 
 def record_actor_nodes(log_dir: Path, trainers: TrainGroup, side: RolloutSide) -> None:
-    """Write where Ray placed every actor of the run to `{log_dir}/actor_nodes.json` (node id and IP)."""
+    """Write where Ray placed every actor of the run to `{log_dir}/actor_nodes.json` (node ids and their IPs).
+
+    `engine_hosts` lists one node per engine host actor: one per engine, or per process of simulated engines.
+    """
     nodes = {
         "driver": this_node_id(),
         "trainer_ranks": ray.get([rank.node_id.remote() for rank in trainers.ranks]),
-        "engines": ray.get([host.node_id.remote() for host in side.fleet.hosts]),
+        "engine_hosts": ray.get([host.node_id.remote() for host in side.fleet.hosts]),
         "rollout_worker": ray.get(side.worker.node_id.remote()),
     }
     ips = {node["NodeID"]: node["NodeManagerAddress"] for node in ray.nodes() if node["Alive"]}
     record = nodes | {"node_ips": ips}
     (log_dir / "actor_nodes.json").write_text(json.dumps(record, indent=1))
     logger.info(
-        "actors on %d node(s): trainer ranks on %s, engines on %s",
-        len(set(nodes["trainer_ranks"]) | set(nodes["engines"]) | {nodes["driver"]}),
+        "actors on %d node(s): trainer ranks on %s, engine hosts on %s",
+        len(set(nodes["trainer_ranks"]) | set(nodes["engine_hosts"]) | {nodes["driver"]}),
         [n[:8] for n in nodes["trainer_ranks"]],
-        [n[:8] for n in nodes["engines"]],
+        [n[:8] for n in nodes["engine_hosts"]],
     )
 
 

@@ -34,7 +34,7 @@ def test_toy_training_on_two_ray_nodes(redis_url, tmp_path):
         assert set(nodes["node_ips"]) == set(cluster.node_ids)
         assert set(nodes["node_ips"].values()) == {"127.0.0.1"}  # nothing beyond loopback
         (trainer_node,) = nodes["trainer_ranks"]
-        (engine_node,) = nodes["engines"]
+        (engine_node,) = nodes["engine_hosts"]
         assert trainer_node != engine_node, "one CPU per node: the trainer rank and the engine need a node each"
         assert nodes["rollout_worker"] == nodes["driver"]
         password = urlsplit(redis_url).password
