@@ -107,9 +107,7 @@ class Located:
     """Mixin for actor bodies: the Ray node the actor runs on (the driver records where each actor landed)."""
 
     def node_id(self) -> str:
-        import ray
-
-        return ray.get_runtime_context().get_node_id()
+        return this_node_id()
 
 
 def this_node_id() -> str:
