@@ -7,11 +7,58 @@ from slime_rl.errors import ConfigError
 
 
 @dataclass
+class ReliabilityConfig:
+    """`rollout.reward.reliability`: settings of `kind=reliability` (rollout/rewards/reliability.py).
+
+    A prompt whose label equals `abstain_answer` (case- and whitespace-insensitive) is unanswerable: abstaining
+    is its correct answer. The inner reward scores the other (answerable) prompts.
+    """
+
+    inner: str | None = None  # correctness reward wrapped: a rule name, "custom" (uses reward.path) or "remote"
+    abstain_answer: str = "I don't know"  # an extracted answer equal to this is an abstention
+    correct: float = 1.0  # reward of a correct answer (and of an abstention on an unanswerable prompt)
+    abstain: float = 0.0  # reward of an abstention on an answerable prompt
+    wrong: float = -1.0  # reward of a wrong answer (any answer to an unanswerable prompt)
+    min_correct_reward: float = 1.0  # inner reward at or above which an answer counts as correct
+
+
+@dataclass
 class RewardConfig:
-    kind: str = "math"  # built-in rule name (see rollout.rewards), "custom" or "remote"
-    path: str | None = None  # "module:function" for kind=custom
-    url: str | None = None  # POST endpoint for kind=remote
+    kind: str = "math"  # built-in rule name (see rollout.rewards), "custom", "remote" or "reliability"
+    path: str | None = None  # "module:function" for kind=custom (or reliability.inner=custom)
+    url: str | None = None  # POST endpoint for kind=remote (or reliability.inner=remote)
     timeout_s: float = 30.0  # seconds per remote reward call
+    reliability: ReliabilityConfig = field(default_factory=ReliabilityConfig)  # kind=reliability only
+
+    def __post_init__(self) -> None:
+        rel = self.reliability
+        if self.kind != "reliability":
+            if rel.inner is not None:
+                raise ConfigError(
+                    f"rollout.reward.reliability.inner={rel.inner!r} is set but rollout.reward.kind={self.kind!r}; "
+                    "set rollout.reward.kind=reliability or drop the inner reward"
+                )
+            return
+        if rel.inner is None:
+            raise ConfigError(
+                "rollout.reward.kind=reliability needs rollout.reward.reliability.inner=<a rule name, custom or remote>"
+            )
+        if rel.inner == "reliability":
+            raise ConfigError(
+                "rollout.reward.reliability.inner=reliability cannot wrap itself; name a correctness reward "
+                "(a rule name, custom or remote)"
+            )
+        needs = {"custom": ("path", "'module:function'"), "remote": ("url", "'http://host:port/path'")}
+        if rel.inner in needs and getattr(self, needs[rel.inner][0]) is None:
+            key, example = needs[rel.inner]
+            raise ConfigError(f"rollout.reward.reliability.inner={rel.inner} needs rollout.reward.{key}={example}")
+        if not rel.abstain_answer.strip():
+            raise ConfigError("rollout.reward.reliability.abstain_answer is empty; set the text that means abstaining")
+        if not rel.wrong <= rel.abstain <= rel.correct or rel.wrong == rel.correct:
+            raise ConfigError(
+                f"rollout.reward.reliability weights must satisfy wrong <= abstain <= correct with wrong < correct, "
+                f"got wrong={rel.wrong}, abstain={rel.abstain}, correct={rel.correct}; reorder them"
+            )
 
 
 @dataclass

@@ -6,7 +6,9 @@ Kinds:
   per sample, `fn(sample, response) -> float`, or batched, `fn(samples, responses) -> list[float]`,
   marked with the `batched_reward` decorator;
 - `remote`: POST `{"samples": [{"uid", "prompt_ids", "response", "label", "metadata"}]}` to
-  `rollout.reward.url`, answered by `{"rewards": [float, ...]}` in the same order.
+  `rollout.reward.url`, answered by `{"rewards": [float, ...]}` in the same order;
+- `reliability`: wraps any of the above (`rollout.reward.reliability.inner`) into correct / abstained /
+  wrong weights (rewards/reliability.py), extracting answers with the inner rule's extractor.
 
 Failure policy (DESIGN.md §5): a reward that raises marks the samples it was scoring `failed`, with
 reward 0.0 and a zero loss mask; the run continues and the failures are counted by the caller. A
@@ -17,6 +19,7 @@ call raised or returned something that is not a number; a batched or remote rewa
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import importlib
 import inspect
 import logging
@@ -25,11 +28,12 @@ from typing import Any, Protocol
 
 import httpx
 
-from slime_rl.config.rollout import RewardConfig
+from slime_rl.config.rollout import ReliabilityConfig, RewardConfig
 from slime_rl.engines.client import shared_ssl_context
 from slime_rl.errors import ConfigError
-from slime_rl.rollout.rewards.math import math_reward
-from slime_rl.toy.tasks import is_correct
+from slime_rl.rollout.rewards.math import extract_final_answer, math_reward
+from slime_rl.rollout.rewards.reliability import reliability_reward
+from slime_rl.toy.tasks import extract_answer, is_correct
 from slime_rl.types import Sample
 
 logger = logging.getLogger(__name__)
@@ -83,6 +87,14 @@ RULES: dict[str, Callable[[str, str | None], float]] = {
     "math": math_reward,
     "addition": _toy_rule("addition"),
     "reversal": _toy_rule("reversal"),
+}
+
+# How each rule finds the final answer in a response; the reliability reward compares it with the abstain
+# answer. Kinds without an entry (custom, remote) use `extract_final_answer`.
+ANSWER_EXTRACTORS: dict[str, Callable[[str], str]] = {
+    "math": extract_final_answer,
+    "addition": extract_answer,
+    "reversal": extract_answer,
 }
 
 
@@ -155,10 +167,23 @@ def make_reward_fn(cfg: RewardConfig) -> RewardFn:
         if not cfg.url:
             raise ConfigError("rollout.reward.kind=remote needs rollout.reward.url='http://host:port/path'")
         return _remote(cfg.url, cfg.timeout_s)
+    if cfg.kind == "reliability":
+        inner = cfg.reliability.inner
+        assert inner is not None, "RewardConfig.__post_init__ requires reliability.inner"
+        if inner not in RULES and inner not in ("custom", "remote"):
+            raise ConfigError(
+                f"rollout.reward.reliability.inner={inner!r} is unknown; "
+                f"choose one of {sorted([*RULES, 'custom', 'remote'])}"
+            )
+        inner_fn = make_reward_fn(dataclasses.replace(cfg, kind=inner, reliability=ReliabilityConfig()))
+        return reliability_reward(
+            inner_fn, extract=ANSWER_EXTRACTORS.get(inner, extract_final_answer), cfg=cfg.reliability
+        )
     if cfg.kind in RULES:
         return _rule(RULES[cfg.kind])
     raise ConfigError(
-        f"rollout.reward.kind={cfg.kind!r} is unknown; choose one of {sorted([*RULES, 'custom', 'remote'])}"
+        f"rollout.reward.kind={cfg.kind!r} is unknown; "
+        f"choose one of {sorted([*RULES, 'custom', 'remote', 'reliability'])}"
     )
 
 
