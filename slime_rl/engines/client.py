@@ -11,31 +11,29 @@ are already inside the collective. Neither are the session calls (`begin_weight_
 `end_weight_update`): a call whose answer was lost has taken effect, and its retry would fail ("already
 open", "none open").
 
-TLS context: httpx builds a new one (loading the CA bundle) for every client, about 20 ms each, which
-dominated short-lived clients such as a weight publish's; every client here shares `shared_ssl_context`.
-
-Connection pools: httpcore's pool scans every connection of a pool on each request start and end (and
-counts idle connections once per idle connection), so one pool serving a few hundred concurrent
-requests spends more CPU on bookkeeping than on the requests. Requests therefore lease the least busy
-of several small pools (`POOL_CONNECTIONS` requests each), opened on demand. With about 100 requests in
-flight (benchmarks/april.py, same engine, two runs per size), pools of 16, 8, 4 and 2 gave 6,470, 6,980,
-7,360 and 7,510 generated tokens/s without APRIL and 8,900, 9,380, 9,610 and 9,870 with it.
+Transport: aiohttp, one `ClientSession` per client with an unbounded keep-alive pool, opened on first use
+inside the event loop that uses it (a session belongs to its loop). The rollout worker sends every
+`/generate` through here, so its cost per request bounds the requests/s one worker sustains:
+benchmarks/rollout_scale.py measured httpx at 2,283 us of CPU per request against 301 us for aiohttp on
+the same requests (its `http_client` figures), which is why this client is on aiohttp.
+Timeouts follow the old httpx semantics: `timeout_s` bounds connecting and each wait for bytes (a
+non-streamed generation sends nothing until it ends), not the whole call.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import json
 import logging
 import ssl
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import httpx
+import aiohttp
+import certifi
 
 from slime_rl.engines.protocol import EngineLoad, GenerateOutput, GenerateRequest
 from slime_rl.errors import ServiceError
@@ -43,8 +41,14 @@ from slime_rl.errors import ServiceError
 logger = logging.getLogger(__name__)
 
 _RETRY_STATUS = (502, 503, 504)
-_RETRY_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError)
-POOL_CONNECTIONS = 4  # concurrent requests per httpx pool before another pool is opened
+# No answer came, and the request cannot have been served: refused, reset or closed before a response, or
+# the connection not made in time. A read timeout (SocketTimeoutError) is not among them: the server has it.
+_RETRY_ERRORS = (
+    aiohttp.ClientOSError,
+    aiohttp.ServerDisconnectedError,
+    aiohttp.ClientConnectionResetError,
+    aiohttp.ConnectionTimeoutError,
+)
 # What parsing a body that is not JSON, or not the shape expected, raises (json, dict/list access, int()).
 _MALFORMED = (ValueError, KeyError, TypeError, IndexError, AttributeError)
 T = TypeVar("T")
@@ -66,8 +70,9 @@ REQUEST_RECORD = (
 
 @functools.cache
 def shared_ssl_context() -> ssl.SSLContext:
-    """httpx's default verifying TLS context, built once per process."""
-    return httpx.create_ssl_context()
+    """A verifying TLS context over certifi's CA bundle, built once per process (loading the bundle costs
+    about 20 ms, which dominated short-lived clients such as a weight publish's)."""
+    return ssl.create_default_context(cafile=certifi.where())
 
 
 class EngineError(ServiceError):
@@ -101,11 +106,28 @@ class ModelInfo:
     weight_version: str
 
 
-def _error_message(response: httpx.Response) -> str:
+@dataclass(slots=True)
+class Reply:
+    """An HTTP answer, read whole: its status and body."""
+
+    status: int
+    body: bytes
+
+    @property
+    def text(self) -> str:
+        return self.body.decode("utf-8", errors="replace")
+
+    @property
+    def is_success(self) -> bool:
+        return 200 <= self.status < 300
+
+
+def _error_message(text: str) -> str:
+    """The server's own error message in an error body (SGLang's `{"error": {"message"}}`, FastAPI's `detail`)."""
     try:
-        body = response.json()
+        body = json.loads(text)
     except ValueError:
-        return response.text.strip()
+        return text.strip()
     if isinstance(body, dict):
         error = body.get("error")
         if isinstance(error, dict) and "message" in error:
@@ -116,12 +138,13 @@ def _error_message(response: httpx.Response) -> str:
     return str(body)
 
 
-def _parse_json(where: str, text: str, parse: Callable[[Any], T]) -> T:
+def _parse_json(where: str, text: str | bytes, parse: Callable[[Any], T]) -> T:
     """`parse(json.loads(text))`; a body that is not JSON or not the shape `parse` reads raises EngineError."""
     try:
         return parse(json.loads(text))
     except _MALFORMED as err:
-        raise EngineError(f"{where}: malformed response ({type(err).__name__}: {err}); body: {text[:200]!r}") from err
+        shown = text if isinstance(text, str) else text.decode("utf-8", errors="replace")
+        raise EngineError(f"{where}: malformed response ({type(err).__name__}: {err}); body: {shown[:200]!r}") from err
 
 
 def _control_result(body: Any) -> tuple[bool, str]:
@@ -135,28 +158,34 @@ def _stream_chunk(body: Any) -> GenerateOutput | str:
     return GenerateOutput.from_json(body)
 
 
+async def _lines(stream: aiohttp.StreamReader) -> AsyncIterator[bytes]:
+    """The body's lines as they arrive, however long (a streamed chunk repeats the whole output so far, so a
+    long response's lines outgrow aiohttp's `readline` limit)."""
+    pending = b""
+    async for data in stream.iter_any():
+        pending += data
+        *complete, pending = pending.split(b"\n")
+        for line in complete:
+            yield line
+    if pending:
+        yield pending
+
+
 class EngineClient:
     """Client for the engine (or router) at `base_url`, e.g. `http://127.0.0.1:30000`.
 
-    Use as `async with EngineClient(url) as client:` or call `aclose()`. All methods are coroutines.
+    Use as `async with EngineClient(url) as client:` or call `aclose()`. All methods are coroutines, and all
+    calls on one client must come from one event loop (the one its first call ran in).
     """
 
     def __init__(
-        self,
-        base_url: str,
-        *,
-        timeout_s: float = 600.0,
-        max_retries: int = 3,
-        backoff_s: float = 0.5,
-        transport: httpx.AsyncBaseTransport | None = None,  # tests pass an in-process transport
+        self, base_url: str, *, timeout_s: float = 600.0, max_retries: int = 3, backoff_s: float = 0.5
     ) -> None:
         self.base_url = base_url.rstrip("/")
-        self._transport = transport
         self.timeout_s = timeout_s
         self.max_retries = max_retries
         self.backoff_s = backoff_s
-        self._pools: list[httpx.AsyncClient] = []
-        self._in_flight: list[int] = []  # requests in flight per pool
+        self._session: aiohttp.ClientSession | None = None
         # Profiling (slime_rl/profiling/lifecycles.py reads it): when a list, every `generate` appends one
         # `REQUEST_RECORD` tuple. A tuple append and two clock reads per request; None costs one test.
         self.lifecycles: list[tuple] | None = None
@@ -168,76 +197,51 @@ class EngineClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        pools, self._pools, self._in_flight = self._pools, [], []
-        for pool in pools:
-            await pool.aclose()
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
 
-    @contextlib.contextmanager
-    def _client(self) -> Iterator[httpx.AsyncClient]:
-        """Lease the pool with the fewest requests in flight; open another when all hold `POOL_CONNECTIONS`.
-
-        A caller-supplied transport owns its connections, so it gets exactly one pool.
-        """
-        index = min(range(len(self._pools)), key=self._in_flight.__getitem__, default=-1)
-        if index < 0 or (self._in_flight[index] >= POOL_CONNECTIONS and self._transport is None):
-            limits = httpx.Limits(max_connections=None, max_keepalive_connections=POOL_CONNECTIONS)
-            self._pools.append(
-                httpx.AsyncClient(
-                    base_url=self.base_url,
-                    timeout=self.timeout_s,
-                    limits=limits,
-                    transport=self._transport,
-                    verify=shared_ssl_context(),
-                )
-            )
-            self._in_flight.append(0)
-            index = len(self._pools) - 1
-        pool = self._pools[index]
-        self._in_flight[index] += 1
-        try:
-            yield pool
-        finally:
-            if index < len(self._pools) and self._pools[index] is pool:  # aclose() may have run meanwhile
-                self._in_flight[index] -= 1
+    def _client(self) -> aiohttp.ClientSession:
+        """The session, opened on first use (aiohttp binds it to the running loop, so not in __init__)."""
+        if self._session is None:
+            timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.timeout_s, sock_read=self.timeout_s)
+            connector = aiohttp.TCPConnector(limit=0, ssl=shared_ssl_context())
+            self._session = aiohttp.ClientSession(connector=connector, timeout=timeout)
+        return self._session
 
     async def _request(
         self, method: str, path: str, body: dict[str, Any] | None = None, *, retry: bool = True, ok_400: bool = False
-    ) -> httpx.Response:
+    ) -> Reply:
         """Send one request, retrying transient failures; raise `EngineError` on an error status."""
+        url = self.base_url + path
         attempts = 1 + (self.max_retries if retry else 0)
         for attempt in range(attempts):
             try:
-                with self._client() as client:
-                    response = await client.request(method, path, json=body)
+                async with self._client().request(method, url, json=body) as response:
+                    reply = Reply(response.status, await response.read())
             except _RETRY_ERRORS as err:
                 if attempt + 1 >= attempts:
-                    raise EngineError(
-                        f"{method} {self.base_url}{path}: no answer after {attempts} tries: {err!r}"
-                    ) from err
-                logger.warning(
-                    "%s %s%s failed (%r); retry %d/%d", method, self.base_url, path, err, attempt + 1, attempts - 1
-                )
-            except httpx.HTTPError as err:
-                raise EngineError(f"{method} {self.base_url}{path} failed: {err!r}") from err
+                    raise EngineError(f"{method} {url}: no answer after {attempts} tries: {err!r}") from err
+                logger.warning("%s %s failed (%r); retry %d/%d", method, url, err, attempt + 1, attempts - 1)
+            except (aiohttp.ClientError, TimeoutError) as err:
+                raise EngineError(f"{method} {url} failed: {err!r}") from err
             else:
-                if response.status_code in _RETRY_STATUS and attempt + 1 < attempts:
-                    logger.warning("%s %s%s -> %d; retrying", method, self.base_url, path, response.status_code)
-                elif response.is_success or (ok_400 and response.status_code == 400):
-                    return response
+                if reply.status in _RETRY_STATUS and attempt + 1 < attempts:
+                    logger.warning("%s %s -> %d; retrying", method, url, reply.status)
+                elif reply.is_success or (ok_400 and reply.status == 400):
+                    return reply
                 else:
-                    detail = _error_message(response)
+                    detail = _error_message(reply.text)
                     raise EngineError(
-                        f"{method} {self.base_url}{path} -> HTTP {response.status_code}: {detail}",
-                        status_code=response.status_code,
-                        detail=detail,
+                        f"{method} {url} -> HTTP {reply.status}: {detail}", status_code=reply.status, detail=detail
                     )
             await asyncio.sleep(self.backoff_s * 2**attempt)
         raise AssertionError("unreachable")
 
     async def _control(self, path: str, body: dict[str, Any], *, retry: bool = True) -> str:
         """POST a control call answering `{"success", "message"}`; raise unless it succeeded."""
-        response = await self._request("POST", path, body, retry=retry, ok_400=True)
-        success, message = _parse_json(f"POST {self.base_url}{path}", response.text, _control_result)
+        reply = await self._request("POST", path, body, retry=retry, ok_400=True)
+        success, message = _parse_json(f"POST {self.base_url}{path}", reply.body, _control_result)
         if not success:
             raise EngineError(f"POST {self.base_url}{path} failed: {message}", status_code=400)
         return message
@@ -247,8 +251,8 @@ class EngineClient:
     async def generate(self, request: GenerateRequest) -> GenerateOutput:
         """Generate for one sequence; an aborted request returns normally with finish_reason `abort`."""
         sent = time.time()
-        response = await self._request("POST", "/generate", request.to_json())
-        output = _parse_json(f"POST {self.base_url}/generate", response.text, GenerateOutput.from_json)
+        reply = await self._request("POST", "/generate", request.to_json())
+        output = _parse_json(f"POST {self.base_url}/generate", reply.body, GenerateOutput.from_json)
         if self.lifecycles is not None:
             finish = output.finish_reason.type if output.finish_reason else "none"
             self.lifecycles.append(
@@ -269,30 +273,26 @@ class EngineClient:
 
     async def generate_stream(self, request: GenerateRequest) -> AsyncIterator[GenerateOutput]:
         """Yield cumulative outputs as tokens arrive; the last one has a `finish_reason`. Not retried."""
-        path = "/generate"
+        url = f"{self.base_url}/generate"
         try:
-            with self._client() as client:
-                async with client.stream("POST", path, json=request.to_json(stream=True)) as response:
-                    if not response.is_success:
-                        await response.aread()
-                        detail = _error_message(response)
-                        raise EngineError(
-                            f"POST {self.base_url}{path} -> HTTP {response.status_code}: {detail}",
-                            status_code=response.status_code,
-                            detail=detail,
-                        )
-                    async for line in response.aiter_lines():
-                        if not line.startswith("data:"):
-                            continue
-                        data = line[len("data:") :].strip()
-                        if data == "[DONE]":
-                            return
-                        chunk = _parse_json(f"POST {self.base_url}{path}", data, _stream_chunk)
-                        if isinstance(chunk, str):
-                            raise EngineError(f"POST {self.base_url}{path} stream error: {chunk}")
-                        yield chunk
-        except httpx.HTTPError as err:
-            raise EngineError(f"POST {self.base_url}{path} stream failed: {err!r}") from err
+            async with self._client().post(url, json=request.to_json(stream=True)) as response:
+                if response.status >= 300:
+                    detail = _error_message((await response.read()).decode("utf-8", errors="replace"))
+                    raise EngineError(
+                        f"POST {url} -> HTTP {response.status}: {detail}", status_code=response.status, detail=detail
+                    )
+                async for line in _lines(response.content):
+                    if not line.startswith(b"data:"):
+                        continue
+                    data = line[len(b"data:") :].strip()
+                    if data == b"[DONE]":
+                        return
+                    chunk = _parse_json(f"POST {url}", data, _stream_chunk)
+                    if isinstance(chunk, str):
+                        raise EngineError(f"POST {url} stream error: {chunk}")
+                    yield chunk
+        except (aiohttp.ClientError, TimeoutError) as err:
+            raise EngineError(f"POST {url} stream failed: {err!r}") from err
 
     async def abort_request(self, rid: str) -> None:
         """Abort every running or waiting request whose rid starts with `rid`."""
@@ -388,9 +388,9 @@ class EngineClient:
         return await self._control("/end_weight_update", {}, retry=False)
 
     async def get_weight_version(self) -> str:
-        response = await self._request("GET", "/get_weight_version")
+        reply = await self._request("GET", "/get_weight_version")
         return _parse_json(
-            f"GET {self.base_url}/get_weight_version", response.text, lambda body: str(body["weight_version"])
+            f"GET {self.base_url}/get_weight_version", reply.body, lambda body: str(body["weight_version"])
         )
 
     async def update_weight_version(self, new_version: str) -> str:
@@ -399,19 +399,20 @@ class EngineClient:
     # -- status -------------------------------------------------------------------------------------
 
     async def health(self) -> bool:
-        """True when the server answers `/health` with 200; never raises, never retries."""
+        """True when the server answers `/health` with 200 within 10 s; never raises, never retries."""
+        timeout = aiohttp.ClientTimeout(total=min(self.timeout_s, 10.0))
         try:
-            with self._client() as client:
-                response = await client.get("/health", timeout=min(self.timeout_s, 10.0))
-        except httpx.HTTPError:
+            async with self._client().get(f"{self.base_url}/health", timeout=timeout) as response:
+                await response.read()
+                return response.status == 200
+        except (aiohttp.ClientError, TimeoutError):
             return False
-        return response.status_code == 200
 
     async def get_model_info(self) -> ModelInfo:
-        response = await self._request("GET", "/get_model_info")
+        reply = await self._request("GET", "/get_model_info")
         return _parse_json(
             f"GET {self.base_url}/get_model_info",
-            response.text,
+            reply.body,
             lambda body: ModelInfo(
                 model_path=str(body["model_path"]),
                 tokenizer_path=body.get("tokenizer_path"),
@@ -422,17 +423,17 @@ class EngineClient:
 
     async def get_server_info(self) -> dict[str, Any]:
         """The server's arguments and internal state. Open-ended by design (SGLang dumps its ServerArgs)."""
-        response = await self._request("GET", "/get_server_info")
-        return _parse_json(f"GET {self.base_url}/get_server_info", response.text, lambda body: {**body})
+        reply = await self._request("GET", "/get_server_info")
+        return _parse_json(f"GET {self.base_url}/get_server_info", reply.body, lambda body: {**body})
 
     async def get_loads(self) -> EngineLoad:
-        response = await self._request("GET", "/v1/loads")
-        return _parse_json(f"GET {self.base_url}/v1/loads", response.text, EngineLoad.from_json)
+        reply = await self._request("GET", "/v1/loads")
+        return _parse_json(f"GET {self.base_url}/v1/loads", reply.body, EngineLoad.from_json)
 
     async def flush_cache(self) -> bool:
         """Drop cached prefixes; False when the server refused because requests are running."""
-        response = await self._request("POST", "/flush_cache", ok_400=True)
-        return response.status_code == 200
+        reply = await self._request("POST", "/flush_cache", ok_400=True)
+        return reply.status == 200
 
     # -- profiling ----------------------------------------------------------------------------------
 
@@ -461,13 +462,13 @@ class EngineClient:
             "profile_by_stage": profile_by_stage,
         }
         body = {key: value for key, value in body.items() if value is not None}
-        response = await self._request("POST", "/start_profile", body, retry=False)
-        return response.text.strip()
+        reply = await self._request("POST", "/start_profile", body, retry=False)
+        return reply.text.strip()
 
     async def stop_profile(self) -> str:
         """Stop the profile and write its trace (SGLang's `/stop_profile`); returns the server's answer.
 
         Raises EngineError when none is running (also after a `num_steps` profile has ended by itself).
         """
-        response = await self._request("POST", "/stop_profile", retry=False)
-        return response.text.strip()
+        reply = await self._request("POST", "/stop_profile", retry=False)
+        return reply.text.strip()

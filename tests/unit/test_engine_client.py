@@ -1,15 +1,18 @@
-"""EngineClient against an in-process fake transport: request shapes, parsing, retries and errors."""
+"""EngineClient against a scripted server on 127.0.0.1 (tests/fake_http.py): request shapes, parsing, retries and
+errors."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import socket
 
 import httpx
 import pytest
 
 from slime_rl.engines.client import EngineClient, EngineError
 from slime_rl.engines.protocol import GenerateRequest, SamplingParams
+from tests.fake_http import serve
 
 
 def _generate_body(rid: str, ids: list[int], finish: dict) -> dict:
@@ -41,7 +44,7 @@ def test_client_generate_sends_sglang_body_and_parses_output():
         return httpx.Response(200, json=_generate_body("r1", [5, 6], {"type": "length", "length": 2}))
 
     async def go():
-        async with EngineClient("http://engine", transport=httpx.MockTransport(handler)) as client:
+        async with serve(handler) as url, EngineClient(url) as client:
             params = SamplingParams(max_new_tokens=2, temperature=0.0, stop_token_ids=[9], sampling_seed=3)
             return await client.generate(GenerateRequest(input_ids=[1, 2, 3], sampling_params=params, rid="r1"))
 
@@ -63,32 +66,45 @@ def test_client_retries_503_then_succeeds():
         return httpx.Response(200, json={"weight_version": "2"})
 
     async def go():
-        client = EngineClient("http://engine", max_retries=3, backoff_s=0.0, transport=httpx.MockTransport(handler))
-        try:
-            return await client.get_weight_version()
-        finally:
-            await client.aclose()
+        async with serve(handler) as url:
+            client = EngineClient(url, max_retries=3, backoff_s=0.0)
+            try:
+                return await client.get_weight_version()
+            finally:
+                await client.aclose()
 
     assert _run(go()) == "2"
     assert len(calls) == 3
 
 
-def test_client_connection_refused_raises_after_bounded_retries():
+def test_client_dropped_connection_raises_after_bounded_retries():
     calls = []
 
     def handler(request: httpx.Request) -> httpx.Response:
         calls.append(1)
-        raise httpx.ConnectError("refused", request=request)
+        raise httpx.ConnectError("dropped", request=request)
 
     async def go():
-        async with EngineClient(
-            "http://engine", max_retries=2, backoff_s=0.0, transport=httpx.MockTransport(handler)
-        ) as c:
-            await c.get_loads()
+        # A POST: aiohttp itself resends an idempotent GET once on a dropped connection, below our retries.
+        async with serve(handler) as url, EngineClient(url, max_retries=2, backoff_s=0.0) as c:
+            await c.update_weight_version("3")
 
     with pytest.raises(EngineError, match="no answer after 3 tries"):
         _run(go())
     assert len(calls) == 3
+
+
+def test_client_connection_refused_raises_after_bounded_retries():
+    with socket.socket() as sock:  # a port nothing listens on once the socket closes
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+
+    async def go():
+        async with EngineClient(f"http://127.0.0.1:{port}", max_retries=2, backoff_s=0.0) as c:
+            await c.get_loads()
+
+    with pytest.raises(EngineError, match="no answer after 3 tries"):
+        _run(go())
 
 
 def test_client_400_error_message_is_surfaced_without_retry():
@@ -99,7 +115,7 @@ def test_client_400_error_message_is_surfaced_without_retry():
         return httpx.Response(400, json={"error": {"message": "rid r1 is already running"}})
 
     async def go():
-        async with EngineClient("http://engine", backoff_s=0.0, transport=httpx.MockTransport(handler)) as c:
+        async with serve(handler) as url, EngineClient(url, backoff_s=0.0) as c:
             await c.generate(GenerateRequest(input_ids=[1], rid="r1"))
 
     with pytest.raises(EngineError, match="already running") as info:
@@ -115,7 +131,7 @@ def test_client_weight_update_failure_raises_and_is_not_retried():
         return httpx.Response(400, json={"success": False, "message": "no group named g"})
 
     async def go():
-        async with EngineClient("http://engine", backoff_s=0.0, transport=httpx.MockTransport(handler)) as c:
+        async with serve(handler) as url, EngineClient(url, backoff_s=0.0) as c:
             await c.update_weights_from_distributed(
                 names=["w"], dtypes=["float32"], shapes=[[2, 2]], group_name="g", weight_version="3"
             )
@@ -146,7 +162,7 @@ def test_client_stream_yields_cumulative_chunks_until_done():
         return httpx.Response(200, content=payload.encode(), headers={"content-type": "text/event-stream"})
 
     async def go():
-        async with EngineClient("http://engine", transport=httpx.MockTransport(handler)) as c:
+        async with serve(handler) as url, EngineClient(url) as c:
             return [out async for out in c.generate_stream(GenerateRequest(input_ids=[1], rid="s"))]
 
     outs = _run(go())
@@ -159,8 +175,7 @@ def test_client_loads_sum_over_ranks():
     body = {"loads": [{"num_running_reqs": 2, "num_waiting_reqs": 1}, {"num_running_reqs": 1, "num_waiting_reqs": 0}]}
 
     async def go():
-        transport = httpx.MockTransport(lambda request: httpx.Response(200, json=body))
-        async with EngineClient("http://engine", transport=transport) as c:
+        async with serve(lambda request: httpx.Response(200, json=body)) as url, EngineClient(url) as c:
             return await c.get_loads()
 
     load = _run(go())
@@ -185,13 +200,11 @@ def test_sampling_params_reject_bad_values():
     ],
 )
 def test_client_generate_turns_a_malformed_answer_into_an_engine_error_naming_the_endpoint(body):
-    transport = httpx.MockTransport(lambda request: httpx.Response(200, content=body))
-
     async def go():
-        async with EngineClient("http://engine", transport=transport) as client:
+        async with serve(lambda request: httpx.Response(200, content=body)) as url, EngineClient(url) as client:
             await client.generate(GenerateRequest(input_ids=[1], rid="r1"))
 
-    with pytest.raises(EngineError, match=r"POST http://engine/generate: malformed response"):
+    with pytest.raises(EngineError, match=r"POST http://127\.0\.0\.1:\d+/generate: malformed response"):
         _run(go())
 
 
@@ -202,12 +215,12 @@ def test_client_stream_and_control_calls_turn_malformed_answers_into_engine_erro
         return httpx.Response(200, content=b'["success"]')
 
     async def go(call):
-        async with EngineClient("http://engine", transport=httpx.MockTransport(handler)) as client:
+        async with serve(handler) as url, EngineClient(url) as client:
             if call == "stream":
                 return [chunk async for chunk in client.generate_stream(GenerateRequest(input_ids=[1]))]
             return await client.update_weight_version("3")
 
-    with pytest.raises(EngineError, match=r"POST http://engine/generate: malformed response"):
+    with pytest.raises(EngineError, match=r"POST http://127\.0\.0\.1:\d+/generate: malformed response"):
         _run(go("stream"))
-    with pytest.raises(EngineError, match=r"POST http://engine/update_weight_version: malformed response"):
+    with pytest.raises(EngineError, match=r"POST http://127\.0\.0\.1:\d+/update_weight_version: malformed response"):
         _run(go("control"))

@@ -1,4 +1,4 @@
-"""generate_group / generate_sample through the real EngineClient against a fake engine transport.
+"""generate_group / generate_sample through the real EngineClient against a scripted engine (tests/fake_http.py).
 
 An engine's 4xx means the request itself is bad: the sample fails and its group finishes. A 5xx or a
 dropped connection is the engine's fault: the sample keeps its tokens and status so the group is recycled.
@@ -17,6 +17,7 @@ from slime_rl.engines.client import EngineClient
 from slime_rl.engines.protocol import SamplingParams
 from slime_rl.rollout.generate import generate_group, generate_sample
 from slime_rl.types import Group, Sample, Status
+from tests.fake_http import serve
 
 TOO_LONG = "The input (3 tokens) is longer than the model's context length (3 tokens)."
 
@@ -40,8 +41,7 @@ def make_group(*uids: str) -> Group:
 
 def run_group(group: Group, handler, *, max_retries: int = 0) -> Group:
     async def go() -> Group:
-        transport = httpx.MockTransport(handler)
-        async with EngineClient("http://engine", max_retries=max_retries, backoff_s=0.0, transport=transport) as c:
+        async with serve(handler) as url, EngineClient(url, max_retries=max_retries, backoff_s=0.0) as c:
             params = SamplingParams(max_new_tokens=8)
             return await generate_group(c, group, params, 8, version=4, semaphore=asyncio.Semaphore(4))
 
@@ -110,7 +110,7 @@ def test_generate_sample_resumed_request_sends_prompt_plus_response_with_the_res
     sample.append_tokens(np.array([5, 6]), np.array([-1.0, -1.0]), version=3)
 
     async def go() -> None:
-        async with EngineClient("http://engine", transport=httpx.MockTransport(handler)) as client:
+        async with serve(handler) as url, EngineClient(url) as client:
             await generate_sample(client, sample, SamplingParams(max_new_tokens=8), 8, version=4)
 
     asyncio.run(go())
@@ -142,8 +142,7 @@ def test_generate_group_resends_a_request_whose_engine_went_out_of_service_once_
         async def restore() -> None:
             await serving.update([EngineClient("http://engine-0")])
 
-        transport = httpx.MockTransport(handler)
-        async with EngineClient("http://router", max_retries=0, transport=transport) as c:
+        async with serve(handler) as url, EngineClient(url, max_retries=0) as c:
             group = make_group("a")
             params = SamplingParams(max_new_tokens=8)
             return await generate_group(c, group, params, 8, version=4, semaphore=asyncio.Semaphore(4), serving=serving)
@@ -158,8 +157,8 @@ def test_generate_group_keeps_the_group_for_recycling_when_the_same_engines_stil
 
     async def go() -> Group:
         serving = ServingEngines([EngineClient("http://engine-0")])
-        transport = httpx.MockTransport(lambda request: httpx.Response(502, text="bad gateway"))
-        async with EngineClient("http://router", max_retries=0, transport=transport) as c:
+        bad_gateway = serve(lambda request: httpx.Response(502, text="bad gateway"))
+        async with bad_gateway as url, EngineClient(url, max_retries=0) as c:
             group = make_group("a")
             params = SamplingParams(max_new_tokens=8)
             return await generate_group(c, group, params, 8, version=4, semaphore=asyncio.Semaphore(4), serving=serving)
@@ -182,8 +181,7 @@ def test_generate_group_stops_waiting_for_a_serving_engine_when_stop_is_set():
             asyncio.get_running_loop().call_later(0.05, stop.set)  # then a pause comes
             return httpx.Response(502, text="upstream gone")
 
-        transport = httpx.MockTransport(handler)
-        async with EngineClient("http://router", max_retries=0, transport=transport) as c:
+        async with serve(handler) as url, EngineClient(url, max_retries=0) as c:
             group = make_group("a")
             params = SamplingParams(max_new_tokens=8)
             return await asyncio.wait_for(
