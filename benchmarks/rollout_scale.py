@@ -129,6 +129,7 @@ async def drive(spec: dict) -> dict:
     # Record fields: rid, sent, done, prompt_tokens, completion_tokens, ... A request whose input is the bare prompt
     # (not a resumed partial) gets its first token from the prefill, outside the decode steps.
     generated = sum(r[4] for r in records)
+    request_seconds = sum(r[2] - r[1] for r in records)  # summed over requests: / wall = mean requests in flight
     fresh_first_tokens = sum(1 for r in records if r[3] == PROMPT_LEN and r[4] > 0)
     return {
         "samples": samples,
@@ -137,6 +138,7 @@ async def drive(spec: dict) -> dict:
         "generated_tokens": generated,
         "decode_tokens": generated - fresh_first_tokens,
         "wall_s": wall,
+        "mean_requests_in_flight": request_seconds / wall,
         "cpu_s": cpu,
         "unaccounted_groups": unaccounted,
     }
@@ -276,12 +278,13 @@ def measure(
     redis_url: str,
     tmp: Path,
     *,
+    router_policy: str = "round_robin",
     extra: dict | None = None,
 ) -> dict:
     """One worker run against `num_engines` simulated engines behind a fresh router; adds the engines' CPU use.
     `extra` (a transports spec) runs the HTTP client comparison afterwards on the same engines."""
     with SimulatedEngines(cfg, num_engines, log_dir=str(tmp)) as urls:
-        router = Router(policy="round_robin", log_path=str(tmp / "router.log"))
+        router = Router(policy=router_policy, log_path=str(tmp / "router.log"))
         router.start(worker_urls=urls)
         try:
             deadline = time.monotonic() + 120
@@ -370,7 +373,9 @@ def april_runs(args: argparse.Namespace, redis_url: str, tmp: Path) -> dict:
     modes = {"off": base, "on": {**base, "use_april": True, "over_sampling_batch_size": args.april_over_sampling}}
     out: dict = {"bound_tokens_per_s": bound_tokens_per_s}
     for mode, rollout in modes.items():
-        run = measure(cfg, num_engines, rollout, args.april_steps, redis_url, tmp)
+        run = measure(
+            cfg, num_engines, rollout, args.april_steps, redis_url, tmp, router_policy=args.april_router_policy
+        )
         decode_per_s = run["decode_tokens"] / run["wall_s"]
         out[mode] = {
             "generated_tokens": run["generated_tokens"],
@@ -379,6 +384,7 @@ def april_runs(args: argparse.Namespace, redis_url: str, tmp: Path) -> dict:
             "samples": run["samples"],
             "seconds": round(run["wall_s"], 2),
             "abort_wait_s": round(run["abort_wait_s"], 2),
+            "mean_requests_in_flight": round(run["mean_requests_in_flight"], 1),  # against 64 x slots
             "generated_tokens_per_s": round(run["generated_tokens"] / run["wall_s"], 1),
             "decode_tokens_per_s": round(decode_per_s, 1),
             "share_of_bound": round(decode_per_s / bound_tokens_per_s, 3),
@@ -412,6 +418,7 @@ def main() -> None:
     parser.add_argument("--april-median", type=float, default=8.0, help="median response length, tokens")
     parser.add_argument("--april-sigma", type=float, default=1.5, help="lognormal sigma of response lengths")
     parser.add_argument("--april-max-new-tokens", type=int, default=128)
+    parser.add_argument("--april-router-policy", default="power_of_two", help="sglang-router policy of the APRIL runs")
     parser.add_argument("--skip-april", action="store_true")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp_name, EmbeddedRedis(BufferConfig(appendonly=False)) as redis:

@@ -71,7 +71,8 @@ class RolloutConfig:
     top_k: int = -1  # -1 = whole vocabulary
     max_concurrent_requests: int = 256  # requests in flight through the router
     use_april: bool = False  # APRIL: over-provision, abort at target, recycle partials
-    over_sampling_batch_size: int | None = None  # groups in flight under APRIL; None = 2 x rollout_batch_size
+    over_sampling_batch_size: int | None = None  # APRIL keeps this many groups' worth of requests in flight (a group
+    # is taken whenever n_samples_per_prompt requests returned); None = 2 x rollout_batch_size
     partial_policy: str = "recompute"  # recompute | mask_stale | tis: treatment of resumed stale tokens
     max_partial_staleness: int | None = None  # versions a resumed partial may lag; older ones restart; None = never
     dynamic_filter: str | None = None  # "nonzero_std" or "module:function"; None = keep every group

@@ -14,6 +14,7 @@ import dataclasses
 import logging
 import time
 import zlib
+from collections.abc import Callable
 
 import numpy as np
 
@@ -137,6 +138,7 @@ async def generate_group(
     stop: asyncio.Event | None = None,
     seed: int | None = None,
     serving: ServingEngines | None = None,
+    on_sample_returned: Callable[[], None] | None = None,
 ) -> Group:
     """Run every unfinished sample of `group` once, `semaphore` bounding requests in flight.
 
@@ -148,9 +150,17 @@ async def generate_group(
     group without losing anything; but when `serving` changed meanwhile (the engine was taken out, or none
     serves), the request waits for a serving engine and is sent again (see `ServingEngines`), unless `stop`
     is set meanwhile (an APRIL abort or a weight update must not wait for an engine to come back).
+    `on_sample_returned` is called once per unfinished sample when its `run` ends, however it ended.
     """
 
     async def run(sample: Sample) -> None:
+        try:
+            await run_until_answered(sample)
+        finally:
+            if on_sample_returned is not None:
+                on_sample_returned()
+
+    async def run_until_answered(sample: Sample) -> None:
         while True:
             async with semaphore:
                 if stop is not None and stop.is_set():

@@ -5,11 +5,13 @@ restart partials that lag more than `max_partial_staleness` versions, generate e
 router, score finished groups and settle each returned group by the one settle policy
 (`rollout.settle`: filter, publish, recycle, failure cap), until `rollout_batch_size` groups are published.
 
-APRIL (arXiv 2509.18521): with `use_april`, `over_sampling_batch_size` groups stay in flight; once the
-target is met, every engine is aborted and every group still in flight goes back to the buffer's
-partials, keeping its tokens, finished members, rewards and versions. A group that finishes after the
-target is met (it raced the abort) is recycled too, finished: it is published first next step, under
-that step's version, after the staleness cap and the filter.
+APRIL (arXiv 2509.18521): with `use_april`, `over_sampling_batch_size` groups' worth of requests stay in
+flight: a new group is taken whenever `n_samples_per_prompt` requests have returned, not when a whole group
+has, so groups that wait on their long tail do not leave engine slots idle. Once the target is met, every
+engine is aborted and every group still in flight goes back to the buffer's partials, keeping its tokens,
+finished members, rewards and versions. A group that finishes after the target is met (it raced the abort)
+is recycled too, finished: it is published first next step, under that step's version, after the staleness
+cap and the filter.
 
 Every group taken leaves through exactly one of publish, `record_drops` or `put_partials`, so the
 buffer's counters invariant holds across aborts and failures. Knows nothing about Ray.
@@ -120,32 +122,58 @@ class RolloutManager:
         tasks: dict[asyncio.Task[Group], Group],
     ) -> None:
         version = state.version
+        unanswered = 0  # samples of the groups in flight whose request has not returned
+        room = asyncio.Event()  # APRIL: a group's worth of requests returned since the last take
+        room_opened: asyncio.Future | None = None
+
+        def sample_returned() -> None:
+            nonlocal unanswered
+            unanswered -= 1
+            if self.cfg.use_april and self._num_to_take(state, unanswered, target):
+                room.set()
+
         try:
             while len(state.published) < target:
                 with self._timed("buffer"):
-                    taken = self.take(self._num_to_take(state, len(tasks), target), state)
+                    taken = self.take(
+                        self._num_to_take(state, unanswered if self.cfg.use_april else len(tasks), target), state
+                    )
                 for group in taken:
-                    tasks[asyncio.create_task(self._run_group(group, version, semaphore, stop))] = group
+                    unanswered += sum(not s.status.is_finished for s in group.samples)
+                    run = self._run_group(group, version, semaphore, stop, sample_returned)
+                    tasks[asyncio.create_task(run)] = group
                 if not tasks:
                     if not self.settler.keep_rejected_when_starved(state):
                         raise DataError("the buffer returned no prompt groups; is the dataset empty?")
                     continue
-                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+                waits: set[asyncio.Future] = set(tasks)
+                if self.cfg.use_april:
+                    if room_opened is None or room_opened.done():
+                        room.clear()
+                        room_opened = asyncio.ensure_future(room.wait())
+                    waits.add(room_opened)
+                done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
                 for task in done:
+                    if task is room_opened:
+                        continue
                     target_met = len(state.published) >= target
                     with self._timed("buffer"):
                         self.settler.settle(tasks.pop(task), state, target_met=target_met)
         finally:
+            if room_opened is not None:
+                room_opened.cancel()
             if tasks:
                 with self._timed("abort_wait"):
                     state.abort_wait_s = await self._abort_and_recycle(tasks, stop, state)
             self.settler.close(state)
 
-    def _num_to_take(self, state: StepState, num_in_flight: int, target: int) -> int:
-        # Without APRIL only as many groups as still needed are in flight; with it, the over-sampling target.
+    def _num_to_take(self, state: StepState, in_flight: int, target: int) -> int:
+        """Groups to take now. Without APRIL `in_flight` counts groups, and only as many as the target still needs
+        are in flight. With it `in_flight` counts unanswered samples, kept at the over-sampling target's worth."""
         if self.cfg.use_april:
-            return max(self.groups_in_flight_target - num_in_flight, 0)
-        return max(target - len(state.published) - num_in_flight, 0)
+            n = self.cfg.n_samples_per_prompt
+            return max(self.groups_in_flight_target * n - in_flight, 0) // n
+        return max(target - len(state.published) - in_flight, 0)
 
     def take(self, num_groups: int, state: StepState) -> list[Group]:
         """Take groups partials-first; restart partials older than `max_partial_staleness` (counted)."""
@@ -159,7 +187,14 @@ class RolloutManager:
                 state.stats["partial_restarted"] += 1
         return groups
 
-    async def _run_group(self, group: Group, version: int, semaphore: asyncio.Semaphore, stop: asyncio.Event) -> Group:
+    async def _run_group(
+        self,
+        group: Group,
+        version: int,
+        semaphore: asyncio.Semaphore,
+        stop: asyncio.Event,
+        on_sample_returned: Callable[[], None] | None = None,
+    ) -> Group:
         """Generate the group's unfinished samples (once each), then score it if it is finished."""
         if not group.is_finished:
             await generate_group(
@@ -172,6 +207,7 @@ class RolloutManager:
                 stop=stop,
                 seed=self.cfg.seed,
                 serving=self.serving,
+                on_sample_returned=on_sample_returned,
             )
         if group.is_finished:
             with self._timed("reward"):
