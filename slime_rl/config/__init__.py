@@ -7,8 +7,9 @@ from slime_rl.config.engine import EngineConfig
 from slime_rl.config.eval import EvalConfig
 from slime_rl.config.mode import ModeConfig
 from slime_rl.config.model import ModelConfig
-from slime_rl.config.rollout import RewardConfig, RolloutConfig
+from slime_rl.config.rollout import GenerateConfig, RewardConfig, RolloutConfig
 from slime_rl.config.root import SlimeRLConfig, compose_config, config_dir, load_config, register_configs, to_config
+from slime_rl.config.tools import ToolsConfig
 from slime_rl.config.toy import ToyConfig
 from slime_rl.config.trainer import TrainerConfig
 from slime_rl.config.watchdog import WatchdogConfig
@@ -20,11 +21,13 @@ __all__ = [
     "DataConfig",
     "EngineConfig",
     "EvalConfig",
+    "GenerateConfig",
     "ModeConfig",
     "ModelConfig",
     "RewardConfig",
     "RolloutConfig",
     "SlimeRLConfig",
+    "ToolsConfig",
     "ToyConfig",
     "TrainerConfig",
     "WatchdogConfig",

@@ -1,4 +1,4 @@
-"""Rollout settings (`rollout` group): sampling, batch sizes, APRIL and rewards."""
+"""Rollout settings (`rollout` group): sampling, batch sizes, APRIL, the generate hook and rewards."""
 
 from dataclasses import dataclass, field
 
@@ -61,6 +61,32 @@ class RewardConfig:
             )
 
 
+GENERATE_KINDS = ("single_turn", "multi_turn", "custom")
+
+
+@dataclass
+class GenerateConfig:
+    """`rollout.generate`: how one sample is generated (rollout/hook.py states the hook contract)."""
+
+    kind: str = "single_turn"  # single_turn | multi_turn (tool use, `tools` node) | custom (uses path)
+    path: str | None = None  # "package.module:function" for kind=custom: `async def fn(ctx, sample) -> None`
+    max_turns: int = 4  # kind=multi_turn: policy turns per sample (each ends at a tool call or an answer)
+
+    def __post_init__(self) -> None:
+        check_choice("rollout.generate.kind", self.kind, GENERATE_KINDS)
+        if self.kind == "custom" and (self.path is None or self.path.count(":") != 1):
+            raise ConfigError(
+                f"rollout.generate.kind=custom needs rollout.generate.path='package.module:function', got {self.path!r}"
+            )
+        if self.kind != "custom" and self.path is not None:
+            raise ConfigError(
+                f"rollout.generate.path={self.path!r} is set but rollout.generate.kind={self.kind}; "
+                "set rollout.generate.kind=custom or drop the path"
+            )
+        if self.max_turns < 1:
+            raise ConfigError(f"rollout.generate.max_turns must be >= 1 turns, got {self.max_turns}")
+
+
 @dataclass
 class RolloutConfig:
     rollout_batch_size: int = 8  # prompt groups per training step
@@ -82,6 +108,7 @@ class RolloutConfig:
     abort_timeout_s: float = 60.0  # seconds APRIL waits for aborted requests to return before cancelling them
     seed: int = 1234  # sampling seed base
     reward: RewardConfig = field(default_factory=RewardConfig)
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
 
     def __post_init__(self) -> None:
         check_choice("rollout.partial_policy", self.partial_policy, ("recompute", "mask_stale", "tis"))

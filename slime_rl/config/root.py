@@ -24,6 +24,7 @@ from slime_rl.config.mode import ModeConfig
 from slime_rl.config.model import ModelConfig
 from slime_rl.config.profile import ProfileConfig
 from slime_rl.config.rollout import RolloutConfig
+from slime_rl.config.tools import ToolsConfig
 from slime_rl.config.toy import ToyConfig
 from slime_rl.config.trainer import TrainerConfig
 from slime_rl.config.watchdog import WatchdogConfig
@@ -60,6 +61,7 @@ class SlimeRLConfig:
     watchdog: WatchdogConfig = field(default_factory=WatchdogConfig)
     profile: ProfileConfig = field(default_factory=ProfileConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    tools: ToolsConfig = field(default_factory=ToolsConfig)  # tool use of rollout.generate.kind=multi_turn
 
     def __post_init__(self) -> None:
         if self.trainer.micro_batch_size > self.rollout.rollout_batch_size * self.rollout.n_samples_per_prompt:

@@ -128,6 +128,7 @@ def rollout_side(cfg: SlimeRLConfig, redis_url: str, placement) -> Iterator[Roll
                 request_timeout_s=cfg.engine.request_timeout_s,
                 seed=cfg.seed,
                 lease_s=cfg.buffer.lease_s,
+                tools=cfg.tools,
             )
         )
         stack.callback(ray.kill, worker)

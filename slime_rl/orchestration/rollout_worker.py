@@ -1,7 +1,8 @@
 """Actor body of the rollout side: builds a `RolloutManager` from config inside its own process.
 
-The plain manager takes built objects (clients, buffer, reward, dataset); this shell builds them where
-they are used, so nothing heavier than config crosses the Ray boundary. It also runs held-out evals.
+The plain manager takes built objects (clients, buffer, reward, dataset, the generate hook with its
+tokenizer and one `ToolRegistry`); this shell builds them where they are used, so nothing heavier than
+config crosses the Ray boundary. It also runs held-out evals.
 """
 
 from __future__ import annotations
@@ -21,15 +22,19 @@ from slime_rl.buffer.store import RedisBuffer
 from slime_rl.config.buffer import DataConfig
 from slime_rl.config.eval import EvalConfig
 from slime_rl.config.rollout import RolloutConfig
+from slime_rl.config.tools import ToolsConfig
 from slime_rl.engines.client import EngineClient
 from slime_rl.engines.protocol import served_context_len
 from slime_rl.errors import ServiceError
 from slime_rl.orchestration.cluster import Located
 from slime_rl.rollout.evaluate import evaluate_greedy
 from slime_rl.rollout.filters import make_group_filter
+from slime_rl.rollout.hook import TokenizerCodec, make_generation
 from slime_rl.rollout.manager import RolloutManager
 from slime_rl.rollout.rewards.hub import make_reward_fn
 from slime_rl.rollout.streaming import StreamingRollout
+from slime_rl.rollout.tools.registry import ToolRegistry
+from slime_rl.rollout.tools.sandbox import Sandbox
 from slime_rl.types import Sample
 
 logger = logging.getLogger(__name__)
@@ -66,6 +71,16 @@ def engine_context_len(engine_urls: list[str], model_path: str, *, timeout_s: fl
     return context_len(model_path, infos)
 
 
+def check_tool_isolation(cfg: ToolsConfig) -> None:
+    """Raise `ConfigError` now if sandboxed tools could not run here (no network block and one is required).
+
+    Probes with a throwaway `Sandbox` on a thread with its own event loop (callable inside a running loop).
+    """
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        support = pool.submit(asyncio.run, Sandbox(cfg).check_isolation()).result()
+    logger.info("tool sandbox: %s", support.describe())
+
+
 class StreamNotRunning(ServiceError):
     """A stream call reached a worker without a stream: Ray restarted it after it died mid-run."""
 
@@ -88,6 +103,7 @@ class RolloutWorker(Located):
         request_timeout_s: float,
         seed: int,
         lease_s: float,
+        tools: ToolsConfig | None = None,
     ) -> None:
         from transformers import AutoTokenizer
 
@@ -109,6 +125,13 @@ class RolloutWorker(Located):
             max_new_tokens=rollout.max_new_tokens,
         )
         self.reward_fn = make_reward_fn(rollout.reward)
+        tools_cfg = tools or ToolsConfig()
+        if rollout.generate.kind == "multi_turn":
+            check_tool_isolation(tools_cfg)
+        self.tools = ToolRegistry(tools_cfg)  # one per worker: every sample's tool calls share its sandbox
+        generation = make_generation(
+            rollout.generate, codec=TokenizerCodec(self.tokenizer), tools=self.tools, tools_cfg=tools_cfg
+        )
         self.request_timeout_s = request_timeout_s
         self.router = EngineClient(router_url, timeout_s=request_timeout_s)
         self.manager = RolloutManager(
@@ -120,6 +143,7 @@ class RolloutWorker(Located):
             reward_fn=self.reward_fn,
             decode=self.decode,
             group_filter=make_group_filter(rollout.dynamic_filter),
+            generation=generation,
         )
         self.stream: StreamingRollout | None = None  # fully async only, from `start_stream`
         self.eval_samples: list[Sample] = []

@@ -1,10 +1,12 @@
 """Generate the responses of one group through the engine protocol, token in, token out.
 
-A sample continues from its own tokens: the request's input is `prompt_ids + response_ids` and its
-budget is `max_new_tokens - len(response_ids)`, so an aborted sample resumes exactly where it stopped
-(APRIL) and nothing is ever re-tokenised. Every appended token span records the weight version the
-engine reported for it. A partial that lags too many versions is restarted from its prompt instead
-(`restart_stale_group`). Scheduling (which groups run, when to abort) is the manager's job.
+`generate_group` runs the run's generate hook (rollout/hook.py) on each unfinished sample; `single_turn`,
+the default hook, is one request per round. A sample continues from its own tokens: the request's input
+is `prompt_ids + response_ids` and its budget is `max_new_tokens - len(response_ids)`, so an aborted
+sample resumes exactly where it stopped (APRIL) and nothing is ever re-tokenised. Every appended token
+span records the weight version the engine reported for it. A partial that lags too many versions is
+restarted from its prompt instead (`restart_stale_group`). Scheduling (which groups run, when to abort)
+is the manager's job.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import numpy as np
 from slime_rl.buffer.staleness import is_fresh
 from slime_rl.engines.client import EngineClient, EngineError
 from slime_rl.engines.protocol import GenerateRequest, SamplingParams
+from slime_rl.rollout.hook import GenerateContext, Generation, contract_errors
 from slime_rl.rollout.serving import ServingEngines
 from slime_rl.types import Group, Sample, Status
 
@@ -39,8 +42,12 @@ def request_seed(seed: int, sample: Sample) -> int:
     return (seed * 1_000_003 + zlib.crc32(sample.uid.encode()) + len(sample.response_ids)) % 2**31
 
 
+# Metadata a response writes (the hooks' and generate_sample's); a restart from the prompt clears it.
+RESPONSE_METADATA = ("error", "gen_time_s", "turns", "final_answer", "stop_reason", "hook")
+
+
 def restart_sample(sample: Sample, version: int) -> None:
-    """Drop every generated token of `sample` so it starts again from its prompt under `version`."""
+    """Drop every generated token of `sample` (and its response metadata) so it starts again from its prompt."""
     sample.response_ids = np.zeros(0, np.int32)
     sample.rollout_logprobs = np.zeros(0, np.float32)
     sample.loss_mask = np.zeros(0, np.uint8)
@@ -49,8 +56,8 @@ def restart_sample(sample: Sample, version: int) -> None:
     sample.reward_info = {}
     sample.status = Status.PENDING
     sample.created_version = version
-    sample.metadata.pop("error", None)
-    sample.metadata.pop("gen_time_s", None)
+    for key in RESPONSE_METADATA:
+        sample.metadata.pop(key, None)
 
 
 def restart_stale_group(group: Group, version: int, max_staleness: int | None) -> bool:
@@ -118,6 +125,11 @@ async def generate_sample(
         sample.status = Status.TRUNCATED  # aborted with its budget spent: nothing left to resume
 
 
+async def single_turn(ctx: GenerateContext, sample: Sample) -> None:
+    """The built-in hook (`rollout.generate.kind=single_turn`): one request for the sample's remaining budget."""
+    await generate_sample(ctx.client, sample, ctx.sampling, ctx.max_new_tokens, ctx.version, seed=ctx.seed)
+
+
 async def _until_serving_or_stopped(serving: ServingEngines, stop: asyncio.Event | None) -> None:
     waits = [asyncio.ensure_future(serving.wait_serving())]
     if stop is not None:
@@ -139,8 +151,13 @@ async def generate_group(
     seed: int | None = None,
     serving: ServingEngines | None = None,
     on_sample_returned: Callable[[], None] | None = None,
+    generation: Generation | None = None,
 ) -> Group:
-    """Run every unfinished sample of `group` once, `semaphore` bounding requests in flight.
+    """Run the hook of `generation` (default `single_turn`) once on every unfinished sample of `group`.
+
+    `semaphore` bounds the samples inside the hook at once: one request slot per sample, held across
+    its turns and tool calls. A custom hook's samples are checked against the contract (`contract_errors`);
+    one that breaks it fails, with the reason in `metadata["error"]`.
 
     Returns the same group. Samples stay `aborted` when their request was aborted, and samples whose turn
     comes after `stop` is set are not sent at all (so an abort cannot be outrun by a queued request). A
@@ -152,6 +169,8 @@ async def generate_group(
     is set meanwhile (an APRIL abort or a weight update must not wait for an engine to come back).
     `on_sample_returned` is called once per unfinished sample when its `run` ends, however it ended.
     """
+    generation = generation or Generation(hook=single_turn)
+    ctx = generation.context(client, sampling, max_new_tokens=max_new_tokens, version=version, seed=seed, stop=stop)
 
     async def run(sample: Sample) -> None:
         try:
@@ -167,7 +186,11 @@ async def generate_group(
                     return
                 epoch = serving.epoch if serving is not None else 0
                 try:
-                    await generate_sample(client, sample, sampling, max_new_tokens, version, seed=seed)
+                    await generation.hook(ctx, sample)
+                    if generation.check_contract and (errors := contract_errors(sample, max_new_tokens)):
+                        logger.warning("sample %s: the generate hook broke its contract: %s", sample.uid, errors)
+                        restart_sample(sample, version)  # its arrays may not even line up: keep none of them
+                        sample.fail(f"generate hook: {'; '.join(errors)}")
                     return
                 except EngineError as err:
                     if serving is None or not serving.changed_since(epoch):

@@ -32,7 +32,9 @@ from slime_rl.engines.client import EngineClient
 from slime_rl.engines.protocol import SamplingParams
 from slime_rl.errors import DataError
 from slime_rl.rollout.filters import GroupFilter, keep_all
-from slime_rl.rollout.generate import generate_group, restart_stale_group
+from slime_rl.rollout.generate import generate_group, restart_stale_group, single_turn
+from slime_rl.rollout.hook import Generation
+from slime_rl.rollout.multi_turn import turn_metrics
 from slime_rl.rollout.rewards.hub import RewardFn, score_samples
 from slime_rl.rollout.serving import ServingEngines
 from slime_rl.rollout.settle import GroupSettler, StepState
@@ -50,6 +52,7 @@ class RolloutManager:
         buffer: the run's `RedisBuffer` (take_groups, put_partials, publish, record_drops).
         refill_prompts: tops the buffer's prompt list up to at least `n` groups (the dataset cursor).
         decode: token ids -> text, for rewards only (generation is token in, token out).
+        generation: the generate hook with its tokenizer and tools (`hook.make_generation`); default single-turn.
     """
 
     def __init__(
@@ -63,6 +66,7 @@ class RolloutManager:
         reward_fn: RewardFn,
         decode: Callable[[np.ndarray], str],
         group_filter: GroupFilter = keep_all,
+        generation: Generation | None = None,
     ) -> None:
         self.cfg = cfg
         self.router = router
@@ -71,6 +75,7 @@ class RolloutManager:
         self.refill_prompts = refill_prompts
         self.reward_fn = reward_fn
         self.decode = decode
+        self.generation = generation or Generation(hook=single_turn)
         self.settler = GroupSettler(cfg, buffer, group_filter)
         self.sampling = SamplingParams(
             max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k
@@ -208,6 +213,7 @@ class RolloutManager:
                 seed=self.cfg.seed,
                 serving=self.serving,
                 on_sample_returned=on_sample_returned,
+                generation=self.generation,
             )
         if group.is_finished:
             with self._timed("reward"):
@@ -301,6 +307,7 @@ def rollout_metrics(state: StepState, elapsed_s: float) -> dict[str, float]:
         "rollout/response_tokens": total_tokens,
         "rollout/off_policy_token_frac": stale_tokens / max(total_tokens, 1.0),
         **{f"rollout/{key}": float(state.stats[key]) for key in SETTLE_COUNTS},
+        **turn_metrics(samples),
         "perf/rollout_samples_per_s": len(samples) / max(elapsed_s, 1e-9),
         "perf/rollout_tokens_per_s": total_tokens / max(elapsed_s, 1e-9),
         "perf/longest_sample_tokens_per_s": len(longest.response_ids) / longest_time_s if longest_time_s else 0.0,

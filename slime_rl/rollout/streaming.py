@@ -149,6 +149,7 @@ class StreamingRollout:
                     stop=self._stop_requests,
                     seed=self.cfg.seed,
                     serving=self.manager.serving,
+                    generation=self.manager.generation,
                 )
             finally:
                 self._requests_out -= 1
