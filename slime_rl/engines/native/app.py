@@ -1,4 +1,4 @@
-"""HTTP layer of the native engine: SGLang's endpoints and JSON shapes (REFERENCE.md §1) over FastAPI.
+"""HTTP layer of the native engine: SGLang's endpoints and JSON shapes (REFERENCE.md §1) over Starlette.
 
 Owns routes, response assembly, detokenisation and SSE streaming; bodies.py parses and validates request
 bodies, and every `BadRequest` it raises is answered with HTTP 400 `{"error": {"message"}}`. Model work
@@ -15,8 +15,11 @@ import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
 
 from slime_rl.engines.native.bodies import BadRequest, check, field, parse_generate, parse_profile, read_json
 from slime_rl.engines.native.profiler import ProfileError
@@ -62,15 +65,33 @@ def _response(
     return {"text": text, "output_ids": update.output_ids, "meta_info": meta}
 
 
-def build_app(engine: NativeEngine | SimulatedEngine) -> FastAPI:
-    """The FastAPI app serving `engine` (already started): the native engine, or the simulated one, which has the
-    same attributes and methods (engines/simulated/engine.py) over a cost model instead of a model."""
-    app = FastAPI(title="slime-rl native engine")
-    scheduler = engine.scheduler
+async def _bad_request(_: Request, err: Exception) -> Response:
+    return _error(str(err))
 
-    @app.exception_handler(BadRequest)
-    async def bad_request(_: Request, err: BadRequest) -> JSONResponse:
-        return _error(str(err))
+
+async def _http_error(_: Request, err: Exception) -> Response:
+    """Unknown path or method: FastAPI's (so SGLang's) body, `{"detail": "Not Found"}`."""
+    assert isinstance(err, HTTPException)
+    return JSONResponse({"detail": err.detail}, status_code=err.status_code, headers=err.headers)
+
+
+def build_app(engine: NativeEngine | SimulatedEngine) -> Starlette:
+    """The app serving `engine` (already started): the native engine, or the simulated one, which has the same
+    attributes and methods (engines/simulated/engine.py) over a cost model instead of a model.
+
+    Plain Starlette, not FastAPI as in SGLang: every handler reads its body itself (bodies.py), so FastAPI's
+    dependency and validation layers would only add CPU per request (140 against 98 us for a bare JSON
+    endpoint under uvicorn here), which the simulated engines, many to a process, pay on every request.
+    """
+    scheduler = engine.scheduler
+    routes: list[Route] = []
+
+    def route(*paths: str, methods: tuple[str, ...] = ("POST",)):
+        def register(endpoint):
+            routes.extend(Route(path, endpoint, methods=list(methods)) for path in paths)
+            return endpoint
+
+        return register
 
     def submit(item: dict[str, Any], *, stream: bool) -> asyncio.Queue[RequestUpdate]:
         loop = asyncio.get_running_loop()
@@ -91,7 +112,7 @@ def build_app(engine: NativeEngine | SimulatedEngine) -> FastAPI:
             if update.finish_reason is not None:
                 return update
 
-    @app.post("/generate")
+    @route("/generate")
     async def generate(request: Request) -> Response:
         started = time.monotonic()
         body = await read_json(request)
@@ -123,14 +144,14 @@ def build_app(engine: NativeEngine | SimulatedEngine) -> FastAPI:
             if not finished:  # the client went away: free the slot
                 scheduler.abort(item["rid"])
 
-    @app.post("/abort_request")
+    @route("/abort_request")
     async def abort_request(request: Request) -> Response:
         body = await read_json(request, allow_empty=True)
         prefix = None if field(body, "abort_all", bool, False) else field(body, "rid", str, "")
         await asyncio.wrap_future(scheduler.abort(prefix))
         return Response(status_code=200)
 
-    @app.post("/pause_generation")
+    @route("/pause_generation")
     async def pause_generation(request: Request) -> Response:
         mode = field(await read_json(request, allow_empty=True), "mode", str, "abort")
         try:
@@ -139,8 +160,8 @@ def build_app(engine: NativeEngine | SimulatedEngine) -> FastAPI:
             return _error(str(err))
         return JSONResponse({"message": f"Generation paused ({mode}).", "status": "ok"})
 
-    @app.post("/continue_generation")
-    async def continue_generation() -> Response:
+    @route("/continue_generation")
+    async def continue_generation(_: Request) -> Response:
         await asyncio.wrap_future(scheduler.resume())
         return JSONResponse({"message": "Generation continued.", "status": "ok"})
 
@@ -151,14 +172,14 @@ def build_app(engine: NativeEngine | SimulatedEngine) -> FastAPI:
             logger.exception("weight operation failed")
             return _control(False, f"{type(err).__name__}: {err}")
 
-    @app.post("/update_weights_from_disk")
+    @route("/update_weights_from_disk")
     async def update_weights_from_disk(request: Request) -> Response:
         body = await read_json(request)
         return await weight_call(
             engine.update_weights_from_disk(field(body, "model_path", str), field(body, "weight_version", str, None))
         )
 
-    @app.post("/init_weights_update_group")
+    @route("/init_weights_update_group")
     async def init_weights_update_group(request: Request) -> Response:
         body = await read_json(request)
         master_port, world_size = field(body, "master_port", int), field(body, "world_size", int)
@@ -178,7 +199,7 @@ def build_app(engine: NativeEngine | SimulatedEngine) -> FastAPI:
             )
         )
 
-    @app.post("/update_weights_from_distributed")
+    @route("/update_weights_from_distributed")
     async def update_weights_from_distributed(request: Request) -> Response:
         body = await read_json(request)
         names = [check(name, str, "names[]") for name in field(body, "names", list)]
@@ -207,7 +228,7 @@ def build_app(engine: NativeEngine | SimulatedEngine) -> FastAPI:
     # session itself (one at a time, `end` only after `begin`), so that callers that use it are checked.
     session_open = False
 
-    @app.post("/begin_weight_update")
+    @route("/begin_weight_update")
     async def begin_weight_update(request: Request) -> Response:
         nonlocal session_open
         selector = field(await read_json(request, allow_empty=True), "selector", str, "all")
@@ -218,7 +239,7 @@ def build_app(engine: NativeEngine | SimulatedEngine) -> FastAPI:
         session_open = True
         return _control(True, "Weight update session opened.")
 
-    @app.post("/end_weight_update")
+    @route("/end_weight_update")
     async def end_weight_update(request: Request) -> Response:
         nonlocal session_open
         await read_json(request, allow_empty=True)
@@ -227,18 +248,18 @@ def build_app(engine: NativeEngine | SimulatedEngine) -> FastAPI:
         session_open = False
         return _control(True, "Weight update session closed.")
 
-    @app.post("/destroy_weights_update_group")
+    @route("/destroy_weights_update_group")
     async def destroy_weights_update_group(request: Request) -> Response:
         body = await read_json(request, allow_empty=True)
         return await weight_call(
             engine.destroy_weights_update_group(field(body, "group_name", str, "weight_update_group"))
         )
 
-    @app.get("/get_weight_version")
-    async def get_weight_version() -> Response:
+    @route("/get_weight_version", methods=("GET",))
+    async def get_weight_version(_: Request) -> Response:
         return JSONResponse({"weight_version": engine.weight_version})
 
-    @app.post("/update_weight_version")
+    @route("/update_weight_version")
     async def update_weight_version(request: Request) -> Response:
         body = await read_json(request)
         version = field(body, "new_version", str)
@@ -249,14 +270,12 @@ def build_app(engine: NativeEngine | SimulatedEngine) -> FastAPI:
             {"success": True, "message": f"Weight version updated to {version}", "new_version": version}
         )
 
-    @app.get("/health")
-    @app.get("/health_generate")
-    async def health() -> Response:
+    @route("/health", "/health_generate", methods=("GET",))
+    async def health(_: Request) -> Response:
         return Response(status_code=200)
 
-    @app.get("/get_model_info")
-    @app.get("/model_info")
-    async def get_model_info() -> Response:
+    @route("/get_model_info", "/model_info", methods=("GET",))
+    async def get_model_info(_: Request) -> Response:
         return JSONResponse(
             {
                 "model_path": engine.args.model_path,
@@ -268,9 +287,8 @@ def build_app(engine: NativeEngine | SimulatedEngine) -> FastAPI:
             }
         )
 
-    @app.get("/get_server_info")
-    @app.get("/server_info")
-    async def get_server_info() -> Response:
+    @route("/get_server_info", "/server_info", methods=("GET",))
+    async def get_server_info(_: Request) -> Response:
         state = {
             **scheduler.loads(),
             "num_finished_reqs": scheduler.num_finished,
@@ -282,18 +300,18 @@ def build_app(engine: NativeEngine | SimulatedEngine) -> FastAPI:
             {**engine.server_info(), "tp_size": 1, "internal_states": [state], "version": SERVER_VERSION}
         )
 
-    @app.get("/v1/loads")
-    async def loads() -> Response:
+    @route("/v1/loads", methods=("GET",))
+    async def loads(_: Request) -> Response:
         load = scheduler.loads()
         return JSONResponse({"timestamp": time.time(), "dp_rank_count": 1, "loads": [{"dp_rank": 0, **load}]})
 
-    @app.get("/get_load")
-    async def get_load() -> Response:
+    @route("/get_load", methods=("GET",))
+    async def get_load(_: Request) -> Response:
         load = scheduler.loads()
         return JSONResponse([{"dp_rank": 0, "num_reqs": load["num_running_reqs"] + load["num_waiting_reqs"], **load}])
 
-    @app.api_route("/flush_cache", methods=["GET", "POST"])
-    async def flush_cache() -> Response:
+    @route("/flush_cache", methods=("GET", "POST"))
+    async def flush_cache(_: Request) -> Response:
         ok = await engine.flush_cache()
         return Response(
             "Cache flushed.\n" if ok else "Requests are running; cache not flushed.\n", status_code=200 if ok else 400
@@ -301,7 +319,7 @@ def build_app(engine: NativeEngine | SimulatedEngine) -> FastAPI:
 
     # SGLang answers a refused start or stop with HTTP 500 (its handler raises RuntimeError); the body here
     # is SGLang's message instead of "Internal Server Error".
-    @app.api_route("/start_profile", methods=["GET", "POST"])
+    @route("/start_profile", methods=("GET", "POST"))
     async def start_profile(request: Request) -> Response:
         profile = parse_profile(await read_json(request, allow_empty=True))
         profiler = getattr(scheduler, "profiler", None)  # the simulated engine runs no model steps
@@ -313,8 +331,8 @@ def build_app(engine: NativeEngine | SimulatedEngine) -> FastAPI:
             return Response(f"{err}\n", status_code=500)
         return Response("Start profiling.\n", status_code=200)
 
-    @app.api_route("/stop_profile", methods=["GET", "POST"])
-    async def stop_profile() -> Response:
+    @route("/stop_profile", methods=("GET", "POST"))
+    async def stop_profile(_: Request) -> Response:
         profiler = getattr(scheduler, "profiler", None)
         if profiler is None:
             raise BadRequest("this engine runs no model steps to profile")
@@ -324,4 +342,4 @@ def build_app(engine: NativeEngine | SimulatedEngine) -> FastAPI:
             return Response(f"{err}\n", status_code=500)
         return Response("Stop profiling. This will take some time.\n", status_code=200)
 
-    return app
+    return Starlette(routes=routes, exception_handlers={BadRequest: _bad_request, HTTPException: _http_error})

@@ -27,7 +27,7 @@ import time
 import uuid
 from typing import Any
 
-from fastapi import Request
+from starlette.requests import Request
 
 from slime_rl.engines.native.profiler import ACTIVITIES, ProfileRequest
 from slime_rl.engines.native.requests import context_error

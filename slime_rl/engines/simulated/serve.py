@@ -1,6 +1,6 @@
 """Serve many simulated engines from one process: one uvicorn server per port, all on one event loop.
 
-Owns the sockets, the servers and shutdown. Each engine gets the native engine's FastAPI app (native/app.py)
+Owns the sockets, the servers and shutdown. Each engine gets the native engine's app (native/app.py)
 over its own `SimulatedEngine`; the ports are bound here before serving (port 0: the OS picks a free one, no
 race), and the URLs are printed as one JSON line and written to `urls_file` once every engine accepts
 connections. SIGTERM or SIGINT stops all of them: pending requests end with finish reason abort.
