@@ -149,8 +149,8 @@ async def drive(spec: dict) -> dict:
 
 
 async def transports(spec: dict) -> dict:
-    """CPU per request of the same `/generate` requests through `EngineClient.generate` (httpx, the rollout path)
-    and through a bare aiohttp session, `spec["concurrency"]` in flight: how much of the worker's cost is the
+    """CPU per request of the same `/generate` requests through `EngineClient.generate` (the rollout path, over
+    aiohttp) and through a bare aiohttp session, `spec["concurrency"]` in flight: how much of the worker's cost is the
     HTTP client's."""
     import aiohttp
 
@@ -177,7 +177,7 @@ async def transports(spec: dict) -> dict:
             request = GenerateRequest(input_ids=prompt, sampling_params=sampling, rid=f"h{i}", return_logprob=True)
             await client.generate(request)
 
-        httpx_us = await timed(via_client)
+        client_us = await timed(via_client)
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
 
         async def via_aiohttp(i: int) -> None:
@@ -185,11 +185,11 @@ async def transports(spec: dict) -> dict:
                 GenerateOutput.from_json(json.loads(await response.read()))
 
         aiohttp_us = await timed(via_aiohttp)
-    return {"engine_client_httpx_cpu_us_per_request": httpx_us, "aiohttp_cpu_us_per_request": aiohttp_us}
+    return {"engine_client_cpu_us_per_request": client_us, "aiohttp_cpu_us_per_request": aiohttp_us}
 
 
 CPU_GROUPS = {  # where a profiled worker's own time goes, by the file a function lives in
-    "http_client (httpx, httpcore, h11, anyio, sniffio)": ("/httpx/", "/httpcore/", "/h11/", "/anyio/", "/sniffio/"),
+    "http_client (aiohttp, yarl, multidict)": ("/aiohttp/", "/yarl/", "/multidict/"),
     "asyncio event loop": ("/asyncio/",),
     "redis client": ("/redis/",),
     "slime_rl": ("/slime_rl/",),
