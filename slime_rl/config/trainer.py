@@ -15,8 +15,12 @@ class TrainerConfig:
     num_steps_per_batch: int = 1  # optimizer steps per train() call; the batch is split into this many mini-batches
     logprob_temperature: float = 1.0  # temperature of trainer log-probs; keep equal to rollout.temperature
     seed: int = 1234  # torch seed of every rank
-    lr: float = 1e-5  # Adam learning rate
-    min_lr: float = 0.0  # floor of the decay schedule
+    lr: float = 1e-5  # Adam learning rate: the schedule's peak
+    min_lr: float = 0.0  # learning rate the decay ends at (lr_decay_style other than constant)
+    lr_decay_style: str = "constant"  # constant | linear | cosine | inverse-square-root (Megatron's schedules)
+    lr_decay_steps: int | None = None  # optimizer steps to reach min_lr; None = every RL optimizer step of the run
+    lr_warmup_steps: int = 0  # optimizer steps of linear warm-up from lr_warmup_init to lr
+    lr_warmup_init: float = 0.0  # learning rate the warm-up starts from
     weight_decay: float = 0.0  # decoupled weight decay
     adam_beta1: float = 0.9
     adam_beta2: float = 0.98
@@ -47,6 +51,25 @@ class TrainerConfig:
         check_min("trainer.clip_grad", self.clip_grad, 0.0)
         check_min("trainer.save_interval", self.save_interval, 0)
         check_min("trainer.max_checkpoints_to_keep", self.max_checkpoints_to_keep, 0)
+        check_choice(
+            "trainer.lr_decay_style", self.lr_decay_style, ("constant", "linear", "cosine", "inverse-square-root")
+        )
+        check_min("trainer.lr_warmup_steps", self.lr_warmup_steps, 0)
+        if not 0 <= self.min_lr <= self.lr or not 0 <= self.lr_warmup_init <= self.lr:
+            raise ConfigError(
+                f"trainer.min_lr={self.min_lr} and trainer.lr_warmup_init={self.lr_warmup_init} must lie in "
+                f"[0, trainer.lr={self.lr}]"
+            )
+        if self.min_lr > 0 and self.lr_decay_style == "constant":
+            raise ConfigError(
+                f"trainer.min_lr={self.min_lr} takes effect only with a decaying schedule; set "
+                "trainer.lr_decay_style=cosine (or linear, inverse-square-root) or drop trainer.min_lr"
+            )
+        if self.lr_decay_steps is not None and self.lr_decay_steps <= self.lr_warmup_steps:
+            raise ConfigError(
+                f"trainer.lr_decay_steps={self.lr_decay_steps} must exceed trainer.lr_warmup_steps="
+                f"{self.lr_warmup_steps} (both count optimizer steps)"
+            )
         if self.logprob_temperature <= 0:
             raise ConfigError(f"trainer.logprob_temperature must be > 0, got {self.logprob_temperature}")
 

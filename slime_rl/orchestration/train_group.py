@@ -50,9 +50,11 @@ class TrainerRank(Located):
         rank: int,
         world_size: int,
         buffer: tuple[str, str],
+        lr_decay_steps: int | None = None,
     ) -> None:
         self._args = (model, trainer, algorithm, rank, world_size)
         self._buffer = buffer  # (redis URL, run id) of the run's buffer
+        self._lr_decay_steps = lr_decay_steps
         self.trainer: Any = None
         self.feed: Any = None  # TrainFeed, once the rank has joined its groups
         self.listener: socket.socket | None = None  # rank 0: the socket its store will listen on
@@ -73,7 +75,15 @@ class TrainerRank(Located):
 
         model, trainer, algorithm, rank, world_size = self._args
         self.trainer = MegatronTrainer(
-            model, trainer, algorithm, rank, world_size, master_addr, master_port, listener=self.listener
+            model,
+            trainer,
+            algorithm,
+            rank,
+            world_size,
+            master_addr,
+            master_port,
+            listener=self.listener,
+            lr_decay_steps=self._lr_decay_steps,
         )
         self.trainer.init()
         self.feed = open_feed(*self._buffer)
@@ -118,13 +128,14 @@ class TrainGroup:
         *,
         loopback: bool,
         buffer: tuple[str, str],
+        lr_decay_steps: int | None = None,  # lr_schedule.run_lr_decay_steps; None: trainer.lr_decay_steps
     ) -> None:
         self.world_size = trainer.world_size
         self.data_parallel_size = trainer.data_parallel_size
         actor_cls = ray.remote(TrainerRank)
         self.ranks = [
             actor_cls.options(**slot.options(placement.pg)).remote(
-                model, trainer, algorithm, rank, self.world_size, buffer
+                model, trainer, algorithm, rank, self.world_size, buffer, lr_decay_steps
             )
             for rank, slot in enumerate(placement.trainer_slots)
         ]

@@ -58,7 +58,13 @@ def save(trainer: MegatronTrainer, step: int) -> Path:
         torch.save(params, _rank_file(out_dir, "model", layout.tp_rank, layout.pp_rank))
         torch.save(trainer.optimizer.state_dict(), _rank_file(out_dir, "optim", layout.tp_rank, layout.pp_rank))
     if dist.get_rank() == 0:
-        meta = {"step": step, "version": trainer.version, "tp_size": layout.tp_size, "pp_size": layout.pp_size}
+        meta = {
+            "step": step,
+            "version": trainer.version,
+            "tp_size": layout.tp_size,
+            "pp_size": layout.pp_size,
+            "lr_schedule": trainer.lr_schedule.state_dict(),
+        }
         (out_dir / "meta.json").write_text(json.dumps(meta))
         (out_dir / "hf").mkdir(exist_ok=True)
         for name in weights.HF_SIDE_FILES:
@@ -103,6 +109,8 @@ def load(trainer: MegatronTrainer) -> int | None:
             p.copy_(params[name])
     optim_state = torch.load(_rank_file(step_dir, "optim", layout.tp_rank, layout.pp_rank), weights_only=False)
     trainer.optimizer.load_state_dict(optim_state)
+    if "lr_schedule" in meta:  # checkpoints from before the schedule resume it from step 0
+        trainer.lr_schedule.load_state_dict(meta["lr_schedule"])
     trainer.version = int(meta["version"])
     logger.info("loaded checkpoint %s (step %d)", step_dir, meta["step"])
     return int(meta["step"])

@@ -37,6 +37,7 @@ from slime_rl.trainer.batching import (
 )
 from slime_rl.trainer.cpu_compat import device_scope, has_cuda, optimizer_step
 from slime_rl.trainer.logprobs import vocab_parallel_logprobs
+from slime_rl.trainer.lr_schedule import make_lr_schedule, run_lr_decay_steps
 from slime_rl.trainer.model import arch_from_hf, build_gpt_model, transformer_config
 from slime_rl.trainer.objective import StepTotals, TokenInputs, rl_objective, sft_objective
 from slime_rl.trainer.parallel import init_parallel
@@ -64,8 +65,15 @@ class MegatronTrainer:
         master_addr: str,
         master_port: int,
         listener: socket.socket | None = None,
+        lr_decay_steps: int | None = None,  # lr_schedule.run_lr_decay_steps(cfg, the run's steps)
     ) -> None:
         self.model_cfg, self.cfg, self.algo = model_cfg, trainer_cfg, algo_cfg
+        if lr_decay_steps is None and trainer_cfg.lr_decay_steps is None and trainer_cfg.lr_decay_style != "constant":
+            raise ConfigError(
+                f"trainer.lr_decay_style={trainer_cfg.lr_decay_style} needs the steps it decays over: set "
+                "trainer.lr_decay_steps"
+            )
+        self.lr_decay_steps = lr_decay_steps or run_lr_decay_steps(trainer_cfg, 0)
         self.rank, self.world_size = rank, world_size
         self.master_addr, self.master_port = master_addr, master_port
         self.listener = listener  # rank 0: the socket at master_addr:master_port its store listens on
@@ -136,6 +144,7 @@ class MegatronTrainer:
                 params_dtype=self.dtype,
             )
             self.optimizer = get_megatron_optimizer(opt_cfg, [self.ddp], use_gloo_process_groups=False)
+            self.lr_schedule = make_lr_schedule(self.optimizer, cfg, self.lr_decay_steps)
         self.tf_config.no_sync_func = self.ddp.no_sync
         self.tf_config.finalize_model_grads_func = finalize_model_grads
         self.tf_config.grad_scale_func = self.optimizer.scale_loss
@@ -311,7 +320,12 @@ class MegatronTrainer:
             lo, hi = int(chunk[0]), int(chunk[-1]) + 1
             base = int(offsets[lo])
             chunk_tokens = {k: (v[base : offsets[hi]] if v is not None else None) for k, v in per_token.items()}
-            all_metrics.append(self._optimizer_step(samples[lo:hi], partial(self._rl_loss, chunk_tokens)))
+            self.lr_schedule.step(0)  # this step's rate (a supervised warm-up may have set its own)
+            lr = self.optimizer.param_groups[0]["lr"]
+            all_metrics.append(
+                self._optimizer_step(samples[lo:hi], partial(self._rl_loss, chunk_tokens)) | {"train/lr": lr}
+            )
+            self.lr_schedule.step(1)
         self.version += 1
         return self._summarise(all_metrics, time.perf_counter() - start)
 
@@ -333,7 +347,8 @@ class MegatronTrainer:
         return rl_objective(inputs, self.algo, totals)
 
     def set_lr(self, lr: float) -> None:
-        """Set the learning rate of every parameter group (e.g. a warm-up phase with its own rate)."""
+        """Set the learning rate of every parameter group (the `sft` stage's own rate); the next RL step runs at
+        the schedule's rate again (`lr_schedule`)."""
         for group in self.optimizer.param_groups:
             group["lr"] = lr
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -110,7 +111,8 @@ def load_then_step(trainer, batch, checkpoint_dir):
 
 @pytest.mark.parametrize("tp", [1, 2])
 def test_trainer_checkpoint_resume_gives_identical_next_step(tp, toy_model, tmp_path):
-    cfg = _cfg(tp=tp)
+    # A decaying schedule: the resumed step must run at the checkpointed step's rate (3/4 of lr, step 1 of 4).
+    cfg = dataclasses.replace(_cfg(tp=tp), lr_decay_style="linear", lr_decay_steps=4)
     cfg.checkpoint_dir = str(tmp_path / "ckpt")
     batch = make_batch()
     saved = run_ranks(
@@ -120,6 +122,7 @@ def test_trainer_checkpoint_resume_gives_identical_next_step(tp, toy_model, tmp_
         load_then_step, model_path=toy_model, trainer_cfg=cfg, batch=batch, checkpoint_dir=cfg.checkpoint_dir
     )
     assert loaded[0]["step"] == 1 and loaded[0]["version"] == 1
+    assert loaded[0]["next"]["train/lr"] == pytest.approx(0.75 * cfg.lr)
     assert loaded[0]["next"] | {"perf/train_tokens_per_s": 0, "perf/train_compute_time_s": 0} == saved[0]["next"] | {
         "perf/train_tokens_per_s": 0,
         "perf/train_compute_time_s": 0,
