@@ -8,12 +8,12 @@ budget is spent; a filter only judges one group.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 
 import numpy as np
 
 from slime_rl.errors import ConfigError
+from slime_rl.plugins import load_plugin
 from slime_rl.types import Group, Status
 
 GroupFilter = Callable[[Group], bool]
@@ -42,15 +42,12 @@ def make_group_filter(name: str | None) -> GroupFilter:
         return keep_all
     if name in BUILTIN_FILTERS:
         return BUILTIN_FILTERS[name]
-    module_name, sep, attr = name.partition(":")
-    if not sep:
+    if ":" not in name:  # package.module.function
         module_name, _, attr = name.rpartition(".")
-    if not module_name or not attr:
-        raise ConfigError(
-            f"rollout.dynamic_filter={name!r} is unknown; choose one of {sorted(BUILTIN_FILTERS)}, "
-            "'module:function' or 'package.module.function'"
-        )
-    try:
-        return getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as err:
-        raise ConfigError(f"rollout.dynamic_filter={name!r} cannot be imported: {err}") from err
+        if not module_name:
+            raise ConfigError(
+                f"rollout.dynamic_filter={name!r} is unknown; choose one of {sorted(BUILTIN_FILTERS)}, "
+                "'module:function' or 'package.module.function'"
+            )
+        name = f"{module_name}:{attr}"
+    return load_plugin("rollout.dynamic_filter", name)

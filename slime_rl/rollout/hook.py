@@ -37,6 +37,7 @@ from slime_rl.config.tools import ToolsConfig
 from slime_rl.engines.client import EngineClient
 from slime_rl.engines.protocol import SamplingParams
 from slime_rl.errors import ConfigError
+from slime_rl.plugins import load_plugin
 from slime_rl.rollout.tools.registry import ToolRegistry
 from slime_rl.types import Sample, Status
 
@@ -134,13 +135,8 @@ def resolve_hook(cfg: GenerateConfig) -> GenerateHook:
         module_name, _, attr = _BUILTIN_HOOKS[cfg.kind].partition(":")
         return getattr(importlib.import_module(module_name), attr)
     key = f"rollout.generate.path={cfg.path!r}"
-    module_name, _, attr = (cfg.path or "").partition(":")
-    try:
-        fn = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError, ValueError) as err:
-        raise ConfigError(
-            f"{key} cannot be imported ({err}); give 'package.module:function' of an importable module"
-        ) from err
+    fn = load_plugin("rollout.generate.path", cfg.path)
+    attr = (cfg.path or "").partition(":")[2]
     if not inspect.iscoroutinefunction(fn):
         raise ConfigError(
             f"{key} is not an async function; define `async def {attr}(ctx: GenerateContext, sample: Sample) -> None`"

@@ -7,13 +7,13 @@ boundary the policy's text crosses: whatever happens, it returns a `ToolResult` 
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import logging
 import time
 
 from slime_rl.config.tools import ToolsConfig
 from slime_rl.errors import ConfigError
+from slime_rl.plugins import load_plugin
 from slime_rl.rollout.tools.base import Tool, ToolResult
 from slime_rl.rollout.tools.calculator import calculator
 from slime_rl.rollout.tools.python_runner import PythonTool
@@ -29,13 +29,10 @@ def resolve_tool(name: str, spec: str, sandbox: Sandbox) -> Tool:
     if spec == "python":
         return PythonTool(sandbox)
     key = f"tools.registered.{name}={spec!r}"
-    module_name, _, attr = spec.partition(":")
-    if not module_name or not attr:
+    if ":" not in spec:
         raise ConfigError(f"{key} is unknown; use 'calculator', 'python' or 'package.module:function'")
-    try:
-        fn = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as err:
-        raise ConfigError(f"{key} cannot be imported ({err}); check the module is installed and the name") from err
+    fn = load_plugin(f"tools.registered.{name}", spec)
+    attr = spec.partition(":")[2]
     if not inspect.iscoroutinefunction(fn):
         raise ConfigError(f"{key} is not async; define it as `async def {attr}(arguments: str) -> ToolResult`")
     return fn
