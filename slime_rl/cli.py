@@ -85,8 +85,9 @@ def multirun_job_num() -> int | None:
 
 def _check_model(cfg: SlimeRLConfig) -> None:
     # The driver checks again once the run is prepared; checking here too fails a user's typo in well under a
-    # second instead of after the driver's imports. The toy experiment makes its model when the run starts.
-    if not cfg.toy.enabled:
+    # second instead of after the driver's imports. An experiment's `prepare` hook (experiment=toy's) may make
+    # its model when the run starts.
+    if cfg.prepare.path is None:
         check_model_path(cfg.model)
 
 

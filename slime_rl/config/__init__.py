@@ -7,10 +7,11 @@ from slime_rl.config.engine import EngineConfig
 from slime_rl.config.eval import EvalConfig
 from slime_rl.config.mode import ModeConfig
 from slime_rl.config.model import ModelConfig
+from slime_rl.config.prepare import PrepareConfig
 from slime_rl.config.rollout import GenerateConfig, RewardConfig, RolloutConfig
 from slime_rl.config.root import SlimeRLConfig, compose_config, config_dir, load_config, register_configs, to_config
+from slime_rl.config.sft import SFTConfig
 from slime_rl.config.tools import ToolsConfig
-from slime_rl.config.toy import ToyConfig
 from slime_rl.config.trainer import TrainerConfig
 from slime_rl.config.watchdog import WatchdogConfig
 
@@ -24,11 +25,12 @@ __all__ = [
     "GenerateConfig",
     "ModeConfig",
     "ModelConfig",
+    "PrepareConfig",
     "RewardConfig",
     "RolloutConfig",
+    "SFTConfig",
     "SlimeRLConfig",
     "ToolsConfig",
-    "ToyConfig",
     "TrainerConfig",
     "WatchdogConfig",
     "compose_config",

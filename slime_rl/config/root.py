@@ -22,10 +22,11 @@ from slime_rl.config.eval import EvalConfig
 from slime_rl.config.metrics import MetricsConfig
 from slime_rl.config.mode import ModeConfig
 from slime_rl.config.model import ModelConfig
+from slime_rl.config.prepare import PrepareConfig
 from slime_rl.config.profile import ProfileConfig
 from slime_rl.config.rollout import RolloutConfig
+from slime_rl.config.sft import SFTConfig
 from slime_rl.config.tools import ToolsConfig
-from slime_rl.config.toy import ToyConfig
 from slime_rl.config.trainer import TrainerConfig
 from slime_rl.config.watchdog import WatchdogConfig
 from slime_rl.errors import ConfigError
@@ -57,7 +58,8 @@ class SlimeRLConfig:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     mode: ModeConfig = field(default_factory=ModeConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
-    toy: ToyConfig = field(default_factory=ToyConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)  # supervised stage before RL (fresh starts only)
+    prepare: PrepareConfig = field(default_factory=PrepareConfig)  # an experiment's setup hook (experiment=toy)
     watchdog: WatchdogConfig = field(default_factory=WatchdogConfig)
     profile: ProfileConfig = field(default_factory=ProfileConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)

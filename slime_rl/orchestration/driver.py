@@ -1,7 +1,8 @@
 """The driver: from a config to a finished run (`slime-rl train`, `slime-rl rollout`).
 
 Starts or joins Redis and Ray, places and starts the engines, the router, the rollout worker and the
-trainer group, then runs the configured loop with checkpoints, evals, metrics and a final report.
+trainer group, then runs the SFT stage (`sft`, fresh starts only) and the configured loop with checkpoints,
+evals, metrics and a final report. An experiment's `prepare` hook runs first, before any service starts.
 Everything it starts it stops, also on errors (engine servers and the router die with their owners).
 """
 
@@ -25,7 +26,6 @@ from slime_rl.buffer.server import redis_service
 from slime_rl.buffer.store import RedisBuffer
 from slime_rl.config.model import check_model_path
 from slime_rl.config.root import SlimeRLConfig
-from slime_rl.errors import ConfigError
 from slime_rl.observability.logs import setup_logging
 from slime_rl.observability.metrics import MetricsLogger
 from slime_rl.observability.plots import plot_curves
@@ -40,6 +40,7 @@ from slime_rl.orchestration.placement import create_placement
 from slime_rl.orchestration.plan import redacted_url
 from slime_rl.orchestration.rollout_worker import RolloutWorker
 from slime_rl.orchestration.train_group import TrainerRankDied, TrainGroup
+from slime_rl.plugins import load_plugin
 from slime_rl.trainer import checkpoint
 
 logger = logging.getLogger(__name__)
@@ -70,7 +71,7 @@ def open_buffer(cfg: SlimeRLConfig, redis_url: str) -> RedisBuffer:
 
 
 def prepare_run_dir(cfg: SlimeRLConfig) -> Path:
-    """Create the run directory, route logs into it and write the resolved config there."""
+    """Create the run directory, route logs into it, write the resolved config there and run `prepare.path`."""
     run_dir = cfg.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     setup_logging(log_file=run_dir / "train.log")
@@ -78,19 +79,18 @@ def prepare_run_dir(cfg: SlimeRLConfig) -> Path:
     if cfg.buffer.url:
         saved.buffer.url = redacted_url(cfg.buffer.url)  # the Redis password stays out of the run dir
     OmegaConf.save(saved, run_dir / "config.yaml", resolve=True)
-    if cfg.toy.enabled:
-        from slime_rl.toy.experiment import prepare_toy
-
-        if not cfg.buffer.data.path:
-            raise ConfigError("toy.enabled=true needs buffer.data.path (experiment=toy sets it)")
-        prepare_toy(
-            cfg.toy,
-            model_path=Path(cfg.model.path),
-            train_path=Path(cfg.buffer.data.path),
-            eval_path=Path(cfg.eval.path) if cfg.eval.path else None,
-            seed=cfg.seed,
-        )
+    run_prepare_hook(cfg)
     return run_dir
+
+
+def run_prepare_hook(cfg: SlimeRLConfig) -> None:
+    """Call the experiment's setup hook `prepare.path` ("module:function") with the config, if one is set.
+
+    It runs on every start, fresh or resumed, before any service starts (it may write the model and data the
+    run reads), so it must keep what already exists. `experiment=toy` uses `slime_rl.toy.experiment:prepare`.
+    """
+    if cfg.prepare.path is not None:
+        load_plugin("prepare.path", cfg.prepare.path)(cfg)
 
 
 @dataclass
@@ -137,24 +137,26 @@ def rollout_side(cfg: SlimeRLConfig, redis_url: str, placement) -> Iterator[Roll
         yield RolloutSide(fleet, worker, monitor)
 
 
-def warm_up_sft(cfg: SlimeRLConfig, ctx: LoopContext) -> dict[str, float]:
-    """Supervised warm-up on ground-truth answers (toy): a policy that succeeds sometimes, not never."""
+def run_sft(cfg: SlimeRLConfig, ctx: LoopContext) -> dict[str, float]:
+    """The supervised stage: `sft.steps` steps on the demonstrations of `sft.path` at `sft.lr`, then back to
+    `trainer.lr`. Returns the last step's metrics."""
     metrics: dict[str, float] = {}
-    ctx.trainers.set_lr(cfg.toy.sft_lr)
+    seed = cfg.seed if cfg.sft.seed is None else cfg.sft.seed
+    ctx.trainers.set_lr(cfg.sft.lr)
 
     def request_samples(step: int) -> ray.ObjectRef:
-        return ctx.rollout.sft_samples.remote(cfg.toy.sft_batch_size, step, cfg.toy.sft_distractor_prob)
+        return ctx.rollout.sft_samples.remote(cfg.sft.path, seed=seed, step=step, batch_size=cfg.sft.batch_size)
 
     # The rollout worker builds step k+1's samples while the trainer trains on step k's.
-    next_samples = request_samples(0)
-    for step in range(cfg.toy.sft_steps):
-        ctx.stage(f"SFT warm-up step {step}")
-        samples = ray.get(next_samples)
-        if step + 1 < cfg.toy.sft_steps:
-            next_samples = request_samples(step + 1)
+    next_samples_ref = request_samples(0)
+    for step in range(cfg.sft.steps):
+        ctx.stage(f"SFT step {step}")
+        samples = ray.get(next_samples_ref)
+        if step + 1 < cfg.sft.steps:
+            next_samples_ref = request_samples(step + 1)
         metrics = ctx.trainers.train_sft(make_sft_batches(samples, dp_size=cfg.trainer.data_parallel_size, step=step))
     ctx.trainers.set_lr(cfg.trainer.lr)
-    logger.info("SFT warm-up: %d steps, last loss %.4f", cfg.toy.sft_steps, metrics.get("train/loss", float("nan")))
+    logger.info("SFT: %d steps, last loss %.4f", cfg.sft.steps, metrics.get("train/loss", float("nan")))
     return metrics
 
 
@@ -295,8 +297,8 @@ def resume(cfg: SlimeRLConfig, ctx: LoopContext) -> int:
 def run_loop(cfg: SlimeRLConfig, ctx: LoopContext, metrics: MetricsLogger) -> None:
     ctx.stage("resuming from the latest checkpoint")
     start_step = resume(cfg, ctx)
-    if start_step == 0 and cfg.toy.enabled and cfg.toy.sft_steps:
-        metrics.log(0, warm_up_sft(cfg, ctx))
+    if start_step == 0 and cfg.sft.path and cfg.sft.steps:  # a resumed run's weights are past the SFT stage
+        metrics.log(0, run_sft(cfg, ctx))
     ctx.stage(f"publishing weights version {start_step}")
     publish(ctx, start_step)  # engines serve exactly the trainer's weights, also after SFT or a resume
     if start_step == 0 and cfg.eval.path:

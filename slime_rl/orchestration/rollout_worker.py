@@ -10,14 +10,15 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import random
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from slime_rl.buffer.dataset import PromptDataset, fill_prompts
+from slime_rl.buffer.demonstrations import DemonstrationDataset
 from slime_rl.buffer.store import RedisBuffer
 from slime_rl.config.buffer import DataConfig
 from slime_rl.config.eval import EvalConfig
@@ -147,6 +148,7 @@ class RolloutWorker(Located):
         )
         self.stream: StreamingRollout | None = None  # fully async only, from `start_stream`
         self.eval_samples: list[Sample] = []
+        self.demonstrations: DemonstrationDataset | None = None  # the SFT stage's, from `sft_samples`
         self.eval_max_new_tokens = evaluation.max_new_tokens or rollout.max_new_tokens
         if evaluation.path:
             eval_cfg = dataclasses.replace(data, path=evaluation.path, shuffle=False)
@@ -249,21 +251,8 @@ class RolloutWorker(Located):
             version=version,
         )
 
-    def sft_samples(self, num_samples: int, step: int, distractor_prob: float) -> list[Sample]:
-        """Demonstrations for the toy's supervised warm-up: prompt, then `demonstration(label)`, then EOS.
-
-        Rows cycle through the dataset in its epoch-0 order; the distractors are seeded by `step`.
-        """
-        from slime_rl.toy.tasks import demonstration
-
-        order = self.dataset.order(0)
-        rng = random.Random(step)
-        eos = self.tokenizer.eos_token_id
-        samples = []
-        for i in range(num_samples):
-            sample = self.dataset.make_group(int(order[(step * num_samples + i) % len(order)])).samples[0]
-            text = demonstration(sample.label or "", rng, distractor_prob)
-            answer = self.tokenizer.encode(text, add_special_tokens=False) + [eos]
-            sample.append_tokens(np.asarray(answer, np.int32), np.zeros(len(answer), np.float32), version=0)
-            samples.append(sample)
-        return samples
+    def sft_samples(self, path: str, *, seed: int, step: int, batch_size: int) -> list[Sample]:
+        """Step `step`'s demonstrations of the supervised stage, from the JSONL at `path` (read on first use)."""
+        if self.demonstrations is None or self.demonstrations.path != Path(path):
+            self.demonstrations = DemonstrationDataset(path, self.tokenizer, seed=seed)
+        return self.demonstrations.batch(step, batch_size)

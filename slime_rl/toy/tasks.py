@@ -1,7 +1,7 @@
 """Verifiable toy tasks: multi-digit addition and string reversal.
 
 Owns prompt formats, seeded dataset generation (JSONL rows with `prompt` and `label`) and the
-answer-checking rule of each task, as pure functions. Rewards built on top of them live in rollout/.
+answer-checking rule of each task, as pure functions. The rewards built on them are `toy/rewards.py`.
 """
 
 from __future__ import annotations

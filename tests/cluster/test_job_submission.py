@@ -27,7 +27,7 @@ def submit(head: RayHead, overrides: list[str]) -> subprocess.CompletedProcess[s
 
 
 def test_ray_job_sh_uploads_the_repo_trains_and_exits_0_when_the_job_succeeds(ray_job_head, tmp_path):
-    overrides = ["experiment=toy", f"output_dir={tmp_path}", "toy.sft_steps=0", "eval.interval=0", "mode.num_steps=2"]
+    overrides = ["experiment=toy", f"output_dir={tmp_path}", "sft.steps=0", "eval.interval=0", "mode.num_steps=2"]
     result = submit(ray_job_head, overrides)
     log = result.stdout + result.stderr
     assert result.returncode == 0, log

@@ -316,7 +316,7 @@ def test_placement_pins_each_bundle_to_its_planned_node(two_nodes):
 def test_training_sweep_jobs_write_hydra_files_into_their_own_run_dirs(tmp_path):
     # Each job fails at once on its missing model (no service starts); Hydra has made its job dir by then.
     result = subprocess.run(
-        [SLIME_RL, "train", "-m", "experiment=toy", "trainer.lr=1e-5,2e-5", "toy.enabled=false"]
+        [SLIME_RL, "train", "-m", "experiment=toy", "trainer.lr=1e-5,2e-5", "prepare.path=null"]
         + ["model.path=/nonexistent", f"output_dir={tmp_path}"],
         capture_output=True,
         text=True,

@@ -30,7 +30,7 @@ def toy_overrides(output_dir: Path, num_steps: int) -> list[str]:
     return [
         "experiment=toy",
         f"output_dir={output_dir}",
-        "toy.sft_steps=0",
+        "sft.steps=0",
         "eval.interval=0",
         f"mode.num_steps={num_steps}",
     ]

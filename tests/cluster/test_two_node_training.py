@@ -22,7 +22,7 @@ def test_toy_training_on_two_ray_nodes(redis_url, tmp_path):
     with loopback_ray_cluster(num_nodes=2, num_cpus_per_node=1) as cluster:
         argv = [
             sys.executable, "-m", "slime_rl.cli", "train", "experiment=toy", f"output_dir={tmp_path}",
-            "toy.sft_steps=0", "eval.interval=0", f"mode.num_steps={NUM_STEPS}",
+            "sft.steps=0", "eval.interval=0", f"mode.num_steps={NUM_STEPS}",
             "cluster=ray", f"cluster.address={cluster.address}", "buffer=external", f"buffer.url={redis_url}",
             "engine.host=null",  # as on real machines: each engine on its node's IP (127.0.0.1 for both here)
         ]  # fmt: skip

@@ -24,7 +24,7 @@ def run_dir(tmp_path_factory):
         "experiment=toy",
         f"output_dir={out}",
         "name=prof",
-        "toy.sft_steps=0",
+        "sft.steps=0",
         "eval.interval=0",
         "engine.num_engines=1",
         "cluster.num_cpus=2",

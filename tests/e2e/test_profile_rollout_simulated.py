@@ -18,7 +18,7 @@ def test_profile_rollout_with_sixteen_simulated_engines_in_one_process_writes_th
         "engine=simulated",
         f"output_dir={tmp_path}",
         "name=sim",
-        "toy.sft_steps=0",
+        "sft.steps=0",
         "eval.interval=0",
         f"engine.num_engines={NUM_ENGINES}",
         f"engine.simulated.engines_per_process={NUM_ENGINES}",

@@ -29,7 +29,7 @@ def test_toy_run_killed_after_a_checkpoint_resumes_without_losing_or_repeating_a
     overrides = [
         "experiment=toy",
         f"output_dir={tmp_path}",
-        "toy.sft_steps=0",
+        "sft.steps=0",
         "eval.interval=0",
         "trainer.save_interval=2",
         f"mode={mode}",

@@ -12,7 +12,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_rollout_only_fills_the_persisted_buffer_with_scored_groups(tmp_path):
-    cfg = load_config(["experiment=toy", f"output_dir={tmp_path}", "toy.sft_steps=0", "mode.num_steps=2"])
+    cfg = load_config(["experiment=toy", f"output_dir={tmp_path}", "sft.steps=0", "mode.num_steps=2"])
     run_rollout_only(cfg)
     records = read_metrics(tmp_path / "toy" / "metrics.jsonl")
     assert [r["step"] for r in records] == [1, 2]

@@ -24,7 +24,7 @@ def toy_overrides(output_dir: Path, *extra: str, num_engines: int = 2) -> list[s
     return [
         "experiment=toy",
         f"output_dir={output_dir}",
-        "toy.sft_steps=0",
+        "sft.steps=0",
         "eval.interval=0",
         f"engine.num_engines={num_engines}",
         f"cluster.num_cpus={1 + num_engines}",  # logical CPUs: one for the trainer rank and one per engine

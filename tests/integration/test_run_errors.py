@@ -23,10 +23,12 @@ def test_cli_train_config_error_from_the_driver_is_one_line(tmp_path, monkeypatc
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
     with pytest.raises(SystemExit) as exit_info:
-        main(["train", "toy.enabled=true"])
+        main(["train", "prepare.path=slime_rl.toy.experiment:prepare"])
     assert exit_info.value.code == 1
     err = capsys.readouterr().err
-    assert err == "slime-rl train: error: toy.enabled=true needs buffer.data.path (experiment=toy sets it)\n"
+    assert err == (
+        "slime-rl train: error: the toy experiment (prepare.path) needs buffer.data.path; experiment=toy sets it\n"
+    )
 
 
 def test_run_training_with_a_missing_model_fails_before_redis_and_ray(tmp_path):

@@ -29,8 +29,12 @@ def _score(cfg: RewardConfig, labels: Sequence[str | None], responses: Sequence[
     return samples, failed
 
 
-def _reliability(inner: str = "addition", **weights: float) -> RewardConfig:
-    return RewardConfig(kind="reliability", reliability=ReliabilityConfig(inner=inner, **weights))
+TOY_ADDITION = "slime_rl.toy.rewards:addition"  # a custom reward marked with its answer extractor (first line)
+
+
+def _reliability(inner: str = "custom", **weights: float) -> RewardConfig:
+    path = TOY_ADDITION if inner == "custom" else None
+    return RewardConfig(kind="reliability", path=path, reliability=ReliabilityConfig(inner=inner, **weights))
 
 
 # Answerable (label 432): right, abstains, wrong. Unanswerable (label = the abstain answer): abstains, answers.
@@ -66,7 +70,7 @@ def test_reliability_reward_keeps_each_outcome_on_the_sample():
 def test_reliability_abstention_ignores_case_and_whitespace_but_not_other_text():
     responses = ["  I   DON'T know  ", "I don't know.", "I don't know\nthe sum", "idontknow"]
     samples, _ = _score(_reliability(), ["7"] * 4, responses)
-    # the toy extractor takes the first line: the third abstains; a trailing "." or missing spaces do not
+    # the toy reward's extractor takes the first line: the third abstains; a trailing "." or missing spaces do not
     assert [s.reward for s in samples] == [0.0, -1.0, 0.0, -1.0]
 
 
@@ -90,6 +94,18 @@ def test_reliability_inner_custom_reward_uses_reward_path():
     samples, _ = _score(cfg, ["x", "x", "x"], ["a", "abc", "I don't know"])
     # length_reward gives len(response): 1 and 3 are >= min_correct_reward 1.0; the abstention is not checked
     assert [s.reward for s in samples] == [1.0, 1.0, 0.0]
+
+
+def test_reliability_unmarked_custom_reward_extracts_answers_like_math():
+    cfg = RewardConfig(
+        kind="reliability",
+        path="tests.unit.rewards_fixtures:length_reward",
+        reliability=ReliabilityConfig(inner="custom"),
+    )
+    # the math extractor takes the last line ("the sum"): no abstention, and length 20 >= 1.0 is correct;
+    # the toy reward's first-line extractor would call the same response an abstention (see above)
+    samples, _ = _score(cfg, ["x"], ["I don't know\nthe sum"])
+    assert [s.reward for s in samples] == [1.0]
 
 
 def test_reliability_min_correct_reward_sets_the_correctness_threshold():
@@ -187,7 +203,7 @@ def test_eval_metrics_add_reliability_keys_beside_the_existing_ones():
 
 
 def test_eval_metrics_without_reliability_reward_have_no_split_keys():
-    samples, failed = _score(RewardConfig(kind="addition"), ["432", "432"], ["432", "1"])
+    samples, failed = _score(RewardConfig(kind="custom", path=TOY_ADDITION), ["432", "432"], ["432", "1"])
     metrics = eval_metrics(samples, num_failed=failed, success_threshold=1.0)
     assert set(metrics) == {"eval/accuracy", "eval/reward_mean", "eval/response_len_mean", "eval/reward_failed"}
 
@@ -212,13 +228,13 @@ def test_reliability_config_errors_name_the_key(cfg, message):
 
 
 def test_reliability_unknown_inner_lists_the_choices():
-    with pytest.raises(ConfigError, match=r"reliability.inner='nope' is unknown; choose one of \['addition'"):
+    with pytest.raises(ConfigError, match=r"reliability.inner='nope' is unknown; choose one of \['custom', 'math'"):
         make_reward_fn(_reliability("nope"))
 
 
 def test_reliability_config_overrides_reach_the_typed_config():
-    overrides = ["rollout.reward.kind=reliability", "rollout.reward.reliability.inner=addition"]
+    overrides = ["rollout.reward.kind=reliability", "rollout.reward.reliability.inner=math"]
     cfg = load_config(
         [*overrides, "rollout.reward.reliability.wrong=-2", "rollout.reward.reliability.abstain_answer=pass"]
     )
-    assert cfg.rollout.reward.reliability == ReliabilityConfig(inner="addition", abstain_answer="pass", wrong=-2.0)
+    assert cfg.rollout.reward.reliability == ReliabilityConfig(inner="math", abstain_answer="pass", wrong=-2.0)

@@ -46,8 +46,8 @@ def test_math_reward_scores_equal_answers_one_and_others_zero():
     assert math_reward("42", None) == 0.0
 
 
-def test_toy_rule_rewards_correct_addition_only():
-    samples, failed = _score("addition", ["432\n", "431"], labels=["432", "432"])
+def test_toy_reward_through_the_custom_hook_rewards_correct_addition_only():
+    samples, failed = _score("custom", ["432\n", "431"], path="slime_rl.toy.rewards:addition", labels=["432", "432"])
     assert failed == 0
     assert [s.reward for s in samples] == [1.0, 0.0]
 
@@ -94,7 +94,7 @@ def test_reward_returning_a_non_number_fails_the_sample_naming_the_value():
 
 
 def test_unknown_reward_kind_lists_choices():
-    with pytest.raises(ConfigError, match=r"rollout.reward.kind='nope' is unknown; choose one of \['addition'"):
+    with pytest.raises(ConfigError, match=r"rollout.reward.kind='nope' is unknown; choose one of \['custom', 'math'"):
         make_reward_fn(RewardConfig(kind="nope"))
 
 

@@ -1,14 +1,16 @@
 """The reward hub: resolves `rollout.reward` once into one batched async scorer.
 
 Kinds:
-- a built-in rule: `math` (boxed / exact answer), `addition` and `reversal` (the toy tasks);
+- a built-in rule: `math` (boxed / exact answer);
 - `custom`: `rollout.reward.path = "module:function"`. The function is sync or async and is either
   per sample, `fn(sample, response) -> float`, or batched, `fn(samples, responses) -> list[float]`,
-  marked with the `batched_reward` decorator;
+  marked with the `batched_reward` decorator. The `answer_extractor(extract)` decorator tells
+  `kind=reliability` how to find the final answer in a response (default: the `math` extractor).
+  Experiments bring their rules this way, e.g. the toy's `slime_rl.toy.rewards:addition`;
 - `remote`: POST `{"samples": [{"uid", "prompt_ids", "response", "label", "metadata"}]}` to
   `rollout.reward.url`, answered by `{"rewards": [float, ...]}` in the same order;
 - `reliability`: wraps any of the above (`rollout.reward.reliability.inner`) into correct / abstained /
-  wrong weights (rewards/reliability.py), extracting answers with the inner rule's extractor.
+  wrong weights (rewards/reliability.py), extracting answers with the inner reward's extractor.
 
 Failure policy (DESIGN.md §5): a reward that raises marks the samples it was scoring `failed`, with
 reward 0.0 and a zero loss mask; the run continues and the failures are counted by the caller. A
@@ -20,24 +22,25 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import importlib
 import inspect
 import logging
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import httpx
 
 from slime_rl.config.rollout import ReliabilityConfig, RewardConfig
 from slime_rl.engines.client import shared_ssl_context
 from slime_rl.errors import ConfigError
+from slime_rl.plugins import load_plugin
 from slime_rl.rollout.rewards.math import extract_final_answer, math_reward
 from slime_rl.rollout.rewards.reliability import reliability_reward
-from slime_rl.toy.tasks import extract_answer, is_correct
 from slime_rl.types import Sample
 
 logger = logging.getLogger(__name__)
 
+
+RewardFunction = TypeVar("RewardFunction", bound=Callable[..., Any])  # a custom reward, as the user wrote it
 
 # One entry per sample: its reward, or the exception that scoring that sample raised.
 RewardResult = float | Exception
@@ -79,36 +82,33 @@ def _rule(check: Callable[[str, str | None], float]) -> RewardFn:
     return score
 
 
-def _toy_rule(task: str) -> Callable[[str, str | None], float]:
-    return lambda response, label: float(label is not None and is_correct(task, response, label))
-
-
 RULES: dict[str, Callable[[str, str | None], float]] = {
     "math": math_reward,
-    "addition": _toy_rule("addition"),
-    "reversal": _toy_rule("reversal"),
 }
 
 # How each rule finds the final answer in a response; the reliability reward compares it with the abstain
-# answer. Kinds without an entry (custom, remote) use `extract_final_answer`.
+# answer. A custom reward names its own with `answer_extractor`; a remote one uses `extract_final_answer`.
 ANSWER_EXTRACTORS: dict[str, Callable[[str], str]] = {
     "math": extract_final_answer,
-    "addition": extract_answer,
-    "reversal": extract_answer,
 }
 
 
+def answer_extractor(extract: Callable[[str], str]) -> Callable[[RewardFunction], RewardFunction]:
+    """Mark a custom reward with the function that pulls the final answer out of a response.
+
+    `kind=reliability` with `inner=custom` compares `extract(response)` with the abstain answer; a custom
+    reward without the mark gets `extract_final_answer` (the `math` rule's). Sets `fn.slime_rl_answer_extractor`.
+    """
+
+    def mark(fn: RewardFunction) -> RewardFunction:
+        fn.slime_rl_answer_extractor = extract  # type: ignore[attr-defined]
+        return fn
+
+    return mark
+
+
 def _load_function(path: str) -> Callable[..., Any]:
-    module_name, _, attr = path.partition(":")
-    if not module_name or not attr:
-        raise ConfigError(f"rollout.reward.path={path!r} must look like 'package.module:function'")
-    try:
-        fn = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as err:
-        raise ConfigError(f"rollout.reward.path={path!r} cannot be imported: {err}") from err
-    if not callable(fn):
-        raise ConfigError(f"rollout.reward.path={path!r} is not a function")
-    return fn
+    return load_plugin("rollout.reward.path", path)
 
 
 def _custom(fn: Callable[..., Any]) -> RewardFn:
@@ -176,9 +176,11 @@ def make_reward_fn(cfg: RewardConfig) -> RewardFn:
                 f"choose one of {sorted([*RULES, 'custom', 'remote'])}"
             )
         inner_fn = make_reward_fn(dataclasses.replace(cfg, kind=inner, reliability=ReliabilityConfig()))
-        return reliability_reward(
-            inner_fn, extract=ANSWER_EXTRACTORS.get(inner, extract_final_answer), cfg=cfg.reliability
-        )
+        extract = ANSWER_EXTRACTORS.get(inner, extract_final_answer)
+        if inner == "custom":
+            assert cfg.path is not None, "RewardConfig.__post_init__ requires path for inner=custom"
+            extract = getattr(_load_function(cfg.path), "slime_rl_answer_extractor", extract_final_answer)
+        return reliability_reward(inner_fn, extract=extract, cfg=cfg.reliability)
     if cfg.kind in RULES:
         return _rule(RULES[cfg.kind])
     raise ConfigError(

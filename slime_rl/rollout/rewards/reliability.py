@@ -10,9 +10,10 @@ reaches every reward (rule, custom, remote) and the eval set without any dataset
 metadata flag would not. A sample without a label counts as answerable (the inner reward decides it).
 
 Abstentions: a response abstains when its extracted answer equals the abstain answer under the same
-normalisation. The answer is extracted by the inner rule's own extractor (the hub's `ANSWER_EXTRACTORS`:
-the toy tasks take the first line, `math` the last `\\boxed{}`, else the text after "answer is", else the
-last line); custom and remote inner rewards use the `math` extractor.
+normalisation. The answer is extracted by the inner reward's own extractor: a rule's from the hub's
+`ANSWER_EXTRACTORS` (`math`: the last `\\boxed{}`, else the text after "answer is", else the last line), a
+custom reward's from its `answer_extractor` mark (the toy's take the first line); unmarked custom rewards and
+remote ones use the `math` extractor.
 
 | prompt       | response                              | outcome            | reward  |
 |--------------|---------------------------------------|--------------------|---------|
