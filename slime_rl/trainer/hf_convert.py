@@ -1,7 +1,7 @@
 """HuggingFace <-> Megatron-core weight names, layouts and tensor-parallel sharding (pure tensor code).
 
 Three layers of naming, each a `dict[str, Tensor]`:
-- HF: `model.layers.{i}.self_attn.q_proj.weight`, ... (Llama / Qwen2).
+- HF: `model.layers.{i}.self_attn.q_proj.weight`, ... (Llama / Qwen2 / Qwen3).
 - Megatron *full*: names of the local-spec `GPTModel` with global layer indices and unsharded tensors
   (vocabulary rows padded to a multiple of the TP size).
 - Megatron *local*: one rank's `model.state_dict()` keys (layer indices local to its pipeline stage)
@@ -34,6 +34,15 @@ _DIRECT = {
 # TP split dimension of each Megatron tensor (absent = replicated).
 _COLUMN = ("linear_qkv.weight", "linear_qkv.bias", "linear_fc1.weight", "word_embeddings.weight", "output_layer.weight")
 _ROW = ("linear_proj.weight", "linear_fc2.weight")
+# Qwen3's per-head q/k RMSNorm weights ([head_dim], the same on every TP rank).
+_QK_NORM = {
+    "self_attention.q_layernorm.weight": "self_attn.q_norm.weight",
+    "self_attention.k_layernorm.weight": "self_attn.k_norm.weight",
+}
+
+
+def _direct(arch: ArchSpec) -> dict[str, str]:
+    return _DIRECT | _QK_NORM if arch.qk_layernorm else _DIRECT
 
 
 def _pad_rows(t: Tensor, rows: int) -> Tensor:
@@ -52,7 +61,7 @@ def hf_to_megatron_full(hf: Mapping[str, Tensor], arch: ArchSpec, tp_size: int) 
         out["output_layer.weight"] = _pad_rows(hf["lm_head.weight"], vocab)
     for i in range(arch.num_layers):
         src, dst = f"model.layers.{i}.", f"decoder.layers.{i}."
-        for meg, name in _DIRECT.items():
+        for meg, name in _direct(arch).items():
             out[dst + meg] = hf[src + name]
         for kind in ("weight", "bias") if arch.qkv_bias else ("weight",):
             q, k, v = (hf[f"{src}self_attn.{p}_proj.{kind}"] for p in "qkv")
@@ -76,7 +85,7 @@ def megatron_full_to_hf(meg: Mapping[str, Tensor], arch: ArchSpec) -> dict[str, 
         out["lm_head.weight"] = meg["output_layer.weight"][: arch.vocab_size]
     for i in range(arch.num_layers):
         src, dst = f"decoder.layers.{i}.", f"model.layers.{i}."
-        for meg_name, name in _DIRECT.items():
+        for meg_name, name in _direct(arch).items():
             out[dst + name] = meg[src + meg_name]
         for kind in ("weight", "bias") if arch.qkv_bias else ("weight",):
             qkv = meg[f"{src}self_attention.linear_qkv.{kind}"]

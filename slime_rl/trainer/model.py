@@ -1,12 +1,14 @@
-"""Megatron-core `GPTModel` built from a HuggingFace config (Llama and Qwen2 families).
+"""Megatron-core `GPTModel` built from a HuggingFace config (Llama incl. Llama 3, Qwen2 and Qwen3 families).
 
-Owns the architecture mapping (RMSNorm, SwiGLU, RoPE, GQA, Qwen2's QKV bias, tied embeddings) and the
-layer spec (Megatron's local spec with our SDPA core attention, on GPU and CPU alike). Weights are not
-loaded here: `hf_convert` does that. Megatron is imported inside functions only.
+Owns the architecture mapping (RMSNorm, SwiGLU, RoPE incl. Llama 3 frequency scaling, GQA, Qwen2's QKV bias,
+Qwen3's per-head q/k RMSNorm, tied embeddings) and the layer spec (Megatron's local spec with our SDPA core
+attention, on GPU and CPU alike). Weights are not loaded here: `hf_convert` does that. Megatron is imported
+inside functions only.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,7 +16,30 @@ import torch
 
 from slime_rl.errors import ConfigError
 
-SUPPORTED_MODEL_TYPES = ("llama", "qwen2")
+SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3")
+
+
+@dataclass(frozen=True, slots=True)
+class Llama3Rope:
+    """HF `rope_parameters` of `rope_type: llama3` (Llama 3.1+): long-wavelength frequencies divided by `factor`."""
+
+    factor: float
+    low_freq_factor: float
+    high_freq_factor: float
+    original_max_position_embeddings: int
+
+    def scale(self, inv_freq: torch.Tensor) -> torch.Tensor:
+        """The scaled inverse frequencies, as transformers' `_compute_llama3_parameters` computes them."""
+        low_freq_wavelen = self.original_max_position_embeddings / self.low_freq_factor
+        high_freq_wavelen = self.original_max_position_embeddings / self.high_freq_factor
+        wavelen = 2 * math.pi / inv_freq
+        scaled = torch.where(wavelen > low_freq_wavelen, inv_freq / self.factor, inv_freq)
+        smooth = (self.original_max_position_embeddings / wavelen - self.low_freq_factor) / (
+            self.high_freq_factor - self.low_freq_factor
+        )
+        smoothed = (1 - smooth) * scaled / self.factor + smooth * scaled
+        is_medium = ~(wavelen < high_freq_wavelen) * ~(wavelen > low_freq_wavelen)
+        return torch.where(is_medium, smoothed, scaled)
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +58,8 @@ class ArchSpec:
     rope_theta: float
     max_position_embeddings: int
     qkv_bias: bool  # Qwen2: q/k/v projections carry a bias
+    qk_layernorm: bool  # Qwen3: RMSNorm over each query and key head (`q_norm`/`k_norm`) before RoPE
+    llama3_rope: Llama3Rope | None  # Llama 3 frequency scaling; None = plain RoPE
     tie_word_embeddings: bool
 
     def padded_vocab_size(self, tp_size: int) -> int:
@@ -46,10 +73,13 @@ def arch_from_hf(hf_config: Any) -> ArchSpec:
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise ConfigError(f"model type {model_type!r} is not supported; use one of {SUPPORTED_MODEL_TYPES}")
     rope = getattr(hf_config, "rope_parameters", None) or {}
-    if rope.get("rope_type", "default") != "default":
-        raise ConfigError(f"rope_type={rope['rope_type']!r} is not supported; only default RoPE is")
+    rope_type = rope.get("rope_type", "default")
+    if rope_type not in ("default", "llama3"):
+        raise ConfigError(f"rope_type={rope_type!r} is not supported; use default or llama3 RoPE")
     if getattr(hf_config, "hidden_act", "silu") != "silu":
-        raise ConfigError(f"hidden_act={hf_config.hidden_act!r} is not supported; Llama/Qwen2 use silu")
+        raise ConfigError(f"hidden_act={hf_config.hidden_act!r} is not supported; Llama/Qwen use silu")
+    if getattr(hf_config, "use_sliding_window", False):
+        raise ConfigError("use_sliding_window=true is not supported; the trainer attends over the whole sequence")
     num_heads = hf_config.num_attention_heads
     head_dim = getattr(hf_config, "head_dim", None) or hf_config.hidden_size // num_heads
     return ArchSpec(
@@ -65,7 +95,18 @@ def arch_from_hf(hf_config: Any) -> ArchSpec:
         rope_theta=float(rope.get("rope_theta", getattr(hf_config, "rope_theta", 10000.0))),
         max_position_embeddings=hf_config.max_position_embeddings,
         qkv_bias=model_type == "qwen2" or bool(getattr(hf_config, "attention_bias", False)),
+        qk_layernorm=model_type == "qwen3",
+        llama3_rope=_llama3_rope(rope) if rope_type == "llama3" else None,
         tie_word_embeddings=bool(hf_config.tie_word_embeddings),
+    )
+
+
+def _llama3_rope(rope: dict) -> Llama3Rope:
+    return Llama3Rope(
+        factor=float(rope["factor"]),
+        low_freq_factor=float(rope["low_freq_factor"]),
+        high_freq_factor=float(rope["high_freq_factor"]),
+        original_max_position_embeddings=int(rope["original_max_position_embeddings"]),
     )
 
 
@@ -90,6 +131,7 @@ def transformer_config(arch: ArchSpec, *, tp_size: int, pp_size: int, dtype: tor
         activation_func=torch.nn.functional.silu,
         add_bias_linear=False,
         add_qkv_bias=arch.qkv_bias,
+        qk_layernorm=arch.qk_layernorm,
         hidden_dropout=0.0,
         attention_dropout=0.0,
         bias_dropout_fusion=False,
@@ -110,13 +152,13 @@ def transformer_config(arch: ArchSpec, *, tp_size: int, pp_size: int, dtype: tor
     )
 
 
-def layer_spec() -> Any:
+def layer_spec(*, qk_layernorm: bool) -> Any:
     """Megatron's local GPT layer spec with `SDPACoreAttention` as the core attention."""
     from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 
     from slime_rl.trainer.cpu_compat import core_attention_class
 
-    spec = get_gpt_layer_local_spec(normalization="RMSNorm")
+    spec = get_gpt_layer_local_spec(normalization="RMSNorm", qk_layernorm=qk_layernorm)
     spec.submodules.self_attention.submodules.core_attention = core_attention_class()
     return spec
 
@@ -127,7 +169,7 @@ def build_gpt_model(arch: ArchSpec, config: Any, *, pre_process: bool, post_proc
 
     model = GPTModel(
         config=config,
-        transformer_layer_spec=layer_spec(),
+        transformer_layer_spec=layer_spec(qk_layernorm=arch.qk_layernorm),
         vocab_size=arch.padded_vocab_size(config.tensor_model_parallel_size),
         max_sequence_length=arch.max_position_embeddings,
         pre_process=pre_process,
@@ -137,6 +179,11 @@ def build_gpt_model(arch: ArchSpec, config: Any, *, pre_process: bool, post_proc
         position_embedding_type="rope",
         rotary_base=int(arch.rope_theta),
     )
+    if arch.llama3_rope is not None:
+        # Megatron's own `rope_scaling` takes only the factor (low/high_freq_factor and the original context are
+        # fixed at Llama 3.1's 1/4/8192), so the HF parameters are applied to its unscaled frequencies here.
+        rope = model.rotary_pos_emb
+        rope.inv_freq = arch.llama3_rope.scale(rope.inv_freq)
     if torch.cuda.is_available():
         model.cuda(torch.cuda.current_device())
     return model

@@ -14,6 +14,7 @@ from slime_rl.config import AlgorithmConfig, TrainerConfig
 from slime_rl.toy.model import make_toy_model
 from slime_rl.trainer.checkpoint import export_checkpoint_to_hf
 from slime_rl.types import TrainBatch
+from tests.integration.family_models import make_family_model
 from tests.integration.trainer_ranks import make_batch, run_ranks
 
 
@@ -25,6 +26,16 @@ def toy_model(tmp_path_factory):
 @pytest.fixture(scope="module")
 def tied_qwen(tmp_path_factory):
     return str(make_toy_model(tmp_path_factory.mktemp("toy") / "qwen2", arch="qwen2", tie_word_embeddings=True))
+
+
+@pytest.fixture(scope="module")
+def qwen3(tmp_path_factory):
+    return str(make_family_model(tmp_path_factory.mktemp("qwen3") / "hf", "qwen3"))
+
+
+@pytest.fixture(scope="module")
+def llama3(tmp_path_factory):
+    return str(make_family_model(tmp_path_factory.mktemp("llama3") / "hf", "llama3"))
 
 
 def two_steps(trainer, batch):
@@ -48,9 +59,17 @@ def _cfg(tp: int = 1, pp: int = 1, dp: int = 1) -> TrainerConfig:
 FIXED_OLD = AlgorithmConfig(recompute_old_logprobs=False, kl_coef=0.01, entropy_coef=0.01)
 
 
-@pytest.mark.parametrize("arch", ["llama", "tied_qwen"])
-def test_trainer_tp2_pp2_dp2_match_tp1_losses(arch, toy_model, tied_qwen):
-    path = toy_model if arch == "llama" else tied_qwen
+# Log-probs after two Adam steps at lr 1e-2: Adam's first step is about lr * g / (|g| + eps), so a weight whose
+# gradient is within rounding of eps moves by an amount that depends on that rounding, which TP changes. On the
+# Qwen3 model this leaves TP2 log-probs 2.2e-5 from TP1 (its weights differ by < 1e-4 after one step, the q/k norms
+# by < 1e-7); losses and grad norms still agree within 1e-5.
+@pytest.mark.parametrize(
+    ("arch", "logprob_atol"),
+    [("toy_model", 1e-5), ("tied_qwen", 1e-5), ("qwen3", 5e-5), ("llama3", 1e-5)],
+    ids=["llama", "tied_qwen", "qwen3", "llama3"],
+)
+def test_trainer_tp2_pp2_dp2_match_tp1_losses(arch, logprob_atol, request):
+    path = request.getfixturevalue(arch)
     batch = make_batch(num_samples=8)
     base = run_ranks(two_steps, model_path=path, trainer_cfg=_cfg(), algo_cfg=FIXED_OLD, batch=batch)[0]
     for sizes in ({"tp": 2}, {"pp": 2}, {"dp": 2}):
@@ -71,7 +90,7 @@ def test_trainer_tp2_pp2_dp2_match_tp1_losses(arch, toy_model, tied_qwen):
         assert base["second"]["train/loss"] != pytest.approx(base["first"]["train/loss"], abs=1e-4)
         if "dp" not in sizes:
             np.testing.assert_allclose(
-                np.concatenate(results[0]["logprobs"]), np.concatenate(base["logprobs"]), atol=1e-5
+                np.concatenate(results[0]["logprobs"]), np.concatenate(base["logprobs"]), atol=logprob_atol
             )
 
 

@@ -1,11 +1,13 @@
-"""HF <-> Megatron weight conversion: exact round trips, QKV/fc1 layouts and TP sharding worked by hand."""
+"""HF <-> Megatron weight conversion: exact round trips, QKV/fc1 layouts and TP sharding worked by hand;
+the architecture read from HF configs (Qwen3's q/k norm, Llama 3's RoPE frequencies)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
+from slime_rl.errors import ConfigError
 from slime_rl.trainer import hf_convert
 from slime_rl.trainer.model import arch_from_hf
 
@@ -24,13 +26,20 @@ def _model(kind: str):
     if kind == "llama":
         config = LlamaConfig(**SIZES)
         return config, LlamaForCausalLM(config).state_dict()
+    if kind == "qwen3":
+        config = Qwen3Config(**SIZES, head_dim=16)
+        state = Qwen3ForCausalLM(config).state_dict()
+        for name, tensor in state.items():  # q_norm and k_norm must not be interchangeable
+            if name.endswith("norm.weight"):
+                tensor.copy_(torch.randn_like(tensor))
+        return config, state
     config = Qwen2Config(**SIZES, tie_word_embeddings=True)
     state = Qwen2ForCausalLM(config).state_dict()
     state.pop("lm_head.weight")
     return config, state
 
 
-@pytest.mark.parametrize("kind", ["llama", "qwen2"])
+@pytest.mark.parametrize("kind", ["llama", "qwen2", "qwen3"])
 @pytest.mark.parametrize("tp_size", [1, 2])
 def test_hf_convert_round_trip_through_tp_shards_is_exact(kind, tp_size):
     config, hf = _model(kind)
@@ -79,3 +88,49 @@ def test_hf_convert_split_dims_follow_megatron_parallel_linears():
         hf_convert.to_global_name("decoder.layers.1.mlp.linear_fc2.weight", 4)
         == "decoder.layers.5.mlp.linear_fc2.weight"
     )
+
+
+def test_hf_convert_qwen3_qk_norms_map_to_megatron_qk_layernorms_replicated():
+    config, hf = _model("qwen3")
+    arch = arch_from_hf(config)
+    assert arch.qk_layernorm and not arch.qkv_bias and arch.head_dim == 16
+    full = hf_convert.hf_to_megatron_full(hf, arch, 2)
+    q_norm = full["decoder.layers.1.self_attention.q_layernorm.weight"]
+    assert torch.equal(q_norm, hf["model.layers.1.self_attn.q_norm.weight"])
+    assert torch.equal(
+        full["decoder.layers.1.self_attention.k_layernorm.weight"], hf["model.layers.1.self_attn.k_norm.weight"]
+    )
+    assert hf_convert.tp_split_dim("decoder.layers.1.self_attention.q_layernorm.weight") is None
+
+
+def test_arch_llama3_rope_scales_frequencies_as_transformers_does():
+    rope = {
+        "rope_type": "llama3",
+        "rope_theta": 500000.0,
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 64,
+    }
+    config = LlamaConfig(**SIZES, rope_parameters=rope, max_position_embeddings=512)
+    arch = arch_from_hf(config)
+    dim = arch.head_dim
+    plain = 1.0 / (500000.0 ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
+    expected = LlamaForCausalLM(config).model.rotary_emb.inv_freq
+    scaled = arch.llama3_rope.scale(plain)
+    torch.testing.assert_close(scaled, expected, rtol=0, atol=0)
+    # Wavelength 2*pi: kept; 2*pi*500000**0.25 ~ 167 > 64: divided by the factor.
+    assert scaled[0] == plain[0] and scaled[1] == plain[1] / 8
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        {"rope_parameters": {"rope_type": "linear", "rope_theta": 10000.0, "factor": 2.0}},
+        {"hidden_act": "gelu"},
+        {"use_sliding_window": True},
+    ],
+)
+def test_arch_rejects_features_the_trainer_lacks(override):
+    with pytest.raises(ConfigError):
+        arch_from_hf(LlamaConfig(**SIZES, **override))
