@@ -42,6 +42,7 @@ from slime_rl.orchestration.rollout_worker import RolloutWorker
 from slime_rl.orchestration.train_group import TrainerRankDied, TrainGroup
 from slime_rl.plugins import load_plugin
 from slime_rl.trainer import checkpoint
+from slime_rl.trainer.lr_schedule import run_lr_decay_steps
 
 logger = logging.getLogger(__name__)
 
@@ -180,6 +181,7 @@ def run_training(cfg: SlimeRLConfig) -> None:
                     placement,
                     loopback=cfg.cluster.address is None,
                     buffer=(redis_url, run_id(cfg)),
+                    lr_decay_steps=run_lr_decay_steps(cfg.trainer, cfg.mode.num_steps),
                 )
                 record_actor_nodes(run_dir / "logs", trainers, side)
                 try:
