@@ -245,6 +245,7 @@ class RolloutWorker(Located):
         return await evaluate_greedy(
             self.router,
             fresh,
+            generation=self.manager.generation,
             reward_fn=self.reward_fn,
             decode=self.decode,
             max_new_tokens=self.eval_max_new_tokens,

@@ -34,7 +34,7 @@ from slime_rl.errors import DataError
 from slime_rl.rollout.filters import GroupFilter, keep_all
 from slime_rl.rollout.generate import generate_group, restart_stale_group, single_turn
 from slime_rl.rollout.hook import Generation
-from slime_rl.rollout.multi_turn import turn_metrics
+from slime_rl.rollout.multi_turn import reward_text, turn_metrics
 from slime_rl.rollout.rewards.hub import RewardFn, score_samples
 from slime_rl.rollout.serving import ServingEngines
 from slime_rl.rollout.settle import GroupSettler, StepState
@@ -221,10 +221,13 @@ class RolloutManager:
         return group
 
     async def score_group(self, group: Group) -> None:
-        """Score the finished group's samples that have no reward yet (failed ones keep theirs)."""
+        """Score the finished group's samples that have no reward yet (failed ones keep theirs).
+
+        The reward reads `reward_text`: a multi-turn sample's final answer, not its tool transcript.
+        """
         samples = [s for s in group.samples if s.reward is None and s.status is not Status.FAILED]
         if samples:
-            await score_samples(self.reward_fn, samples, [self.decode(s.response_ids) for s in samples])
+            await score_samples(self.reward_fn, samples, [reward_text(s, self.decode) for s in samples])
 
     async def _abort_and_recycle(
         self, tasks: dict[asyncio.Task[Group], Group], stop: asyncio.Event, state: StepState

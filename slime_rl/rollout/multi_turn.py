@@ -23,7 +23,7 @@ answer text. Each turn's tokens carry the weight version the engine reported for
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -180,8 +180,8 @@ def _tool_limit(sample: Sample, max_turns: int, fmt: ToolsConfig) -> str | None:
     return None
 
 
-def turn_metrics(samples: Sequence[Sample]) -> dict[str, float]:
-    """`rollout/*` tool-use metrics of finished samples (zeros for single-turn samples, which have no turns).
+def turn_metrics(samples: Sequence[Sample], *, prefix: str = "rollout") -> dict[str, float]:
+    """`{prefix}/*` tool-use metrics of finished samples (zeros for single-turn samples, which have no turns).
 
     `tool_use_rate`: samples that ran at least one tool; `tool_calls_mean`: tools run per sample;
     `tool_error_rate`: calls that came back as errors, among all calls; `turns_mean`: policy turns per sample.
@@ -192,8 +192,18 @@ def turn_metrics(samples: Sequence[Sample]) -> dict[str, float]:
     num_errors = sum(t["error"] is not None for cs in calls for t in cs)
     n = max(len(samples), 1)
     return {
-        "rollout/tool_use_rate": sum(bool(cs) for cs in calls) / n,
-        "rollout/tool_calls_mean": num_calls / n,
-        "rollout/tool_error_rate": num_errors / max(num_calls, 1),
-        "rollout/turns_mean": sum(map(len, turns)) / n,
+        f"{prefix}/tool_use_rate": sum(bool(cs) for cs in calls) / n,
+        f"{prefix}/tool_calls_mean": num_calls / n,
+        f"{prefix}/tool_error_rate": num_errors / max(num_calls, 1),
+        f"{prefix}/turns_mean": sum(map(len, turns)) / n,
     }
+
+
+def reward_text(sample: Sample, decode: Callable[[np.ndarray], str]) -> str:
+    """The text a reward scores: the policy's final answer when it gave one, else the whole decoded response.
+
+    A multi-turn response holds tool calls and tool results (`<result>42</result>`); scoring it would credit
+    the tool's output, not the policy's answer. An empty answer (`<answer></answer>`) is scored as empty.
+    """
+    answer = sample.metadata.get("final_answer")
+    return answer if answer is not None else decode(sample.response_ids)

@@ -12,6 +12,12 @@ Kinds:
 - `reliability`: wraps any of the above (`rollout.reward.reliability.inner`) into correct / abstained /
   wrong weights (rewards/reliability.py), extracting answers with the inner reward's extractor.
 
+What a reward scores: the `response` it is given is `multi_turn.reward_text(sample, decode)`, the same in
+rollout and eval for every kind: a multi-turn sample's final answer (`metadata["final_answer"]`, the text
+between the answer tags) when it gave one, else the whole decoded response (a single-turn sample's, or a
+multi-turn one's that ended without an answer: tool calls and results included). The turns stay readable
+in `sample.metadata["turns"]`.
+
 Failure policy (DESIGN.md §5): a reward that raises marks the samples it was scoring `failed`, with
 reward 0.0 and a zero loss mask; the run continues and the failures are counted by the caller. A
 per-sample reward (a rule, or a custom function without `batched_reward`) fails only the sample whose
