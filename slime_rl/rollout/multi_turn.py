@@ -200,10 +200,15 @@ def turn_metrics(samples: Sequence[Sample], *, prefix: str = "rollout") -> dict[
 
 
 def reward_text(sample: Sample, decode: Callable[[np.ndarray], str]) -> str:
-    """The text a reward scores: the policy's final answer when it gave one, else the whole decoded response.
+    """The text a reward scores: the policy's final answer when it gave one; else, for a multi-turn sample, the
+    policy's own tokens (those in its weight spans); else the whole decoded response.
 
-    A multi-turn response holds tool calls and tool results (`<result>42</result>`); scoring it would credit
-    the tool's output, not the policy's answer. An empty answer (`<answer></answer>`) is scored as empty.
+    A multi-turn response holds tool calls and tool results (`<result>42</result>`); scoring the tool's output
+    would reward the policy for text it did not write. An empty answer (`<answer></answer>`) is scored as empty.
     """
     answer = sample.metadata.get("final_answer")
-    return answer if answer is not None else decode(sample.response_ids)
+    if answer is not None:
+        return answer
+    if "turns" in sample.metadata:
+        return decode(np.concatenate([sample.response_ids[start:end] for _, start, end in sample.weight_spans] or [[]]))
+    return decode(sample.response_ids)

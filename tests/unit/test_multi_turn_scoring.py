@@ -59,6 +59,15 @@ def test_reward_text_is_the_decoded_response_without_a_final_answer():
     assert reward_text(s, CODEC.decode) == "42"
 
 
+def test_reward_text_of_a_multi_turn_sample_without_an_answer_is_the_policy_tokens_only():
+    s = _labelled("g")
+    s.append_tokens(CODEC.encode(CALL), [-0.5] * len(CALL), 0)
+    s.append_observation(CODEC.encode(RESULT))  # the tool's output: not the policy's text
+    s.append_tokens(CODEC.encode(" so"), [-0.5] * 3, 0)
+    s.metadata["turns"] = [{"action": "tool"}, {"action": "text"}]
+    assert reward_text(s, CODEC.decode) == CALL + " so"
+
+
 def test_reward_text_of_an_empty_answer_is_empty_not_the_transcript():
     s = _labelled("g")
     s.append_tokens(CODEC.encode("<answer></answer>"), [-0.5] * 17, 0)
