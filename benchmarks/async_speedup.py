@@ -31,9 +31,9 @@ MODES = ("sync", "one_step_async", "fully_async")
 def workload_overrides(args: argparse.Namespace) -> list[str]:
     return [
         "experiment=toy",
-        "toy.sft_steps=0",
-        f"toy.hidden_size={args.hidden_size}",
-        f"toy.num_layers={args.num_layers}",
+        "sft.steps=0",
+        f"prepare.args.hidden_size={args.hidden_size}",
+        f"prepare.args.num_layers={args.num_layers}",
         "eval.path=null",
         f"rollout.max_new_tokens={args.max_new_tokens}",
         f"rollout.rollout_batch_size={args.rollout_batch_size}",

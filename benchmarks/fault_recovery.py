@@ -42,7 +42,7 @@ def run_once(out_dir: Path, num_steps: int, kill_after: int, extra: list[str]) -
     run_dir = out_dir / "toy"
     out_dir.mkdir(parents=True, exist_ok=True)
     argv = [sys.executable, "-m", "slime_rl.cli", "train", "experiment=toy", f"output_dir={out_dir}"]
-    argv += ["toy.sft_steps=0", "eval.interval=0", "mode=fully_async", f"mode.num_steps={num_steps}"]
+    argv += ["sft.steps=0", "eval.interval=0", "mode=fully_async", f"mode.num_steps={num_steps}"]
     argv += ["engine.num_engines=2", "cluster.num_cpus=3", "buffer.appendonly=false", *extra]
     log_path = out_dir / "driver.log"
     with open(log_path, "wb") as log:
