@@ -15,6 +15,15 @@ from transformers import AutoModelForCausalLM, LlamaConfig, Qwen3Config
 from slime_rl.toy.tokenizer import make_char_tokenizer
 
 FAMILIES = ("qwen3", "llama3")
+# Llama 3's rope scaling with a short original context, so that the scaling changes positions the tests reach.
+LLAMA3_ROPE = {
+    "rope_type": "llama3",
+    "rope_theta": 500000.0,
+    "factor": 8.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 64,
+}
 
 
 def make_family_model(path: Path, family: str, *, seed: int = 0) -> Path:
@@ -35,15 +44,7 @@ def make_family_model(path: Path, family: str, *, seed: int = 0) -> Path:
     if family == "qwen3":  # as Qwen3-0.6B: head_dim set apart from hidden/heads, tied embeddings
         config = Qwen3Config(**common, head_dim=32, tie_word_embeddings=True)
     else:
-        rope = {
-            "rope_type": "llama3",
-            "rope_theta": 500000.0,
-            "factor": 8.0,
-            "low_freq_factor": 1.0,
-            "high_freq_factor": 4.0,
-            "original_max_position_embeddings": 64,
-        }
-        config = LlamaConfig(**common, rope_parameters=rope, tie_word_embeddings=False)
+        config = LlamaConfig(**common, rope_parameters=LLAMA3_ROPE, tie_word_embeddings=False)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     with torch.no_grad():

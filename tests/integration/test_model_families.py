@@ -21,9 +21,8 @@ from slime_rl.engines.client import EngineClient
 from slime_rl.engines.protocol import GenerateRequest, SamplingParams
 from slime_rl.engines.server import EngineProcess
 from slime_rl.trainer.checkpoint import export_checkpoint_to_hf
-from slime_rl.types import Sample, TrainBatch
 from tests.integration.family_models import FAMILIES, make_family_model
-from tests.integration.trainer_ranks import run_ranks
+from tests.integration.trainer_ranks import engine_batch, run_ranks
 
 PROMPTS = [[1, 6, 7, 77, 8, 85], [1, 9], [1, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29], [1, 50, 51]]
 NUM_TOKENS = 20
@@ -55,22 +54,6 @@ def greedy(family_model, tmp_path_factory) -> list[tuple[list[int], list[float]]
     finally:
         engine.stop()
     return [(o.output_ids, o.output_logprobs) for o in outs]
-
-
-def as_batch(outputs) -> TrainBatch:
-    samples = [
-        Sample(
-            uid=f"s{i}",
-            group_id="g",
-            index=i,
-            prompt_ids=prompt,
-            response_ids=ids,
-            rollout_logprobs=logprobs,
-            loss_mask=np.ones(len(ids)),
-        )
-        for i, (prompt, (ids, logprobs)) in enumerate(zip(PROMPTS, outputs, strict=True))
-    ]
-    return TrainBatch(step=0, samples=samples, advantages=np.zeros(len(samples)))
 
 
 def logits_logprobs_and_exports(trainer, ids, batch, export_dir):
@@ -108,7 +91,7 @@ def trainer_run(request, family_model, greedy, tmp_path_factory):
         model_path=path,
         trainer_cfg=cfg,
         ids=LOGITS_IDS,
-        batch=as_batch(greedy),
+        batch=engine_batch(PROMPTS, greedy),
         export_dir=str(tmp / "export"),
     )[0]
     return result | {"export_dir": tmp / "export", "checkpoint_dir": tmp / "ckpt"}

@@ -18,8 +18,7 @@ from slime_rl.engines.server import EngineProcess
 from slime_rl.errors import ServiceError
 from slime_rl.toy.model import make_toy_model
 from slime_rl.trainer.weight_sync import WeightPublisher
-from slime_rl.types import Sample, TrainBatch
-from tests.integration.trainer_ranks import run_ranks
+from tests.integration.trainer_ranks import engine_batch, run_ranks
 
 PROMPTS = [[1, 6, 7, 77, 8, 85], [1, 9], [1, 20, 21, 22, 23, 24, 25], [1, 50, 51]]
 TEMPERATURE = 0.8
@@ -52,29 +51,13 @@ def generate(url: str, *, temperature: float, seed: int | None = None) -> list[t
     return asyncio.run(go())
 
 
-def as_batch(outputs) -> TrainBatch:
-    samples = [
-        Sample(
-            uid=f"s{i}",
-            group_id="g",
-            index=i,
-            prompt_ids=prompt,
-            response_ids=ids,
-            rollout_logprobs=logprobs,
-            loss_mask=np.ones(len(ids)),
-        )
-        for i, (prompt, (ids, logprobs, _)) in enumerate(zip(PROMPTS, outputs, strict=True))
-    ]
-    return TrainBatch(step=0, samples=samples, advantages=np.zeros(len(samples)))
-
-
 def logprobs_of(trainer, batch):
     return trainer.compute_logprobs(batch)
 
 
 def test_trainer_logprobs_match_native_engine_at_tp2(toy_model, engine_url):
     outputs = generate(engine_url, temperature=TEMPERATURE, seed=7)
-    batch = as_batch(outputs)
+    batch = engine_batch(PROMPTS, [(ids, logprobs) for ids, logprobs, _ in outputs])
     cfg = TrainerConfig(tensor_model_parallel_size=2, micro_batch_size=2, logprob_temperature=TEMPERATURE)
     trainer_logprobs = run_ranks(logprobs_of, model_path=toy_model, trainer_cfg=cfg, batch=batch)[0]
     diff = np.abs(np.concatenate(trainer_logprobs) - np.concatenate([s.rollout_logprobs for s in batch.samples]))
@@ -96,7 +79,7 @@ def test_trainer_published_weights_change_engine_greedy_output_and_version(toy_m
     before = generate(engine_url, temperature=0.0)
     # SFT towards a fixed target response so greedy decoding must change.
     target = [40, 41, 42, 43, 44, 45, 46, 47]
-    batch = as_batch([(target, [0.0] * len(target), "0")] * len(PROMPTS))
+    batch = engine_batch(PROMPTS, [(target, [0.0] * len(target))] * len(PROMPTS))
     cfg = TrainerConfig(
         tensor_model_parallel_size=2, micro_batch_size=2, lr=5e-2, weight_sync_bucket_mb=1, checkpoint_dir=str(tmp_path)
     )

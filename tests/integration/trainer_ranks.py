@@ -44,6 +44,23 @@ def make_batch(*, num_samples: int = 6, vocab: int = 40, seed: int = 0) -> Train
     return TrainBatch(step=0, samples=samples, advantages=rng.normal(size=num_samples))
 
 
+def engine_batch(prompts: list[list[int]], outputs: list[tuple[list[int], list[float]]]) -> TrainBatch:
+    """A batch of the engine's answers: prompt i with its (output ids, output logprobs), every token trained."""
+    samples = [
+        Sample(
+            uid=f"s{i}",
+            group_id="g",
+            index=i,
+            prompt_ids=prompt,
+            response_ids=ids,
+            rollout_logprobs=logprobs,
+            loss_mask=np.ones(len(ids)),
+        )
+        for i, (prompt, (ids, logprobs)) in enumerate(zip(prompts, outputs, strict=True))
+    ]
+    return TrainBatch(step=0, samples=samples, advantages=np.zeros(len(samples)))
+
+
 def _worker(rank: int, world_size: int, port: int, out_dir: str, payload: bytes) -> None:
     torch.set_num_threads(1)
     scenario, model_cfg, trainer_cfg, algo_cfg, kwargs = pickle.loads(payload)

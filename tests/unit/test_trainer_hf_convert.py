@@ -10,6 +10,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCau
 from slime_rl.errors import ConfigError
 from slime_rl.trainer import hf_convert
 from slime_rl.trainer.model import arch_from_hf
+from tests.integration.family_models import LLAMA3_ROPE
 
 SIZES = {
     "hidden_size": 32,
@@ -104,15 +105,7 @@ def test_hf_convert_qwen3_qk_norms_map_to_megatron_qk_layernorms_replicated():
 
 
 def test_arch_llama3_rope_scales_frequencies_as_transformers_does():
-    rope = {
-        "rope_type": "llama3",
-        "rope_theta": 500000.0,
-        "factor": 8.0,
-        "low_freq_factor": 1.0,
-        "high_freq_factor": 4.0,
-        "original_max_position_embeddings": 64,
-    }
-    config = LlamaConfig(**SIZES, rope_parameters=rope, max_position_embeddings=512)
+    config = LlamaConfig(**SIZES, rope_parameters=LLAMA3_ROPE, max_position_embeddings=512)
     arch = arch_from_hf(config)
     dim = arch.head_dim
     plain = 1.0 / (500000.0 ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
