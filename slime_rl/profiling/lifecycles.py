@@ -7,9 +7,8 @@ different processes (rollout worker, driver) share one clock.
 
 A request's phases, from the client's timestamps and the engine's `meta_info`:
 - queued: `[sent_s, sent_s + queue_s)`. `queue_s` is the engine's `queue_time` when it reports one (SGLang with
-  `--enable-metrics`); otherwise the time the request spent outside the engine: client round trip minus the
-  engine's `e2e_latency` (router, transport, HTTP parsing; the native engine reports no queue time of its own,
-  so its scheduler queue is inside prefill/decode there).
+  `--enable-metrics`, the native and the simulated engines always); otherwise the time the request spent
+  outside the engine: client round trip minus the engine's `e2e_latency` (router, transport, HTTP parsing).
 - prefill: until the first token: `first_token_latency - queue_time` when the engine reports both, else 0.
 - decode: the rest, until `answered_s`.
 A request whose rid was sent before (an aborted sample continuing, APRIL or a weight update) is a resume.

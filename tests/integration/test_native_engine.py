@@ -46,6 +46,8 @@ def test_generate_response_has_sglang_fields_and_types(engine_url):
     meta = out["meta_info"]
     assert {"id", "finish_reason", "prompt_tokens", "completion_tokens", "cached_tokens", "weight_version"} <= set(meta)
     assert isinstance(meta["e2e_latency"], float) and meta["weight_version"] == "0"
+    # SGLang's --enable-metrics timings, which the profiler's queueing and prefill attribution read
+    assert 0 <= meta["queue_time"] <= meta["first_token_latency"] <= meta["e2e_latency"]
     assert meta["finish_reason"] == {"type": "length", "length": 5}
     assert meta["prompt_tokens"] == len(PROMPT) and meta["completion_tokens"] == 5 == len(out["output_ids"])
     assert all(

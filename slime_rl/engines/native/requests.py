@@ -7,6 +7,7 @@ check. Torch-free, so that a server without a model imports it cheaply; scheduli
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -42,7 +43,7 @@ class RequestUpdate:
     finish_reason: FinishReason | None
     weight_version: str
     # Per-request timing that SGLang reports with --enable-metrics (queue_time, first_token_latency, ...),
-    # merged into meta_info as is; empty when the engine does not measure it.
+    # merged into meta_info as is; both engines here always measure the first two.
     metrics: dict[str, float] = field(default_factory=dict)
 
 
@@ -59,3 +60,7 @@ class EngineRequest:
     logprobs: list[float] = field(default_factory=list)
     cache_len: int = 0  # tokens whose K/V are in this request's slot
     stop_ids: frozenset[int] = frozenset()  # tokens that end it (set by the scheduler on submit)
+    received: float = field(default_factory=time.monotonic)  # when the HTTP layer handed it over
+    # SGLang's --enable-metrics timings, seconds since `received`: `queue_time` until its first prefill,
+    # `first_token_latency` until its first token (a retracted request keeps its first values).
+    metrics: dict[str, float] = field(default_factory=dict)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -190,6 +191,7 @@ class Scheduler:
             self._waiting.popleft()
             batch.append((request, prompt))
             budget -= len(prompt)
+            request.metrics.setdefault("queue_time", time.monotonic() - request.received)
         for chunk in self._prefill_chunks(batch):
             logits = self.runner.prefill(len(self._running), [prompt for _, prompt in chunk])
             for request, prompt in chunk:
@@ -246,9 +248,11 @@ class Scheduler:
         )
         tokens, logprobs = sample(logits, row_sampling, self._shared_generator)
         done: list[tuple[EngineRequest, FinishReason]] = []
+        now = time.monotonic()
         for request, token, logprob in zip(rows, tokens.tolist(), logprobs.tolist(), strict=True):
             request.output_ids.append(token)
             request.logprobs.append(logprob)
+            request.metrics.setdefault("first_token_latency", now - request.received)
             finish = self._finish_reason(request, token)
             if finish is not None:
                 done.append((request, finish))
@@ -283,6 +287,7 @@ class Scheduler:
             logprobs=list(request.logprobs),
             finish_reason=finish,
             weight_version=self.weight_version,
+            metrics=dict(request.metrics),
         )
 
     def _finish(self, request: EngineRequest, finish: FinishReason) -> None:
