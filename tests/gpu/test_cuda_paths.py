@@ -14,8 +14,8 @@ from transformers import AutoModelForCausalLM
 from slime_rl.config import AlgorithmConfig, EngineConfig, TrainerConfig
 from slime_rl.engines.server import EngineProcess
 from slime_rl.toy.model import make_toy_model
-from tests.integration.test_trainer_engine import PROMPTS, as_batch, generate
-from tests.integration.trainer_ranks import make_batch, run_ranks
+from tests.integration.test_trainer_engine import PROMPTS, generate
+from tests.integration.trainer_ranks import engine_batch, make_batch, run_ranks
 
 pytestmark = pytest.mark.gpu
 
@@ -89,7 +89,7 @@ def logprobs_then_publish(trainer, batch, engine_url):
 
 
 def test_cuda_trainer_logprobs_match_cuda_engine_and_published_weights_reach_it(toy_model, fp32_engine_url, tmp_path):
-    sampled = as_batch(generate(fp32_engine_url, temperature=1.0, seed=11))
+    sampled = engine_batch(PROMPTS, [(ids, lps) for ids, lps, _ in generate(fp32_engine_url, temperature=1.0, seed=11)])
     before = generate(fp32_engine_url, temperature=0.0)
     cfg = TrainerConfig(micro_batch_size=2, lr=5e-2, checkpoint_dir=str(tmp_path))
     (result,) = run_ranks(
