@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import httpx
 import ray
@@ -49,6 +49,15 @@ logger = logging.getLogger(__name__)
 BUFFER_STATE_FILE = "buffer_state.msgpack"  # the run's Redis keys inside a checkpoint's step directory
 CURVE_KEYS = ("rollout/reward_mean", "eval/accuracy", "train/loss", "rollout/response_len_mean")
 TIME_KEYS = ("perf/rollout_time_s", "perf/train_time_s", "perf/weight_sync_time_s")
+# summary.json name -> eval metric; `{name}_first` and `{name}_last` are written for every one the run logged
+# (tool use comes with rollout.generate.kind=multi_turn, the answerable split with kind=reliability rewards).
+SUMMARY_EVAL_KEYS = {
+    "eval_accuracy": "eval/accuracy",
+    "tool_use_rate": "eval/tool_use_rate",
+    "answerable_accuracy": "eval/answerable/accuracy",
+    "hallucination_rate": "eval/unanswerable/hallucination_rate",
+    "omniscience_index": "eval/unanswerable/omniscience_index",
+}
 
 
 def run_id(cfg: SlimeRLConfig) -> str:
@@ -333,12 +342,12 @@ def run_loop(cfg: SlimeRLConfig, ctx: LoopContext, metrics: MetricsLogger) -> No
 
 
 def write_report(cfg: SlimeRLConfig, run_dir: Path, metrics_path: Path) -> None:
-    """`reward_curve.png` and `summary.json`: first/last eval accuracy and the mean time split per step."""
+    """`reward_curve.png` and `summary.json`: first/last eval figures (`SUMMARY_EVAL_KEYS`; eval accuracy always,
+    None without eval) and the mean time split per step."""
     from slime_rl.observability.metrics import read_metrics
 
     records = read_metrics(metrics_path)
     plot_curves(metrics_path, run_dir / "reward_curve.png", CURVE_KEYS, title=f"{cfg.name}: {cfg.mode.name}")
-    evals = [r["eval/accuracy"] for r in records if r.get("eval/accuracy") is not None]
     steps = [r for r in records if r.get("perf/step_time_s") is not None]
 
     def mean(key: str) -> float:
@@ -349,8 +358,7 @@ def write_report(cfg: SlimeRLConfig, run_dir: Path, metrics_path: Path) -> None:
         "name": cfg.name,
         "mode": cfg.mode.name,
         "steps": len(steps),
-        "eval_accuracy_first": evals[0] if evals else None,
-        "eval_accuracy_last": evals[-1] if evals else None,
+        **first_and_last_evals(records),
         "reward_mean_last": steps[-1].get("rollout/reward_mean") if steps else None,
         "time_per_step_s": {
             key.split("/")[1].removesuffix("_time_s"): mean(key) for key in (*TIME_KEYS, "perf/other_time_s")
@@ -359,6 +367,17 @@ def write_report(cfg: SlimeRLConfig, run_dir: Path, metrics_path: Path) -> None:
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     logger.info("run finished: %s", json.dumps(summary))
+
+
+def first_and_last_evals(records: list[dict[str, Any]]) -> dict[str, float | None]:
+    """`{name}_first` / `{name}_last` of each `SUMMARY_EVAL_KEYS` metric in `records`; eval accuracy always."""
+    summary: dict[str, float | None] = {}
+    for name, key in SUMMARY_EVAL_KEYS.items():
+        values = [r[key] for r in records if r.get(key) is not None]
+        if values or name == "eval_accuracy":
+            summary[f"{name}_first"] = values[0] if values else None
+            summary[f"{name}_last"] = values[-1] if values else None
+    return summary
 
 
 class RolloutObserver(Protocol):

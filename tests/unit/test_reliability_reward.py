@@ -165,31 +165,38 @@ def test_reliability_metrics_hand_worked_split():
     outcomes = _outcomes(True, correct=3, abstained=1, wrong=1) + _outcomes(False, correct=0, abstained=1, wrong=3)
     assert reliability_metrics(outcomes) == pytest.approx(
         {
-            # answerable: n=5, 3 correct, 1 abstained, 1 wrong, answered = 5 - 1 = 4
+            # answerable: n=5, 3 correct, 1 abstained, 1 wrong
             "eval/answerable/num_samples": 5.0,
             "eval/answerable/accuracy": 0.6,  # 3/5
             "eval/answerable/abstention_rate": 0.2,  # 1/5
-            "eval/answerable/hallucination_rate": 0.25,  # 1 wrong / 4 answered
+            "eval/answerable/hallucination_rate": 0.5,  # 1 wrong / (1 wrong + 1 abstained)
             "eval/answerable/omniscience_index": 40.0,  # 100 * (3 - 1) / 5
             # unanswerable: n=4, 1 abstained (= correct), 3 answered, all wrong
             "eval/unanswerable/num_samples": 4.0,
             "eval/unanswerable/accuracy": 0.25,  # 1/4
             "eval/unanswerable/abstention_rate": 0.25,  # 1/4
-            "eval/unanswerable/hallucination_rate": 1.0,  # 3 wrong / 3 answered
+            "eval/unanswerable/hallucination_rate": 0.75,  # 3 wrong / (3 wrong + 1 abstained)
             "eval/unanswerable/omniscience_index": -50.0,  # 100 * (1 - 3) / 4
         }
     )
 
 
-def test_reliability_metrics_nothing_answered_has_zero_hallucination_and_empty_split_is_omitted():
+def test_reliability_metrics_all_abstained_has_zero_hallucination_and_empty_split_is_omitted():
     metrics = reliability_metrics(_outcomes(True, correct=0, abstained=2, wrong=0), prefix="rollout")
     assert metrics == {
         "rollout/answerable/num_samples": 2.0,
         "rollout/answerable/accuracy": 0.0,
         "rollout/answerable/abstention_rate": 1.0,
-        "rollout/answerable/hallucination_rate": 0.0,  # 0 answered: defined as 0
+        "rollout/answerable/hallucination_rate": 0.0,  # 0 wrong / (0 wrong + 2 abstained)
         "rollout/answerable/omniscience_index": 0.0,  # 100 * (0 - 0) / 2
     }
+
+
+def test_reliability_metrics_all_correct_has_zero_hallucination():
+    metrics = reliability_metrics(_outcomes(False, correct=0, abstained=3, wrong=0))
+    assert metrics["eval/unanswerable/hallucination_rate"] == 0.0  # 0 wrong / (0 wrong + 3 abstained)
+    metrics = reliability_metrics(_outcomes(True, correct=2, abstained=0, wrong=0))
+    assert metrics["eval/answerable/hallucination_rate"] == 0.0  # nothing missed: defined as 0
 
 
 def test_eval_metrics_add_reliability_keys_beside_the_existing_ones():
@@ -198,7 +205,7 @@ def test_eval_metrics_add_reliability_keys_beside_the_existing_ones():
     assert metrics["eval/accuracy"] == pytest.approx(0.4)  # rewards [1, 0, -1, 1, -1]: two >= 1.0
     assert metrics["eval/reward_mean"] == pytest.approx(0.0)  # (1 + 0 - 1 + 1 - 1) / 5
     assert metrics["eval/answerable/accuracy"] == pytest.approx(1 / 3)
-    assert metrics["eval/answerable/hallucination_rate"] == pytest.approx(0.5)  # 1 wrong / 2 answered
+    assert metrics["eval/answerable/hallucination_rate"] == pytest.approx(0.5)  # 1 wrong / (1 wrong + 1 abstained)
     assert metrics["eval/unanswerable/omniscience_index"] == pytest.approx(0.0)  # 100 * (1 - 1) / 2
 
 

@@ -130,9 +130,10 @@ def reliability_metrics(outcomes: Sequence[Outcome], *, prefix: str = "eval") ->
     """Accuracy, abstention rate, hallucination rate and AA-Omniscience index, per answerable/unanswerable split.
 
     Over the n outcomes of a split: accuracy = correct / n; abstention_rate = abstained / n;
-    hallucination_rate = wrong / answered, answered = n - abstained (0.0 when nothing was answered: no
-    answer, no hallucination); omniscience_index = 100 * (correct - wrong) / n, in points from -100 to 100
-    like AA-Omniscience's. On unanswerable prompts correct = abstained, so every answer is a hallucination.
+    hallucination_rate = wrong / (wrong + abstained), AA-Omniscience's: of the prompts the policy did not
+    answer correctly, the share it answered anyway instead of abstaining (0.0 when there are none);
+    omniscience_index = 100 * (correct - wrong) / n, in points from -100 to 100 like AA-Omniscience's. On
+    unanswerable prompts correct = abstained, so every answer is wrong and hallucination_rate = wrong / n.
     A split without outcomes reports nothing. Keys: `{prefix}/{answerable|unanswerable}/{metric}`, plus
     `num_samples`.
     """
@@ -145,12 +146,12 @@ def reliability_metrics(outcomes: Sequence[Outcome], *, prefix: str = "eval") ->
         num_correct = sum(o.is_correct for o in part)
         num_abstained = sum(o.is_abstained for o in part)
         num_wrong = sum(o.is_wrong for o in part)
-        num_answered = n - num_abstained
+        num_not_correct = num_wrong + num_abstained
         metrics |= {
             f"{prefix}/{split}/num_samples": float(n),
             f"{prefix}/{split}/accuracy": num_correct / n,
             f"{prefix}/{split}/abstention_rate": num_abstained / n,
-            f"{prefix}/{split}/hallucination_rate": num_wrong / num_answered if num_answered else 0.0,
+            f"{prefix}/{split}/hallucination_rate": num_wrong / num_not_correct if num_not_correct else 0.0,
             f"{prefix}/{split}/omniscience_index": 100.0 * (num_correct - num_wrong) / n,
         }
     return metrics
