@@ -27,6 +27,7 @@ import numpy as np
 import redis
 
 from slime_rl.buffer.codec import encode_group
+from slime_rl.buffer.pass_order import PassOrder
 from slime_rl.buffer.store import RedisBuffer
 from slime_rl.config.buffer import DataConfig
 from slime_rl.errors import ConfigError, DataError
@@ -116,19 +117,10 @@ class PromptDataset:
                 f"{self.num_filtered_long} longer than max_prompt_tokens, {self.num_over_context} over the engines' "
                 "context)"
             )
-        self._order_epoch = -1
-        self._order = np.arange(0)
+        self.order = PassOrder(len(self._rows), self.seed, shuffle=self.shuffle)  # order(epoch): row indices
 
     def __len__(self) -> int:
         return len(self._rows)
-
-    def order(self, epoch: int) -> np.ndarray:
-        """Row indices in the order epoch `epoch` issues them."""
-        if epoch != self._order_epoch:
-            n = len(self._rows)
-            self._order = np.random.default_rng([self.seed, epoch]).permutation(n) if self.shuffle else np.arange(n)
-            self._order_epoch = epoch
-        return self._order
 
     def make_group(self, row: int) -> Group:
         """A group of `n_samples_per_prompt` pending samples for row `row`, with fresh uuid4-hex ids."""

@@ -29,6 +29,20 @@ def test_text_row_trains_the_response_and_eos_only(tmp_path):
     assert sample.weight_spans == [(0, 0, 2)]
 
 
+def test_segment_row_leaves_tool_output_untrained(tmp_path):
+    response = [{"text": "<t>6*7</t>"}, {"text": "<r>42</r>", "train": False}, {"text": "<a>42</a>", "train": True}]
+    data = DemonstrationDataset(_write(tmp_path, [{"prompt": "6*7=", "response": response}]), TOKENIZER, seed=0)
+    (sample,) = data.batch(0, 1)
+    text = "<t>6*7</t><r>42</r><a>42</a>"
+    assert sample.response_ids.tolist() == [
+        *TOKENIZER(text, add_special_tokens=False)["input_ids"],
+        TOKENIZER.eos_token_id,
+    ]
+    # 10 policy tokens, 9 tool tokens (mask 0, log-prob 0, in no span), 9 policy tokens + EOS
+    assert sample.loss_mask.tolist() == [1] * 10 + [0] * 9 + [1] * 10
+    assert sample.weight_spans == [(0, 0, 10), (0, 19, 29)]  # the policy's spans skip the tool's tokens
+
+
 def test_token_id_row_is_used_as_given(tmp_path):
     data = DemonstrationDataset(_write(tmp_path, [{"prompt_ids": [1, 20], "response_ids": [21, 2]}]), TOKENIZER, seed=0)
     (sample,) = data.batch(0, 1)
@@ -61,6 +75,9 @@ def test_batches_cross_passes_and_each_pass_takes_every_row_once(tmp_path):
         ('{"prompt_ids": [1], "response_ids": []}', r"sft.jsonl:2: 'response_ids' must be a non-empty list"),
         ('{"prompt_ids": [1, 999], "response_ids": [2]}', r"sft.jsonl:2: 'prompt_ids' holds token id 999"),
         ("[1, 2]", r"sft.jsonl:2: a demonstration needs keys .* got list"),
+        ('{"prompt": "1=", "response": []}', r"sft.jsonl:2: 'response' must be a non-empty string or a list"),
+        ('{"prompt": "1=", "response": [{"text": "1", "train": 0}]}', r"sft.jsonl:2: response segment 0 must be"),
+        ('{"prompt": "1=", "response": [{"txt": "1"}]}', r"sft.jsonl:2: response segment 0 must be"),
     ],
 )
 def test_malformed_row_names_file_and_line(tmp_path, line, message):
