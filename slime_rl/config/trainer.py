@@ -12,6 +12,9 @@ class TrainerConfig:
     pipeline_model_parallel_size: int = 1  # PP stages
     data_parallel_size: int = 1  # DP replicas; world size = tp * pp * dp
     micro_batch_size: int = 4  # most sequences per micro-batch; a batch is spread evenly over the fewest needed
+    # Token budget per micro-batch (slime's dynamic batch size): samples sorted by length fill micro-batches of
+    # at most this many input tokens, padding included, each padded to its own longest; None = fixed shapes.
+    max_tokens_per_micro_batch: int | None = None
     num_steps_per_batch: int = 1  # optimizer steps per train() call; the batch is split into this many mini-batches
     logprob_temperature: float = 1.0  # temperature of trainer log-probs; keep equal to rollout.temperature
     seed: int = 1234  # torch seed of every rank
@@ -49,6 +52,8 @@ class TrainerConfig:
         for key in ("micro_batch_size", "num_steps_per_batch", "weight_sync_bucket_mb"):
             check_min(f"trainer.{key}", getattr(self, key), 1)
         check_min("trainer.clip_grad", self.clip_grad, 0.0)
+        if self.max_tokens_per_micro_batch is not None:
+            check_min("trainer.max_tokens_per_micro_batch", self.max_tokens_per_micro_batch, 1)
         check_min("trainer.save_interval", self.save_interval, 0)
         check_min("trainer.max_checkpoints_to_keep", self.max_checkpoints_to_keep, 0)
         check_choice(

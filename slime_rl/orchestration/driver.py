@@ -159,12 +159,15 @@ def run_sft(cfg: SlimeRLConfig, ctx: LoopContext) -> dict[str, float]:
 
     # The rollout worker builds step k+1's samples while the trainer trains on step k's.
     next_samples_ref = request_samples(0)
-    for step in range(cfg.sft.steps):
-        ctx.stage(f"SFT step {step}")
-        samples = ray.get(next_samples_ref)
-        if step + 1 < cfg.sft.steps:
-            next_samples_ref = request_samples(step + 1)
-        metrics = ctx.trainers.train_sft(make_sft_batches(samples, dp_size=cfg.trainer.data_parallel_size, step=step))
+    with TrainProgress(cfg.sft.steps, stage="sft") as progress:
+        for step in range(cfg.sft.steps):
+            ctx.stage(f"SFT step {step}")
+            samples = ray.get(next_samples_ref)
+            if step + 1 < cfg.sft.steps:
+                next_samples_ref = request_samples(step + 1)
+            batches = make_sft_batches(samples, dp_size=cfg.trainer.data_parallel_size, step=step)
+            metrics = ctx.trainers.train_sft(batches)
+            progress.update(step + 1, metrics)
     ctx.trainers.set_lr(cfg.trainer.lr)
     logger.info("SFT: %d steps, last loss %.4f", cfg.sft.steps, metrics.get("train/loss", float("nan")))
     return metrics

@@ -1,17 +1,26 @@
-"""Turning a list of `Sample`s into fixed-shape micro-batches for Megatron's schedules.
+"""Turning a list of `Sample`s into micro-batches for Megatron's schedules.
 
 Layout contract: sample i (prompt P, response R tokens) becomes one row of `input_ids` holding its
 first P + R - 1 tokens; the logits at positions P-1 .. P+R-2 predict the response tokens. Rows are
-right-padded with token 0 to one sequence length for the whole batch, and every micro-batch of a batch
-has the same number of rows (`micro_batch_rows`; extra rows are all padding): pipeline schedules
-exchange activations of one fixed shape. Per-token tensors are flat, `[T]`, over the response tokens
-of the micro-batch's samples in order; `token_slice` locates them in the flat `[T_batch]` arrays of the
-whole batch.
+right-padded with token 0. Per-token tensors are flat, `[T]`, over the response tokens of the
+micro-batch's samples in its row order; `token_index` locates them in the flat `[T_batch]` arrays of
+the whole batch (samples in batch order, `flat_response_array`).
+
+Two plans (`plan_micro_batches`):
+- fixed shape (default): samples in batch order, the same number of rows in every micro-batch
+  (`micro_batch_rows`; extra rows are all padding), padded to the batch's longest sample: pipeline
+  schedules exchange activations of one shape.
+- token budget (`trainer.max_tokens_per_micro_batch`, slime's dynamic batch size): samples sorted by
+  length, longest first, fill micro-batches while rows x longest stays within the budget, and each is
+  padded only to its own longest row. A long-tail batch then pays for its few long samples once instead
+  of padding every row to them. Pipeline schedules exchange each micro-batch's shape first
+  (Megatron's `variable_seq_lengths`).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,16 +40,26 @@ class MicroBatch:
     rows: Tensor  # int64 [T] row of each response token (= its sample's index within the micro-batch)
     cols: Tensor  # int64 [T] position whose logits predict it
     num_samples: int  # real (non-padding) rows
-    token_slice: slice  # these tokens' range in the batch's flat token arrays
+    token_index: Tensor  # int64 [T] these tokens' positions in the batch's flat token arrays
 
     def to(self, device: torch.device) -> MicroBatch:
         """The same micro-batch with its tensors on `device`."""
         moved = {name: getattr(self, name).to(device) for name in ("input_ids", "position_ids", "targets")}
         moved |= {name: getattr(self, name).to(device) for name in ("rows", "cols")}
-        return MicroBatch(**moved, num_samples=self.num_samples, token_slice=self.token_slice)
+        return MicroBatch(**moved, num_samples=self.num_samples, token_index=self.token_index)
 
 
-def seq_length(samples: list[Sample]) -> int:
+@dataclass(frozen=True, slots=True)
+class MicroBatchPlan:
+    """Which samples (batch indices, in row order) go into each micro-batch, and the padded shape: fixed
+    `rows` x `seq_len` for every micro-batch, or None for each micro-batch's own (its samples, its longest)."""
+
+    groups: list[list[int]]
+    rows: int | None
+    seq_len: int | None
+
+
+def seq_length(samples: Sequence[Sample]) -> int:
     """Padded input length for `samples`: the longest prompt + response, minus the final token."""
     return max(1, max((s.num_tokens - 1 for s in samples), default=1))
 
@@ -56,13 +75,39 @@ def micro_batch_rows(num_samples: int, max_rows: int) -> int:
     return max(1, math.ceil(num_samples / num_micro_batches))
 
 
-def build_micro_batches(samples: list[Sample], *, micro_batch_size: int, seq_len: int) -> list[MicroBatch]:
-    """Split `samples` (in order) into micro-batches of `micro_batch_size` rows padded to `seq_len`."""
+def plan_micro_batches(samples: Sequence[Sample], *, max_rows: int, max_tokens: int | None = None) -> MicroBatchPlan:
+    """The micro-batches of `samples`: fixed shape without `max_tokens`, else by token budget (module doc).
+
+    Under a budget a micro-batch holds at most `max_rows` samples and rows x longest input <= `max_tokens`
+    input tokens, padding included; a sample longer than the budget alone gets a micro-batch of its own.
+    """
+    if max_tokens is None:
+        rows = micro_batch_rows(len(samples), max_rows)
+        groups = [list(range(first, min(first + rows, len(samples)))) for first in range(0, len(samples), rows)]
+        return MicroBatchPlan(groups=groups, rows=rows, seq_len=seq_length(samples))
+    lengths = [seq_length([s]) for s in samples]
+    groups: list[list[int]] = []
+    for i in sorted(
+        range(len(samples)), key=lambda i: (-lengths[i], i)
+    ):  # longest first: a group's first is its longest
+        group = groups[-1] if groups else None
+        if group is None or len(group) >= max_rows or (len(group) + 1) * lengths[group[0]] > max_tokens:
+            groups.append([i])
+        else:
+            group.append(i)
+    return MicroBatchPlan(groups=groups, rows=None, seq_len=None)
+
+
+def build_micro_batches(samples: Sequence[Sample], plan: MicroBatchPlan) -> list[MicroBatch]:
+    """The micro-batches `plan` lays `samples` out in (padded per the plan's shape)."""
+    lengths = np.array([len(s.response_ids) for s in samples], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
     batches = []
-    token_start = 0
-    for first in range(0, len(samples), micro_batch_size):
-        chunk = samples[first : first + micro_batch_size]
-        input_ids = torch.zeros(micro_batch_size, seq_len, dtype=torch.long)
+    for group in plan.groups:
+        chunk = [samples[i] for i in group]
+        num_rows = plan.rows or len(chunk)
+        seq_len = plan.seq_len or seq_length(chunk)
+        input_ids = torch.zeros(num_rows, seq_len, dtype=torch.long)
         rows, cols, targets = [], [], []
         for row, sample in enumerate(chunk):
             tokens = np.concatenate([sample.prompt_ids, sample.response_ids]).astype(np.int64)
@@ -75,19 +120,18 @@ def build_micro_batches(samples: list[Sample], *, micro_batch_size: int, seq_len
             cols.append(torch.arange(num_prompt - 1, num_prompt - 1 + num_response))
             rows.append(torch.full((num_response,), row))
             targets.append(torch.from_numpy(sample.response_ids.astype(np.int64)))
-        num_tokens = sum(len(t) for t in targets)
+        token_index = [torch.arange(offsets[i], offsets[i + 1]) for i in group]
         batches.append(
             MicroBatch(
                 input_ids=input_ids,
-                position_ids=torch.arange(seq_len).unsqueeze(0).expand(micro_batch_size, -1).contiguous(),
+                position_ids=torch.arange(seq_len).unsqueeze(0).expand(num_rows, -1).contiguous(),
                 targets=torch.cat(targets),
                 rows=torch.cat(rows).long(),
                 cols=torch.cat(cols).long(),
                 num_samples=len(chunk),
-                token_slice=slice(token_start, token_start + num_tokens),
+                token_index=torch.cat(token_index).long(),
             )
         )
-        token_start += num_tokens
     return batches
 
 

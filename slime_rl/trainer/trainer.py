@@ -31,8 +31,7 @@ from slime_rl.trainer.batching import (
     MicroBatch,
     build_micro_batches,
     flat_response_array,
-    micro_batch_rows,
-    seq_length,
+    plan_micro_batches,
     split_flat,
 )
 from slime_rl.trainer.cpu_compat import device_scope, has_cuda, optimizer_step
@@ -148,6 +147,8 @@ class MegatronTrainer:
         self.tf_config.no_sync_func = self.ddp.no_sync
         self.tf_config.finalize_model_grads_func = finalize_model_grads
         self.tf_config.grad_scale_func = self.optimizer.scale_loss
+        # Token-budgeted micro-batches differ in shape: pipeline stages then send each shape before the tensor.
+        self.tf_config.variable_seq_lengths = cfg.max_tokens_per_micro_batch is not None
         # Reference policy for the KL term: the initial weights, kept on the host and swapped in on demand.
         self.ref_params = (
             [p.detach().to("cpu", copy=True) for p in self.model.parameters()] if self.algo.kl_coef > 0 else None
@@ -173,13 +174,20 @@ class MegatronTrainer:
             with_entropy=with_entropy,
         )
 
-    def _run_schedule(self, samples: list[Sample], loss_fn: Callable, *, forward_only: bool) -> list[dict]:
-        """Run Megatron's forward(-backward) schedule over `samples`; returns the last stage's loss dicts."""
-        from megatron.core.pipeline_parallel import get_forward_backward_func
+    def _micro_batches(self, samples: list[Sample]) -> list[MicroBatch]:
+        """`samples` laid out for the schedule: fixed shapes, or by `trainer.max_tokens_per_micro_batch`."""
+        plan = plan_micro_batches(
+            samples, max_rows=self.cfg.micro_batch_size, max_tokens=self.cfg.max_tokens_per_micro_batch
+        )
+        return build_micro_batches(samples, plan)
 
-        seq_len = seq_length(samples)
-        rows = micro_batch_rows(len(samples), self.cfg.micro_batch_size)
-        mbs = build_micro_batches(samples, micro_batch_size=rows, seq_len=seq_len)
+    def _run_schedule(self, mbs: list[MicroBatch], loss_fn: Callable, *, forward_only: bool) -> list[dict]:
+        """Run Megatron's forward(-backward) schedule over `mbs`; returns the last stage's loss dicts.
+
+        `seq_length` and `micro_batch_size` give the pipeline's activation shape; with a token budget the
+        shapes vary and the stages exchange each one first (`variable_seq_lengths`, set in `__init__`).
+        """
+        from megatron.core.pipeline_parallel import get_forward_backward_func
 
         def forward_step(data_iterator: Iterator[MicroBatch], model: torch.nn.Module):
             mb = next(data_iterator).to(self.device)
@@ -193,8 +201,8 @@ class MegatronTrainer:
                 data_iterator=iter(mbs),
                 model=[self.ddp],
                 num_microbatches=len(mbs),
-                seq_length=seq_len,
-                micro_batch_size=rows,
+                seq_length=max((mb.input_ids.shape[1] for mb in mbs), default=1),
+                micro_batch_size=max((mb.input_ids.shape[0] for mb in mbs), default=1),
                 forward_only=forward_only,
             )
 
@@ -205,10 +213,15 @@ class MegatronTrainer:
             logprobs, _ = self._token_logprobs(mb, logits, with_entropy=False)
             return logits.new_zeros(()), {"logprobs": logprobs}
 
-        stores = self._run_schedule(samples, loss_fn, forward_only=True)
+        mbs = self._micro_batches(samples)
+        stores = self._run_schedule(mbs, loss_fn, forward_only=True)
         if not self.layout.is_last_stage:
             return None
-        return torch.cat([s["logprobs"].float().cpu() for s in stores])
+        logprobs = torch.zeros(sum(len(s.response_ids) for s in samples))
+        if mbs:  # back to batch order (a token budget reorders samples)
+            index = torch.cat([mb.token_index for mb in mbs])
+            logprobs[index] = torch.cat([s["logprobs"].float().cpu() for s in stores])
+        return logprobs
 
     @contextlib.contextmanager
     def _reference_weights(self) -> Iterator[None]:
@@ -251,7 +264,7 @@ class MegatronTrainer:
 
         self.ddp.zero_grad_buffer()
         self.optimizer.zero_grad()
-        stores = self._run_schedule(samples, schedule_loss, forward_only=False)
+        stores = self._run_schedule(self._micro_batches(samples), schedule_loss, forward_only=False)
         with device_scope():
             success, grad_norm = optimizer_step(self.optimizer, self.cfg.clip_grad)
         metrics = self._reduce_metrics(stores)
@@ -331,7 +344,7 @@ class MegatronTrainer:
 
     def _rl_loss(self, tokens: dict, mb: MicroBatch, logprobs, entropy, totals: StepTotals):
         def take(key: str) -> torch.Tensor:
-            return tokens[key][mb.token_slice].to(self.device)
+            return tokens[key][mb.token_index].to(self.device)
 
         inputs = TokenInputs(
             logprobs=logprobs,
@@ -358,7 +371,7 @@ class MegatronTrainer:
         mask = torch.from_numpy(flat_response_array(batch.samples, "loss_mask")).bool()
 
         def loss_fn(mb: MicroBatch, logprobs, entropy, totals: StepTotals):
-            return sft_objective(logprobs, mask[mb.token_slice].to(self.device), totals)
+            return sft_objective(logprobs, mask[mb.token_index].to(self.device), totals)
 
         metrics = self._optimizer_step(batch.samples, loss_fn)
         self.version += 1

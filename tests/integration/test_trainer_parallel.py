@@ -94,6 +94,20 @@ def test_trainer_tp2_pp2_dp2_match_tp1_losses(arch, logprob_atol, request):
             )
 
 
+@pytest.mark.parametrize("sizes", [{}, {"tp": 2}, {"pp": 2}], ids=["tp1", "tp2", "pp2"])
+def test_token_budget_micro_batches_match_fixed_shapes(sizes, toy_model):
+    # Long-tail lengths (2 to 25 input tokens): under a 64-token budget the long samples share a micro-batch of
+    # two rows and the short ones fill four, each padded to its own longest; the pipeline exchanges varying shapes.
+    batch = make_batch(num_samples=10, max_response=56)
+    base = run_ranks(two_steps, model_path=toy_model, trainer_cfg=_cfg(), algo_cfg=FIXED_OLD, batch=batch)[0]
+    cfg = dataclasses.replace(_cfg(**sizes), micro_batch_size=4, max_tokens_per_micro_batch=64)
+    for result in run_ranks(two_steps, model_path=toy_model, trainer_cfg=cfg, algo_cfg=FIXED_OLD, batch=batch):
+        for step in ("first", "second"):
+            for key in ("train/loss", "train/kl", "train/entropy", "train/grad_norm", "train/clip_frac"):
+                assert result[step][key] == pytest.approx(base[step][key], abs=1e-5), (step, key)
+        np.testing.assert_allclose(np.concatenate(result["logprobs"]), np.concatenate(base["logprobs"]), atol=1e-5)
+
+
 def _dp_two_steps(trainer, batches):
     return two_steps(trainer, batches[trainer.layout.dp_rank])
 

@@ -24,12 +24,17 @@ from slime_rl.processes import free_port
 from slime_rl.types import Sample, TrainBatch
 
 
-def make_batch(*, num_samples: int = 6, vocab: int = 40, seed: int = 0) -> TrainBatch:
-    """A fixed random batch: prompts of 2-5 tokens, responses of 1-7 tokens, rollout logprobs of -1."""
+def make_batch(*, num_samples: int = 6, vocab: int = 40, seed: int = 0, max_response: int = 7) -> TrainBatch:
+    """A fixed random batch: prompts of 2-5 tokens, responses of 1 to `max_response` tokens (log-uniform above
+    7, a long tail), rollout logprobs of -1."""
     rng = np.random.default_rng(seed)
     samples = []
     for i in range(num_samples):
-        num_prompt, num_response = int(rng.integers(2, 6)), int(rng.integers(1, 8))
+        num_prompt = int(rng.integers(2, 6))
+        if max_response <= 7:
+            num_response = int(rng.integers(1, max_response + 1))
+        else:
+            num_response = int(np.exp(rng.uniform(0, np.log(max_response))))
         samples.append(
             Sample(
                 uid=f"s{i}",
