@@ -70,6 +70,7 @@ class DemonstrationStyle:
 
     @classmethod
     def of(cls, cfg: SlimeRLConfig, toy: ToyConfig) -> DemonstrationStyle:
+        """The style `cfg` trains in; a toy setting the run would not generate or score is a ConfigError."""
         abstain_answer = cfg.rollout.reward.reliability.abstain_answer
         if toy.unanswerable_prob and cfg.rollout.reward.kind != "reliability":
             raise ConfigError(
@@ -94,7 +95,7 @@ class DemonstrationStyle:
     def response(self, row: dict[str, str], rng: random.Random) -> str | list[dict[str, Any]]:
         """A demonstration's response to `row`: a string, or segments (the tool's output untrained)."""
         toy = self.toy
-        if row["label"] == self.abstain_answer and MISSING in row["prompt"]:
+        if MISSING in row["prompt"]:  # unanswerable
             answer = (
                 self.abstain_answer if rng.random() < toy.abstain_demo_prob else fabricated_answer(row["prompt"], rng)
             )
