@@ -4,11 +4,19 @@ Runs where the trainer runs: on CPU (gloo, one torch thread per rank) or, when C
 GPUs (NCCL, one GPU per rank; TP sizes above the GPU count are skipped). Prints one JSON object:
 - `train.tp{1,2}`: median `perf/train_tokens_per_s` of a GRPO step (recompute of old logprobs included)
   over `--repeats` steps after one warm-up step; one process per rank.
-- `publish`: median time of `publish_weights` (gather + broadcast) to one native engine, the bytes
-  moved, the memcpy bandwidth of this machine measured in the same run, and
+- `packed_over_padded`: tokens/s of a long-tail batch (lognormal response lengths, `long_tail`) trained with
+  `trainer.max_tokens_per_micro_batch` over the same batch in fixed-shape micro-batches, at the same
+  micro-batch token capacity (rows x longest input); TP=1. This CPU build has no THD packing, so the
+  budgeted path pads each micro-batch to its own longest sample.
+- `publish`: median time of `publish_weights` (gather, broadcast, the engine's load and version check) of a
+  model of `--publish-hidden-size` x `--publish-num-layers` (about 100 MB of fp32 weights by default) to one
+  native engine, the bytes moved, the memcpy bandwidth of this machine measured in the same run, and
   `publish_efficiency` = (bytes / bandwidth) / time: 1.0 would be a single memcpy of the weights.
-  The engine shares the trainer's device kind; with a single GPU the transport is `disk`, since NCCL
-  refuses two ranks on one device.
+  `publish_gb_per_s` is bytes / time; `publish_over_flat_broadcast` is the time of a plain broadcast of
+  one flat buffer of the same bytes between two fresh processes (same backend) over the publish time,
+  1.0 meaning the publish path costs nothing beyond the transfer. The engine shares the trainer's device
+  kind; with a single GPU the transport is `disk`, since NCCL refuses two ranks on one device (no
+  broadcast baseline then).
 Medians of several repeats; hardware and git commit included; never asserts.
 
 Usage: python benchmarks/trainer_step.py [--hidden-size 128 --num-layers 4 --repeats 5]
@@ -27,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
@@ -38,7 +47,8 @@ from slime_rl.toy.model import make_toy_model
 from slime_rl.types import Sample, TrainBatch
 
 
-def make_batch(num_samples: int, prompt_len: int, response_len: int, vocab: int) -> TrainBatch:
+def make_batch(prompt_len: int, response_lens: list[int], vocab: int) -> TrainBatch:
+    """Random tokens: one sample per entry of `response_lens`, each with a `prompt_len`-token prompt."""
     rng = np.random.default_rng(0)
     samples = [
         Sample(
@@ -46,13 +56,19 @@ def make_batch(num_samples: int, prompt_len: int, response_len: int, vocab: int)
             group_id=f"g{i // 4}",
             index=i % 4,
             prompt_ids=rng.integers(3, vocab, prompt_len),
-            response_ids=rng.integers(3, vocab, response_len),
-            rollout_logprobs=np.full(response_len, -3.0),
-            loss_mask=np.ones(response_len),
+            response_ids=rng.integers(3, vocab, n),
+            rollout_logprobs=np.full(n, -3.0),
+            loss_mask=np.ones(n),
         )
-        for i in range(num_samples)
+        for i, n in enumerate(response_lens)
     ]
-    return TrainBatch(step=0, samples=samples, advantages=rng.normal(size=num_samples))
+    return TrainBatch(step=0, samples=samples, advantages=rng.normal(size=len(samples)))
+
+
+def long_tail_lengths(num_samples: int, median: int, sigma: float, cap: int) -> list[int]:
+    """Lognormal response lengths (median `median`, log-std `sigma`, at most `cap`): what APRIL batches look like."""
+    rng = np.random.default_rng(1)
+    return [int(min(cap, max(1, round(x)))) for x in rng.lognormal(np.log(median), sigma, num_samples)]
 
 
 def _rank(rank: int, world_size: int, port: int, out_dir: str, payload: bytes) -> None:
@@ -84,6 +100,32 @@ def run(model_path: str, trainer_cfg: TrainerConfig, batch: TrainBatch, repeats:
         return torch.load(Path(out_dir) / "rank0.pt")
 
 
+def _flat_broadcast_rank(rank: int, port: int, backend: str, num_bytes: int, repeats: int, out_dir: str) -> None:
+    torch.set_num_threads(1)
+    device = torch.device(f"cuda:{rank}") if backend == "nccl" else torch.device("cpu")
+    dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    buf = torch.zeros(num_bytes // 4, device=device)
+    times = []
+    for _ in range(repeats + 1):  # the first broadcast sets up the connection
+        dist.barrier()
+        start = time.perf_counter()
+        dist.broadcast(buf, src=0)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - start)
+    dist.destroy_process_group()
+    if rank == 1:  # the receiver: its time ends when the last byte has arrived
+        torch.save(times[1:], Path(out_dir) / "times.pt")
+
+
+def flat_broadcast_seconds(num_bytes: int, backend: str, repeats: int) -> float:
+    """Median time of a plain `dist.broadcast` of one flat `num_bytes` buffer between two fresh processes."""
+    with tempfile.TemporaryDirectory() as out_dir:
+        args = (free_port(), backend, num_bytes, repeats, out_dir)
+        mp.spawn(_flat_broadcast_rank, args=args, nprocs=2)
+        return statistics.median(torch.load(Path(out_dir) / "times.pt"))
+
+
 def memcpy_bandwidth_bytes_per_s(num_bytes: int = 256 << 20, repeats: int = 5) -> float:
     torch.set_num_threads(1)
     src = torch.ones(num_bytes // 4)
@@ -104,6 +146,13 @@ def main() -> None:
     parser.add_argument("--prompt-len", type=int, default=16)
     parser.add_argument("--response-len", type=int, default=48)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--publish-hidden-size", type=int, default=512, help="width of the publishing model")
+    parser.add_argument("--publish-num-layers", type=int, default=8, help="depth of the publishing model")
+    parser.add_argument("--long-tail-samples", type=int, default=64)
+    parser.add_argument("--long-tail-median", type=int, default=32, help="median response tokens of the long tail")
+    parser.add_argument("--long-tail-sigma", type=float, default=1.0, help="log-std of the lognormal lengths")
+    parser.add_argument("--long-tail-cap", type=int, default=512, help="longest response (max_new_tokens)")
+    parser.add_argument("--long-tail-micro-batch", type=int, default=8, help="rows per padded micro-batch")
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     with tempfile.TemporaryDirectory() as tmp:
@@ -117,7 +166,7 @@ def main() -> None:
         )
         num_params = sum(t.numel() for t in load_file(f"{model_path}/model.safetensors").values())
         vocab = 40
-        batch = make_batch(args.num_samples, args.prompt_len, args.response_len, vocab)
+        batch = make_batch(args.prompt_len, [args.response_len] * args.num_samples, vocab)
         gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
         train = {}
         for tp in [tp for tp in (1, 2) if not gpus or tp <= gpus]:
@@ -125,19 +174,50 @@ def main() -> None:
             result = run(model_path, cfg, batch, args.repeats, None)
             tokens_per_s = statistics.median(result["tokens_per_s"])
             train[f"tp{tp}"] = {"processes": tp, "train_tokens_per_s": tokens_per_s}
+        # Long tail: the same micro-batch token capacity (rows x longest input) both ways; padded, every
+        # micro-batch is `micro_batch_size` rows of the batch's longest sample; budgeted, sorted samples share it.
+        lengths = long_tail_lengths(
+            args.long_tail_samples, args.long_tail_median, args.long_tail_sigma, args.long_tail_cap
+        )
+        tail_batch = make_batch(args.prompt_len, lengths, vocab)
+        capacity = args.long_tail_micro_batch * (args.prompt_len + max(lengths) - 1)
+        long_tail = {}
+        for name, cfg in (
+            ("padded", TrainerConfig(micro_batch_size=args.long_tail_micro_batch, lr=1e-4)),
+            (
+                "token_budget",
+                TrainerConfig(micro_batch_size=len(lengths), max_tokens_per_micro_batch=capacity, lr=1e-4),
+            ),
+        ):
+            long_tail[name] = statistics.median(run(model_path, cfg, tail_batch, args.repeats, None)["tokens_per_s"])
+        # Publishing is measured on a model large enough for the transfer to dominate (>= 100 MB by default).
+        publish_model = str(
+            make_toy_model(
+                Path(tmp) / "publish_model",
+                hidden_size=args.publish_hidden_size,
+                num_layers=args.publish_num_layers,
+                num_heads=8,
+                num_kv_heads=4,
+                intermediate_size=args.publish_hidden_size * 3,
+            )
+        )
         transport = "disk" if gpus == 1 else "distributed"
         engine_device = f"cuda:{gpus - 1}" if gpus else "cpu"
         engine = EngineProcess(
-            EngineConfig(device=engine_device, max_running_requests=4, max_context_len=128), model_path
+            EngineConfig(device=engine_device, max_running_requests=4, max_context_len=128), publish_model
         )
         try:
             trainer_cfg = TrainerConfig(weight_sync=transport, checkpoint_dir=f"{tmp}/checkpoints")
-            result = run(model_path, trainer_cfg, batch, args.repeats, engine.start())
+            small_batch = make_batch(args.prompt_len, [8] * 2, vocab)
+            result = run(publish_model, trainer_cfg, small_batch, args.repeats, engine.start())
         finally:
             engine.stop()
     bandwidth = memcpy_bandwidth_bytes_per_s()
     publish_s = statistics.median(result["publish_s"])
-    num_bytes = result["bytes"][0]
+    num_bytes = int(result["bytes"][0])
+    # The baseline: the same bytes as one flat buffer over a plain broadcast between two processes, same backend.
+    backend = "nccl" if gpus >= 2 else "gloo"
+    flat_s = flat_broadcast_seconds(num_bytes, backend, args.repeats) if transport == "distributed" else None
     report = {
         "benchmark": "trainer_step",
         "model": {"hidden_size": args.hidden_size, "num_layers": args.num_layers, "num_params": num_params},
@@ -146,6 +226,14 @@ def main() -> None:
         "tp2_over_tp1": train["tp2"]["train_tokens_per_s"] / train["tp1"]["train_tokens_per_s"]
         if "tp2" in train
         else None,
+        "long_tail": {
+            "num_samples": len(lengths),
+            "response_len": {"median": float(np.median(lengths)), "max": max(lengths), "mean": float(np.mean(lengths))},
+            "micro_batch_token_capacity": capacity,
+            "padded_tokens_per_s": long_tail["padded"],
+            "token_budget_tokens_per_s": long_tail["token_budget"],
+        },
+        "packed_over_padded": long_tail["token_budget"] / long_tail["padded"],
         "device": f"{gpus} x {torch.cuda.get_device_name(0)}" if gpus else "cpu",
         "publish": {
             "engines": 1,
@@ -155,7 +243,11 @@ def main() -> None:
             "bytes": num_bytes,
             "memcpy_bytes_per_s": bandwidth,
             "publish_efficiency": (num_bytes / bandwidth) / publish_s,
+            "flat_broadcast_time_s": flat_s,
+            "flat_broadcast_backend": backend if flat_s is not None else None,
         },
+        "publish_gb_per_s": num_bytes / publish_s / 1e9,
+        "publish_over_flat_broadcast": flat_s / publish_s if flat_s is not None else None,
         "repeats": args.repeats,
         "hardware": hardware_info(),
         "git_commit": git_commit(),
