@@ -1,12 +1,19 @@
-"""Trainer checkpoints: model + optimizer + step as per-rank torch state dicts, and HF export from them.
+"""Trainer checkpoints: model + optimizer as a Megatron-core distributed checkpoint, and HF export from one.
 
-Layout of `{checkpoint_dir}/step_{step:08d}/`: `model_tp{t}_pp{p}.pt` (this rank's parameters under
-stage-local names), `optim_tp{t}_pp{p}.pt` (Megatron optimizer state), `meta.json` (step, weight
-version, TP/PP sizes) and `hf/` (the HF config and tokenizer files, so export needs nothing else).
-`{checkpoint_dir}/latest` names the newest complete step; it is written last, so a crash during a
-save leaves the previous checkpoint in force. Data-parallel replicas hold identical state, so only
-replica 0 writes. Megatron's dist-checkpointing (resharding on load) is not used: loading requires the
-TP/PP sizes the checkpoint was saved with; convert through `export_checkpoint_to_hf` to change them.
+Layout of `{checkpoint_dir}/step_{step:08d}/`:
+- `dist/`: a `megatron.core.dist_checkpointing` checkpoint in the `torch_dist` format. It holds every
+  parameter as one global tensor (Megatron full names, layers numbered globally, vocabulary rows padded
+  for the TP size it was saved at) and the Adam moments as `optimizer.state.{exp_avg,exp_avg_sq}.{name}`;
+  the optimizer's step and hyperparameters are in its common state. Each rank writes the shards it is the
+  main replica of, so loading reshards: a checkpoint saved at one TP/PP/DP layout loads at any other.
+- `meta.json`: step, weight version, the TP/PP sizes it was saved at, the LR schedule's state and
+  `"format": "torch_dist"`.
+- `hf/`: the HF config and tokenizer files, so export needs nothing else.
+
+`{checkpoint_dir}/latest` names the newest complete step; it is written last, so a crash during a save
+leaves the previous checkpoint in force. Checkpoints of the earlier per-rank format (`model_tp*_pp*.pt`,
+no "format" in meta.json) are refused with a ConfigError rather than read. This module does not choose
+when to save (the driver does) and does not hold the buffer's state (the driver adds it to the step dir).
 """
 
 from __future__ import annotations
@@ -14,20 +21,27 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
 
 from slime_rl.errors import ConfigError
 from slime_rl.trainer import hf_convert, weights
-from slime_rl.trainer.model import arch_from_hf
+from slime_rl.trainer.cpu_compat import device_scope
+from slime_rl.trainer.model import ArchSpec, arch_from_hf, layer_spec
 
 if TYPE_CHECKING:
     from slime_rl.trainer.trainer import MegatronTrainer
 
 logger = logging.getLogger(__name__)
+
+FORMAT = "torch_dist"  # meta.json "format": Megatron dist_checkpointing with the torch_dist backend
+DIST_DIR = "dist"  # the Megatron checkpoint inside a step directory
+_OPTIMIZER_PREFIX = "optimizer."  # key prefix of optimizer tensors in the Megatron checkpoint
+_LAYERS = "decoder.layers."  # key prefix of the decoder layers, stacked along their first axis
 
 
 def _root(trainer: MegatronTrainer) -> Path:
@@ -36,29 +50,56 @@ def _root(trainer: MegatronTrainer) -> Path:
     return Path(trainer.cfg.checkpoint_dir)
 
 
-def _rank_file(step_dir: Path, kind: str, tp_rank: int, pp_rank: int) -> Path:
-    return step_dir / f"{kind}_tp{tp_rank}_pp{pp_rank}.pt"
-
-
 def step_dir(root: str | Path, step: int) -> Path:
     """The directory of checkpoint `step` under the checkpoint root."""
     return Path(root) / f"step_{step:08d}"
 
 
+def latest_step_dir(root: str | Path) -> Path | None:
+    """The step directory `root/latest` points to, or None when nothing was saved."""
+    marker = Path(root) / "latest"
+    return Path(root) / marker.read_text().strip() if marker.exists() else None
+
+
+def read_meta(step_dir: Path) -> dict[str, Any]:
+    """The `meta.json` of a step directory in this module's format; ConfigError for anything else."""
+    meta_file = step_dir / "meta.json"
+    if not meta_file.exists():
+        raise ConfigError(f"{step_dir} is not a checkpoint: no meta.json (and no `latest` marker)")
+    meta = json.loads(meta_file.read_text())
+    if meta.get("format") != FORMAT:
+        found = f"format {meta['format']!r}" if "format" in meta else "per-rank format (model_tp*_pp*.pt)"
+        raise ConfigError(
+            f"checkpoint {step_dir} is in the {found} of an earlier slime-rl, which this version cannot read; convert "
+            f"it with that version's `slime-rl export-hf --checkpoint {step_dir} --out DIR` and start a new run from "
+            "it (model.path=DIR)"
+        )
+    return meta
+
+
+def _sharded_state_dict(trainer: MegatronTrainer, *, is_loading: bool) -> dict[str, Any]:
+    """This rank's model and optimizer as Megatron sharded tensors (global names and offsets)."""
+    model_sd = trainer.model.sharded_state_dict()
+    return {"model": model_sd, "optimizer": trainer.optimizer.sharded_state_dict(model_sd, is_loading=is_loading)}
+
+
 def save(trainer: MegatronTrainer, step: int) -> Path:
-    """Write this rank's share of checkpoint `step` (collective); returns the step directory.
+    """Write checkpoint `step` (collective: every rank calls it); returns the step directory.
 
     Keeps the newest `trainer.max_checkpoints_to_keep` step directories (0 = all) once `latest` is written.
     """
+    from megatron.core import dist_checkpointing
+
     layout = trainer.layout
     out_dir = step_dir(_root(trainer), step)
-    if layout.dp_rank == 0:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        params = {name: p.detach().cpu() for name, p in trainer.model.named_parameters()}
-        torch.save(params, _rank_file(out_dir, "model", layout.tp_rank, layout.pp_rank))
-        torch.save(trainer.optimizer.state_dict(), _rank_file(out_dir, "optim", layout.tp_rank, layout.pp_rank))
+    if dist.get_rank() == 0:
+        (out_dir / DIST_DIR).mkdir(parents=True, exist_ok=True)
+    dist.barrier()  # every rank writes its shards into the directory rank 0 made
+    with device_scope():
+        dist_checkpointing.save(_sharded_state_dict(trainer, is_loading=False), str(out_dir / DIST_DIR))
     if dist.get_rank() == 0:
         meta = {
+            "format": FORMAT,
             "step": step,
             "version": trainer.version,
             "tp_size": layout.tp_size,
@@ -83,58 +124,79 @@ def save(trainer: MegatronTrainer, step: int) -> Path:
     return out_dir
 
 
-def latest_step_dir(root: str | Path) -> Path | None:
-    """The step directory `root/latest` points to, or None when nothing was saved."""
-    marker = Path(root) / "latest"
-    return Path(root) / marker.read_text().strip() if marker.exists() else None
-
-
 def load(trainer: MegatronTrainer) -> int | None:
-    """Restore the latest checkpoint into the trainer (collective); returns its step or None if none."""
+    """Restore the latest checkpoint into the trainer at its own layout (collective); returns its step or None.
+
+    The checkpoint may have been saved at any TP/PP/DP sizes: each rank reads the pieces of the global
+    tensors its layout holds.
+    """
+    from megatron.core import dist_checkpointing
+
     if trainer.cfg.checkpoint_dir is None or not trainer.cfg.load_checkpoint:
         return None
     step_dir = latest_step_dir(trainer.cfg.checkpoint_dir)
     if step_dir is None:
         return None
-    layout = trainer.layout
-    meta = json.loads((step_dir / "meta.json").read_text())
-    if (meta["tp_size"], meta["pp_size"]) != (layout.tp_size, layout.pp_size):
-        raise ConfigError(
-            f"checkpoint {step_dir} was saved with tp={meta['tp_size']} pp={meta['pp_size']}, the trainer runs "
-            f"tp={layout.tp_size} pp={layout.pp_size}; export it with `slime-rl export-hf` and start from that"
-        )
-    params = torch.load(_rank_file(step_dir, "model", layout.tp_rank, layout.pp_rank), weights_only=True)
-    with torch.no_grad():
-        for name, p in trainer.model.named_parameters():
-            p.copy_(params[name])
-    optim_state = torch.load(_rank_file(step_dir, "optim", layout.tp_rank, layout.pp_rank), weights_only=False)
-    trainer.optimizer.load_state_dict(optim_state)
-    if "lr_schedule" in meta:  # checkpoints from before the schedule resume it from step 0
-        trainer.lr_schedule.load_state_dict(meta["lr_schedule"])
+    meta = read_meta(step_dir)
+    with device_scope():
+        state = dist_checkpointing.load(_sharded_state_dict(trainer, is_loading=True), str(step_dir / DIST_DIR))
+        trainer.model.load_state_dict(state["model"])
+        trainer.optimizer.load_state_dict(state["optimizer"])
+    trainer.lr_schedule.load_state_dict(meta["lr_schedule"])
     trainer.version = int(meta["version"])
-    logger.info("loaded checkpoint %s (step %d)", step_dir, meta["step"])
+    logger.info(
+        "loaded checkpoint %s (step %d, saved at tp=%d pp=%d)", step_dir, meta["step"], meta["tp_size"], meta["pp_size"]
+    )
     return int(meta["step"])
 
 
 def export_checkpoint_to_hf(checkpoint: str | Path, out: str | Path) -> Path:
     """Convert a checkpoint (a step directory, or a checkpoint root with `latest`) to an HF directory.
 
-    Runs in one process without torch.distributed: it reads every rank's file and merges the shards.
+    Runs in one process without torch.distributed: it reads the model's global tensors (not the optimizer's).
     """
     step_dir = latest_step_dir(checkpoint) or Path(checkpoint)
-    if not (step_dir / "meta.json").exists():
-        raise ConfigError(f"{checkpoint} is not a checkpoint: no meta.json (and no `latest` marker)")
-    meta = json.loads((step_dir / "meta.json").read_text())
+    read_meta(step_dir)
     arch = arch_from_hf(weights.read_hf_config(step_dir / "hf"))
-    full: dict[str, torch.Tensor] = {}
-    for pp_rank in range(meta["pp_size"]):
-        shards = [
-            torch.load(_rank_file(step_dir, "model", tp_rank, pp_rank), weights_only=True)
-            for tp_rank in range(meta["tp_size"])
-        ]
-        offset = hf_convert.stage_layers(arch, pp_rank=pp_rank, pp_size=meta["pp_size"]).start
-        for name in shards[0]:
-            if name == "output_layer.weight" and arch.tie_word_embeddings:
-                continue
-            full[hf_convert.to_global_name(name, offset)] = hf_convert.unshard(name, [s[name] for s in shards])
+    full = _read_model_tensors(step_dir / DIST_DIR, arch)
+    if arch.tie_word_embeddings:
+        full.pop("output_layer.weight", None)
     return weights.write_hf_dir(hf_convert.megatron_full_to_hf(full, arch), out, side_files_from=step_dir / "hf")
+
+
+def _read_model_tensors(dist_dir: Path, arch: ArchSpec) -> dict[str, torch.Tensor]:
+    """Every model tensor of a Megatron checkpoint, whole, under its Megatron full name.
+
+    Reads through torch.distributed.checkpoint without a process group (Megatron's own loader needs one).
+    Megatron stores the decoder layers stacked along a leading axis (`decoder.layers.{suffix}` of shape
+    `[num_layers, ...]`) under the names its layer spec maps them to (`sharded_state_dict_keys_map`, e.g.
+    `input_layernorm.` -> `self_attention.linear_qkv.layer_norm_`); this undoes both.
+    """
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    reader = dcp.FileSystemReader(str(dist_dir))
+    tensors = {
+        key: torch.empty(md.size, dtype=md.properties.dtype)
+        for key, md in reader.read_metadata().state_dict_metadata.items()
+        if isinstance(md, TensorStorageMetadata) and not key.startswith(_OPTIMIZER_PREFIX)
+    }
+    with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
+        warnings.filterwarnings("ignore", message=".*load in a single process")
+        dcp.load(tensors, storage_reader=reader, no_dist=True)
+    keys_map = layer_spec(qk_layernorm=arch.qk_layernorm).submodules.sharded_state_dict_keys_map
+    saved_to_local = {saved: local for local, saved in keys_map.items()}
+    full: dict[str, torch.Tensor] = {}
+    for key, tensor in tensors.items():
+        if not key.startswith(_LAYERS):
+            full[key] = tensor
+            continue
+        suffix = key.removeprefix(_LAYERS)
+        for saved, local in saved_to_local.items():
+            if suffix.startswith(saved):
+                suffix = local + suffix.removeprefix(saved)
+        if tensor.shape[0] != arch.num_layers:
+            raise ValueError(f"{key}: expected {arch.num_layers} stacked layers, found shape {tuple(tensor.shape)}")
+        for i, layer in enumerate(tensor.unbind(0)):
+            full[f"{_LAYERS}{i}.{suffix}"] = layer
+    return full

@@ -1,0 +1,156 @@
+"""Trainer checkpoints reshard: saved at one TP/PP/DP layout, loaded at another, training continues exactly.
+
+Each test compares a resumed run with one uninterrupted TP1 run (`reference`): the log-probs at the checkpoint,
+the next step's loss (the weights carried over) and the log-probs after that step (the Adam moments and the LR
+schedule carried over: a fresh optimizer would take a different step).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from slime_rl.config import AlgorithmConfig, TrainerConfig
+from slime_rl.errors import ConfigError
+from slime_rl.toy.model import make_toy_model
+from slime_rl.trainer import checkpoint
+from slime_rl.trainer.checkpoint import export_checkpoint_to_hf
+from slime_rl.types import TrainBatch
+from tests.integration.trainer_ranks import make_batch, run_ranks
+
+# Fixed old logprobs (the rollout's), so the PPO ratio moves after the first step and the loss reflects the update.
+ALGO = AlgorithmConfig(recompute_old_logprobs=False, kl_coef=0.01, entropy_coef=0.01)
+BATCH = make_batch(num_samples=8)
+HALVES = [
+    TrainBatch(step=0, samples=BATCH.samples[:4], advantages=BATCH.advantages[:4]),
+    TrainBatch(step=0, samples=BATCH.samples[4:], advantages=BATCH.advantages[4:]),
+]
+
+
+def _cfg(checkpoint_dir: Path, tp: int = 1, pp: int = 1, dp: int = 1) -> TrainerConfig:
+    # A decaying schedule: the resumed step must run at the checkpointed step's rate.
+    return TrainerConfig(
+        tensor_model_parallel_size=tp,
+        pipeline_model_parallel_size=pp,
+        data_parallel_size=dp,
+        micro_batch_size=2,
+        lr=1e-2,
+        lr_decay_style="linear",
+        lr_decay_steps=4,
+        checkpoint_dir=str(checkpoint_dir),
+    )
+
+
+def _continue(trainer):
+    """Log-probs now, one more step (each DP replica on its half of the batch), log-probs after it."""
+    before = np.concatenate(trainer.compute_logprobs(BATCH))
+    own = HALVES[trainer.layout.dp_rank] if trainer.layout.dp_size > 1 else BATCH
+    metrics = trainer.train(own)
+    return {"logprobs": before, "next": metrics, "logprobs_after": np.concatenate(trainer.compute_logprobs(BATCH))}
+
+
+def step_save_continue(trainer):
+    trainer.train(BATCH)
+    trainer.save(step=1)
+    return _continue(trainer)
+
+
+def load_continue(trainer, export_dir=None):
+    step = trainer.load()
+    result = {"step": step, "version": trainer.version, **_continue(trainer)}
+    trainer.save(step=2)  # saving works at the new layout too (Megatron checks each shard is written once)
+    if export_dir is not None:  # the weights just saved, exported live
+        trainer.export_hf(export_dir)
+    return result
+
+
+@pytest.fixture(scope="module")
+def tied_qwen(tmp_path_factory):
+    # Qwen2 with tied embeddings: QKV bias, and under PP the last stage's copy of the embedding.
+    return str(make_toy_model(tmp_path_factory.mktemp("toy") / "qwen2", arch="qwen2", tie_word_embeddings=True))
+
+
+@pytest.fixture(scope="module")
+def reference(tied_qwen, tmp_path_factory):
+    """The uninterrupted TP1 run; its step-1 checkpoint is the TP1/DP1 source of the resharding tests."""
+    ckpt = tmp_path_factory.mktemp("reference") / "ckpt"
+    (result,) = run_ranks(step_save_continue, model_path=tied_qwen, trainer_cfg=_cfg(ckpt), algo_cfg=ALGO)
+    return SimpleNamespace(checkpoint_dir=ckpt, **result)
+
+
+def _assert_continues_reference(results, reference):
+    for result in results:
+        assert (result["step"], result["version"]) == (1, 1)
+        assert result["next"]["train/lr"] == pytest.approx(0.75 * 1e-2)
+        for key in ("train/loss", "train/kl", "train/entropy", "train/grad_norm"):
+            assert result["next"][key] == pytest.approx(reference.next[key], abs=1e-5), key
+        np.testing.assert_allclose(result["logprobs"], reference.logprobs, atol=1e-5)
+        np.testing.assert_allclose(result["logprobs_after"], reference.logprobs_after, atol=1e-5)
+    # The resumed step moved the weights, so the log-probs after it test the optimizer state too.
+    assert np.abs(reference.logprobs_after - reference.logprobs).max() > 1e-3
+
+
+def _copy_checkpoints(src: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(src, tmp_path / "ckpt"))
+
+
+def test_checkpoint_saved_at_tp1_resumes_at_tp2_and_exports_from_tp2(reference, tied_qwen, tmp_path):
+    ckpt = _copy_checkpoints(reference.checkpoint_dir, tmp_path)
+    live = tmp_path / "live_export"
+    results = run_ranks(
+        load_continue, model_path=tied_qwen, trainer_cfg=_cfg(ckpt, tp=2), algo_cfg=ALGO, export_dir=str(live)
+    )
+    _assert_continues_reference(results, reference)
+    # The TP2 checkpoint of step 2 exports offline to exactly the HF tensors the live TP2 trainer gathered.
+    offline = load_file(str(export_checkpoint_to_hf(ckpt, tmp_path / "offline") / "model.safetensors"))
+    expected = load_file(str(live / "model.safetensors"))
+    assert offline.keys() == expected.keys()
+    for name, tensor in expected.items():
+        torch.testing.assert_close(offline[name], tensor, rtol=0, atol=0)
+    assert sorted(p.name for p in (tmp_path / "offline").iterdir()) == sorted(p.name for p in live.iterdir())
+
+
+def test_checkpoint_saved_at_dp1_resumes_at_dp2(reference, tied_qwen, tmp_path):
+    ckpt = _copy_checkpoints(reference.checkpoint_dir, tmp_path)
+    results = run_ranks(load_continue, model_path=tied_qwen, trainer_cfg=_cfg(ckpt, dp=2), algo_cfg=ALGO)
+    _assert_continues_reference(results, reference)
+
+
+def test_checkpoint_saved_at_pp2_resumes_at_pp1(reference, tied_qwen, tmp_path):
+    ckpt = tmp_path / "ckpt"
+    run_ranks(step_save_continue, model_path=tied_qwen, trainer_cfg=_cfg(ckpt, pp=2), algo_cfg=ALGO)
+    assert json.loads((checkpoint.step_dir(ckpt, 1) / "meta.json").read_text())["pp_size"] == 2
+    results = run_ranks(load_continue, model_path=tied_qwen, trainer_cfg=_cfg(ckpt), algo_cfg=ALGO)
+    _assert_continues_reference(results, reference)
+
+
+def _old_format_checkpoint(root: Path) -> Path:
+    """A checkpoint as the per-rank format wrote it: rank files and a meta.json without "format"."""
+    step = checkpoint.step_dir(root, 3)
+    step.mkdir(parents=True)
+    torch.save({"embedding.word_embeddings.weight": torch.zeros(2, 2)}, step / "model_tp0_pp0.pt")
+    meta = {"step": 3, "version": 3, "tp_size": 1, "pp_size": 1}
+    (step / "meta.json").write_text(json.dumps(meta))
+    (root / "latest").write_text(step.name)
+    return step
+
+
+def test_old_per_rank_checkpoint_is_refused_with_the_fix(tmp_path):
+    step = _old_format_checkpoint(tmp_path / "ckpt")
+    trainer = SimpleNamespace(cfg=TrainerConfig(checkpoint_dir=str(tmp_path / "ckpt")))
+    for attempt in (
+        lambda: checkpoint.load(trainer),
+        lambda: export_checkpoint_to_hf(tmp_path / "ckpt", tmp_path / "hf"),
+    ):
+        with pytest.raises(ConfigError) as err:
+            attempt()
+        message = str(err.value)
+        assert "\n" not in message
+        assert str(step) in message and "per-rank format" in message and "export-hf" in message
