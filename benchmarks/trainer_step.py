@@ -79,7 +79,7 @@ def _rank(rank: int, world_size: int, port: int, out_dir: str, payload: bytes) -
     model_cfg, trainer_cfg, batch, repeats, engine_url = pickle.loads(payload)
     trainer = MegatronTrainer(model_cfg, trainer_cfg, AlgorithmConfig(), rank, world_size, "127.0.0.1", port)
     trainer.init()
-    result: dict[str, list[float]] = {"tokens_per_s": [], "publish_s": [], "bytes": []}
+    result: dict[str, list[float]] = {"tokens_per_s": [], "publish_s": [], "gather_s": [], "bytes": []}
     trainer.train(batch)  # warm-up
     for _ in range(repeats):
         result["tokens_per_s"].append(trainer.train(batch)["perf/train_tokens_per_s"])
@@ -88,6 +88,7 @@ def _rank(rank: int, world_size: int, port: int, out_dir: str, payload: bytes) -
             metrics = trainer.publish_weights([engine_url], version)
             if version > 1 and metrics:  # the first publish also builds the update group
                 result["publish_s"].append(metrics["weights/publish_time_s"])
+                result["gather_s"].append(metrics["weights/gather_time_s"])
                 result["bytes"].append(metrics["weights/bytes"])
     destroy_parallel()
     torch.save(result, Path(out_dir) / f"rank{rank}.pt")
@@ -240,6 +241,7 @@ def main() -> None:
             "transport": transport if transport == "disk" else f"{'nccl' if gpus else 'gloo'} broadcast",
             "engine_device": engine_device,
             "publish_time_s": publish_s,
+            "gather_time_s": statistics.median(result["gather_s"]),  # Megatron -> HF names and layouts, TP gather
             "bytes": num_bytes,
             "memcpy_bytes_per_s": bandwidth,
             "publish_efficiency": (num_bytes / bandwidth) / publish_s,

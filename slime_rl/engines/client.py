@@ -353,11 +353,13 @@ class EngineClient:
         group_name: str = "weight_update_group",
         weight_version: str | None = None,
         flush_cache: bool = True,
+        load_format: str | None = None,
     ) -> str:
         """Receive tensors (HF names, dtype strings like "bfloat16") broadcast from rank 0 in `names` order.
 
-        Collective: the caller broadcasts each tensor while this call is in flight; it returns after the
-        engine has loaded them and set `weight_version`.
+        Collective: the caller broadcasts each tensor while this call is in flight (with
+        `load_format="flattened_bucket"`, all of them as one byte buffer: engines/tensor_bucket.py); it
+        returns after the engine has loaded them and set `weight_version`.
         """
         if not len(names) == len(dtypes) == len(shapes):
             raise ValueError(
@@ -372,6 +374,8 @@ class EngineClient:
         }
         if weight_version is not None:
             body["weight_version"] = str(weight_version)
+        if load_format is not None:
+            body["load_format"] = load_format
         return await self._control("/update_weights_from_distributed", body, retry=False)
 
     async def destroy_weights_update_group(self, group_name: str = "weight_update_group") -> str:

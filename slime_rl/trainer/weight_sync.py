@@ -4,8 +4,9 @@ Global rank 0 gathers the model under HF names (`weights.gather_hf_state_dict`, 
 trainer group) and sends it to every engine, either
 - `distributed`: through a weight-update process group (gloo on CPU, NCCL on GPU) built once per set of
   engines beside Megatron's groups: for each bucket of at most `weight_sync_bucket_mb`, rank 0 posts
-  `/update_weights_from_distributed` to every engine and then broadcasts the bucket's tensors in the
-  posted order; or
+  `/update_weights_from_distributed` with `load_format="flattened_bucket"` to every engine and then
+  broadcasts the bucket's tensors as one byte buffer (SGLang's flattened bucket, engines/tensor_bucket.py:
+  one collective per bucket, not one per tensor); or
 - `disk`: an HF safetensors directory `v{version}` under `publish_dir(cfg)` (inside the run dir) and
   `/update_weights_from_disk`; once every engine has loaded it, older versions are deleted.
 The new weight version goes with the last bucket, so an engine reports it only once it holds every
@@ -57,6 +58,7 @@ import torch.distributed as dist
 from slime_rl.config.trainer import TrainerConfig
 from slime_rl.engines.client import EngineClient, EngineError
 from slime_rl.engines.protocol import weight_update_ranks
+from slime_rl.engines.tensor_bucket import FLATTENED_BUCKET, flatten, is_aligned
 from slime_rl.engines.weight_group import leave_group, new_group
 from slime_rl.errors import ConfigError, ServiceError
 from slime_rl.trainer import weights
@@ -282,11 +284,13 @@ class WeightPublisher:
         group.sessions = _EngineCalls(group.urls, begin).join()
 
     def _buckets(self, tensors: dict[str, torch.Tensor]) -> list[list[tuple[str, torch.Tensor]]]:
+        """`tensors` in order, cut into buckets of at most `bucket_bytes` (a bigger tensor alone), and before a
+        tensor whose byte offset in its bucket would not be a multiple of its dtype's size (SGLang's check)."""
         buckets: list[list[tuple[str, torch.Tensor]]] = [[]]
         size = 0
         for name, tensor in tensors.items():
             nbytes = tensor.numel() * tensor.element_size()
-            if buckets[-1] and size + nbytes > self.bucket_bytes:
+            if buckets[-1] and (size + nbytes > self.bucket_bytes or not is_aligned(size, tensor.dtype)):
                 buckets.append([])
                 size = 0
             buckets[-1].append((name, tensor))
@@ -317,13 +321,13 @@ class WeightPublisher:
                         shapes=[list(t.shape) for _, t in bucket],
                         group_name=group.name,
                         weight_version=str(version) if is_last else None,
+                        load_format=FLATTENED_BUCKET,
                     ),
                 )
-                sent = [tensor.to(device).contiguous() for _, tensor in bucket]
+                sent = flatten([tensor.to(device) for _, tensor in bucket])  # one broadcast for the whole bucket
                 works = []
                 try:
-                    for tensor in sent:
-                        works.append(group.group.broadcast([tensor], options))
+                    works.append(group.group.broadcast([sent], options))
                     _wait_beside(_when_all_done(works), posts)
                     for work in works:
                         work.wait()

@@ -44,6 +44,7 @@ class FakeEngine:
         self.destroy_calls = 0
         self.init_bodies: list[dict] = []
         self.posts: list[str] = []  # every POST path, in order
+        self.load_formats: list[str | None] = []  # `load_format` of every update
         self.session_open = False
         self.disk_paths: list[str] = []
         self.received: list[dict[str, TensorRecord]] = [{} for _ in range(num_ranks)]
@@ -92,8 +93,9 @@ class FakeEngine:
         if self.fail_updates:
             self.fail_updates -= 1
             return False, "cannot load: boom"
-        keys = ("group_name", "names", "dtypes", "shapes")
-        ok, result = self._on_ranks("receive", [{k: body[k] for k in keys}] * self.num_ranks)
+        keys = ("group_name", "names", "dtypes", "shapes", "load_format")
+        self.load_formats.append(body.get("load_format"))
+        ok, result = self._on_ranks("receive", [{k: body.get(k) for k in keys}] * self.num_ranks)
         if not ok:
             return False, result
         for received, tensors in zip(self.received, result, strict=True):
@@ -222,6 +224,25 @@ def test_weight_publisher_failed_update_raises_drops_the_group_and_next_publish_
     assert within_guard(lambda: publisher.broadcast([engine.url], TENSORS, version=3)) == 1
     assert engine.init_calls == 2 and engine.version == "3"
     assert engine.received[0]["b.bias"] == tensor_record(TENSORS["b.bias"])
+
+
+@pytest.mark.parametrize("recipe", ["native", "sglang"])
+def test_weight_publisher_sends_flattened_buckets_cut_at_the_size_and_at_misaligned_dtypes(recipe):
+    # 6 bytes of bfloat16 then a float32 (misaligned at byte 6: a new bucket); then 64 + 8 bytes > the 64-byte
+    # bucket (a new bucket). Each bucket is one broadcast that both the native and SGLang's recipe unpack.
+    tensors = {
+        "a": torch.tensor([1.5, -2.0, 3.25], dtype=torch.bfloat16),
+        "b": torch.arange(16, dtype=torch.float32),
+        "c": torch.tensor([7, -9], dtype=torch.int32),
+    }
+    engine = FakeEngine(recipe=recipe)
+    try:
+        publisher = WeightPublisher("127.0.0.1", bucket_bytes=64)
+        assert within_guard(lambda: publisher.broadcast([engine.url], tensors, version=1)) == 3
+        assert engine.load_formats == ["flattened_bucket"] * 3
+        assert engine.received[0] == {name: tensor_record(t) for name, t in tensors.items()}
+    finally:
+        engine.close()
 
 
 def test_publish_to_disk_keeps_only_the_newest_version_and_nothing_else_is_touched(engine, tmp_path):

@@ -59,12 +59,23 @@ class SGLangRank:
         self.groups[group_name] = group
 
     def receive(
-        self, group_name: str, names: list[str], dtypes: list[str], shapes: list[list[int]]
+        self,
+        group_name: str,
+        names: list[str],
+        dtypes: list[str],
+        shapes: list[list[int]],
+        load_format: str | None = None,
     ) -> list[tuple[str, torch.Tensor]]:
         weights = [
             (name, torch.empty(shape, dtype=getattr(torch, dtype)))
             for name, dtype, shape in zip(names, dtypes, shapes, strict=True)
         ]
+        if load_format == "flattened_bucket":  # SGLang's FlattenedTensorBucket: one uint8 buffer, bytes in order
+            sizes = [w.numel() * w.element_size() for _, w in weights]
+            buffer = torch.empty(sum(sizes), dtype=torch.uint8)
+            dist.broadcast(buffer, src=0, group=self.groups[group_name])
+            chunks = torch.split(buffer, sizes)
+            return [(name, c.view(w.dtype).reshape(w.shape)) for (name, w), c in zip(weights, chunks, strict=True)]
         handles = [dist.broadcast(w, src=0, group=self.groups[group_name], async_op=True) for _, w in weights]
         for handle in handles:
             handle.wait()

@@ -220,6 +220,7 @@ def build_app(engine: NativeEngine | SimulatedEngine) -> Starlette:
                 shapes=shapes,
                 group_name=field(body, "group_name", str, "weight_update_group"),
                 weight_version=field(body, "weight_version", str, None),
+                load_format=field(body, "load_format", str, None),
             )
         )
 

@@ -139,9 +139,10 @@ class NativeEngine:
         shapes: list[list[int]],
         group_name: str,
         weight_version: str | None,
+        load_format: str | None = None,
     ) -> str:
         def receive_and_load() -> str:
-            tensors = self.groups.receive(group_name, names, dtypes, shapes)
+            tensors = self.groups.receive(group_name, names, dtypes, shapes, load_format=load_format)
             count = self.runner.load_weights(tensors)
             if weight_version is not None:
                 self.scheduler.set_weight_version(weight_version)

@@ -4,7 +4,7 @@ Owns reading HF-named tensors; loading them into the model is the runner's job. 
 follows SGLang (REFERENCE.md §1): the trainer is rank 0 and hosts the TCPStore; this engine, one rank
 (TP=1), joins as rank `rank_offset` and builds its end exactly as SGLang's engine ranks do
 (engines/weight_group.py), with gloo on CPU or NCCL on CUDA, and receives each tensor by broadcast from
-rank 0 in the order of `names`.
+rank 0 in the order of `names`, or a whole bucket in one broadcast (`load_format="flattened_bucket"`).
 
 Destroying a group ends a receive that waits on it: when rank 0 gives up on a publish (another engine of
 the group died before the broadcast), it destroys the group on the engines, and this engine's model thread
@@ -27,6 +27,7 @@ import torch
 import torch.distributed as dist
 from safetensors import safe_open
 
+from slime_rl.engines.tensor_bucket import FLATTENED_BUCKET, byte_ranges, unflatten
 from slime_rl.engines.weight_group import connect_store, leave_group, new_group
 
 logger = logging.getLogger(__name__)
@@ -87,29 +88,47 @@ class WeightUpdateGroups:
         logger.info("joined weight update group %s as rank %d/%d (%s)", group_name, rank, world_size, backend)
 
     def receive(
-        self, group_name: str, names: list[str], dtypes: list[str], shapes: list[list[int]]
+        self,
+        group_name: str,
+        names: list[str],
+        dtypes: list[str],
+        shapes: list[list[int]],
+        *,
+        load_format: str | None = None,
     ) -> list[tuple[str, torch.Tensor]]:
-        """Receive one broadcast from rank 0 per name, in order. Blocks until all have arrived, or raises
-        `ValueError` once the group is destroyed meanwhile."""
+        """Receive the tensors of `names` from rank 0: one broadcast per name, in order, or with
+        `load_format="flattened_bucket"` one broadcast of all their bytes (engines/tensor_bucket.py); any other
+        `load_format` is read per name, as SGLang does. Blocks until all have arrived, or raises `ValueError`
+        once the group is destroyed meanwhile."""
         if group_name not in self._groups:
             raise ValueError(f"no weight update group named {group_name!r}; call init_weights_update_group first")
         entry = self._groups[group_name]
-        options = dist.BroadcastOptions()
-        options.rootRank = 0
+        torch_dtypes = [parse_dtype(dtype) for dtype in dtypes]
+        if load_format == FLATTENED_BUCKET:
+            ranges = byte_ranges(torch_dtypes, shapes)
+            buffer = torch.empty(ranges[-1][1] if ranges else 0, dtype=torch.uint8, device=self.device)
+            self._broadcast(entry, group_name, buffer, f"the flattened bucket of {len(names)} tensors")
+            return list(zip(names, unflatten(buffer, torch_dtypes, shapes), strict=True))
         received = []
-        for name, dtype, shape in zip(names, dtypes, shapes, strict=True):
-            tensor = torch.empty(shape, dtype=parse_dtype(dtype), device=self.device)
-            work = entry.group.broadcast([tensor], options)
-            done = threading.Event()
-            work.get_future().add_done_callback(lambda _f, done=done: done.set())
-            while not done.wait(_DESTROY_POLL_S):
-                if entry.destroyed.is_set():
-                    self._abandoned = [(g, w) for g, w in self._abandoned if not w.is_completed()]
-                    self._abandoned.append((entry, work))
-                    raise ValueError(f"weight update group {group_name!r} was destroyed during the broadcast of {name}")
-            work.wait()  # raises the collective's own error, if it failed
+        for name, dtype, shape in zip(names, torch_dtypes, shapes, strict=True):
+            tensor = torch.empty(shape, dtype=dtype, device=self.device)
+            self._broadcast(entry, group_name, tensor, name)
             received.append((name, tensor))
         return received
+
+    def _broadcast(self, entry: _Group, group_name: str, tensor: torch.Tensor, what: str) -> None:
+        """Receive `tensor` from rank 0; `ValueError` (naming `what`) once the group is destroyed meanwhile."""
+        options = dist.BroadcastOptions()
+        options.rootRank = 0
+        work = entry.group.broadcast([tensor], options)
+        done = threading.Event()
+        work.get_future().add_done_callback(lambda _f: done.set())
+        while not done.wait(_DESTROY_POLL_S):
+            if entry.destroyed.is_set():
+                self._abandoned = [(g, w) for g, w in self._abandoned if not w.is_completed()]
+                self._abandoned.append((entry, work))
+                raise ValueError(f"weight update group {group_name!r} was destroyed during the broadcast of {what}")
+        work.wait()  # raises the collective's own error, if it failed
 
     def destroy(self, group_name: str) -> None:
         if group_name not in self._groups:
