@@ -17,9 +17,13 @@ import torch
 FLATTENED_BUCKET = "flattened_bucket"  # the load_format value
 
 
-def flatten(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
-    """The bucket's uint8 buffer: every tensor's bytes in order (one copy), on the tensors' device."""
-    return torch.cat([t.contiguous().reshape(-1).view(torch.uint8) for t in tensors])
+def flatten(tensors: Sequence[torch.Tensor], out: torch.Tensor | None = None) -> torch.Tensor:
+    """The bucket's uint8 buffer: every tensor's bytes in order (one copy), on the tensors' device; written into
+    the front of `out` (a uint8 tensor at least that long) when given, which saves allocating it each time."""
+    parts = [t.contiguous().reshape(-1).view(torch.uint8) for t in tensors]
+    if out is None:
+        return torch.cat(parts)
+    return torch.cat(parts, out=out[: sum(p.numel() for p in parts)])
 
 
 def is_aligned(offset: int, dtype: torch.dtype) -> bool:

@@ -194,6 +194,7 @@ class WeightPublisher:
         # A gloo group released while a broadcast is pending blocks its releaser until the group's timeout,
         # so a dropped group is kept here until its works are done.
         self._retired: list[_Group] = []
+        self._buffers: list[torch.Tensor] = []  # `_send_buffers`
 
     def _group(self, urls: list[str]) -> _Group:
         self._retired = [g for g in self._retired if not all(w.is_completed() for w in g.pending)]
@@ -297,6 +298,14 @@ class WeightPublisher:
             size += nbytes
         return buckets
 
+    def _send_buffers(self, device: torch.device, num_bytes: int) -> list[torch.Tensor]:
+        """Two uint8 buffers of at least `num_bytes` on `device`, kept across publishes: a bucket is packed into
+        one while the other is on the wire, and reusing them saves allocating (and page-faulting) each time."""
+        buffers = self._buffers
+        if len(buffers) != 2 or buffers[0].device != device or buffers[0].numel() < num_bytes:
+            self._buffers = [torch.empty(num_bytes, dtype=torch.uint8, device=device) for _ in range(2)]
+        return self._buffers
+
     def broadcast(self, urls: list[str], tensors: dict[str, torch.Tensor], version: int) -> int:
         """Send `tensors` to every engine through the weight-update group; returns the number of buckets.
 
@@ -308,9 +317,11 @@ class WeightPublisher:
         options = dist.BroadcastOptions()
         options.rootRank = 0
         buckets = self._buckets(tensors)
+        buffers = self._send_buffers(device, max(sum(t.numel() * t.element_size() for _, t in b) for b in buckets))
         works: list[Any] = []
         try:
             self._begin_sessions(group)
+            next_sent = flatten([tensor.to(device) for _, tensor in buckets[0]], out=buffers[0])
             for index, bucket in enumerate(buckets):
                 is_last = index == len(buckets) - 1
                 posts = _EngineCalls(  # engines enter the broadcast when they get this
@@ -324,10 +335,12 @@ class WeightPublisher:
                         load_format=FLATTENED_BUCKET,
                     ),
                 )
-                sent = flatten([tensor.to(device) for _, tensor in bucket])  # one broadcast for the whole bucket
                 works = []
                 try:
-                    works.append(group.group.broadcast([sent], options))
+                    works.append(group.group.broadcast([next_sent], options))  # one broadcast for the whole bucket
+                    if not is_last:  # the next bucket is packed while this one travels and the engines load it
+                        following = [tensor.to(device) for _, tensor in buckets[index + 1]]
+                        next_sent = flatten(following, out=buffers[(index + 1) % 2])
                     _wait_beside(_when_all_done(works), posts)
                     for work in works:
                         work.wait()

@@ -69,6 +69,9 @@ class WeightUpdateGroups:
         self.timeout = timedelta(seconds=timeout_s)
         self._groups: dict[str, _Group] = {}
         self._abandoned: list[tuple[_Group, Any]] = []  # destroyed groups and their still pending work
+        # Flattened buckets arrive here, reused across receives (a fresh buffer page-faults on every write);
+        # dropped when a receive is abandoned, whose pending op keeps writing to its own.
+        self._bucket_buffer: torch.Tensor | None = None
 
     def init_group(
         self, *, master_address: str, master_port: int, rank: int, world_size: int, group_name: str, backend: str
@@ -99,14 +102,18 @@ class WeightUpdateGroups:
         """Receive the tensors of `names` from rank 0: one broadcast per name, in order, or with
         `load_format="flattened_bucket"` one broadcast of all their bytes (engines/tensor_bucket.py); any other
         `load_format` is read per name, as SGLang does. Blocks until all have arrived, or raises `ValueError`
-        once the group is destroyed meanwhile."""
+        once the group is destroyed meanwhile. A flattened bucket's tensors are views of a buffer that the next
+        receive reuses: load them before receiving again."""
         if group_name not in self._groups:
             raise ValueError(f"no weight update group named {group_name!r}; call init_weights_update_group first")
         entry = self._groups[group_name]
         torch_dtypes = [parse_dtype(dtype) for dtype in dtypes]
         if load_format == FLATTENED_BUCKET:
             ranges = byte_ranges(torch_dtypes, shapes)
-            buffer = torch.empty(ranges[-1][1] if ranges else 0, dtype=torch.uint8, device=self.device)
+            num_bytes = ranges[-1][1] if ranges else 0
+            if self._bucket_buffer is None or self._bucket_buffer.numel() < num_bytes:
+                self._bucket_buffer = torch.empty(num_bytes, dtype=torch.uint8, device=self.device)
+            buffer = self._bucket_buffer[:num_bytes]
             self._broadcast(entry, group_name, buffer, f"the flattened bucket of {len(names)} tensors")
             return list(zip(names, unflatten(buffer, torch_dtypes, shapes), strict=True))
         received = []
@@ -127,6 +134,7 @@ class WeightUpdateGroups:
             if entry.destroyed.is_set():
                 self._abandoned = [(g, w) for g, w in self._abandoned if not w.is_completed()]
                 self._abandoned.append((entry, work))
+                self._bucket_buffer = None
                 raise ValueError(f"weight update group {group_name!r} was destroyed during the broadcast of {what}")
         work.wait()  # raises the collective's own error, if it failed
 
