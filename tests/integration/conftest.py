@@ -1,4 +1,5 @@
-"""Integration fixtures: native engines serving a seeded toy model, and a Redis buffer per test."""
+"""Integration fixtures: native engines serving a seeded toy model, a Redis buffer per test, and the tied
+Qwen2 toy model of the trainer tests."""
 
 from __future__ import annotations
 
@@ -39,3 +40,9 @@ def buffer(redis_url: str) -> Iterator[RedisBuffer]:
     finally:
         buf.clear()
         buf.close()
+
+
+@pytest.fixture(scope="module")
+def tied_qwen(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A toy Qwen2 with tied embeddings: QKV bias, and under PP the last stage's copy of the embedding."""
+    return str(make_toy_model(tmp_path_factory.mktemp("toy") / "qwen2", arch="qwen2", tie_word_embeddings=True))

@@ -17,16 +17,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from slime_rl.config import AlgorithmConfig, TrainerConfig
+from slime_rl.config import TrainerConfig
 from slime_rl.errors import ConfigError
-from slime_rl.toy.model import make_toy_model
 from slime_rl.trainer import checkpoint
 from slime_rl.trainer.checkpoint import export_checkpoint_to_hf
 from slime_rl.types import TrainBatch
-from tests.integration.trainer_ranks import make_batch, run_ranks
+from tests.integration.trainer_ranks import FIXED_OLD, make_batch, run_ranks, trainer_cfg
 
-# Fixed old logprobs (the rollout's), so the PPO ratio moves after the first step and the loss reflects the update.
-ALGO = AlgorithmConfig(recompute_old_logprobs=False, kl_coef=0.01, entropy_coef=0.01)
 BATCH = make_batch(num_samples=8)
 HALVES = [
     TrainBatch(step=0, samples=BATCH.samples[:4], advantages=BATCH.advantages[:4]),
@@ -36,16 +33,7 @@ HALVES = [
 
 def _cfg(checkpoint_dir: Path, tp: int = 1, pp: int = 1, dp: int = 1) -> TrainerConfig:
     # A decaying schedule: the resumed step must run at the checkpointed step's rate.
-    return TrainerConfig(
-        tensor_model_parallel_size=tp,
-        pipeline_model_parallel_size=pp,
-        data_parallel_size=dp,
-        micro_batch_size=2,
-        lr=1e-2,
-        lr_decay_style="linear",
-        lr_decay_steps=4,
-        checkpoint_dir=str(checkpoint_dir),
-    )
+    return trainer_cfg(tp, pp, dp, lr_decay_style="linear", lr_decay_steps=4, checkpoint_dir=str(checkpoint_dir))
 
 
 def _continue(trainer):
@@ -72,16 +60,10 @@ def load_continue(trainer, export_dir=None):
 
 
 @pytest.fixture(scope="module")
-def tied_qwen(tmp_path_factory):
-    # Qwen2 with tied embeddings: QKV bias, and under PP the last stage's copy of the embedding.
-    return str(make_toy_model(tmp_path_factory.mktemp("toy") / "qwen2", arch="qwen2", tie_word_embeddings=True))
-
-
-@pytest.fixture(scope="module")
 def reference(tied_qwen, tmp_path_factory):
     """The uninterrupted TP1 run; its step-1 checkpoint is the TP1/DP1 source of the resharding tests."""
     ckpt = tmp_path_factory.mktemp("reference") / "ckpt"
-    (result,) = run_ranks(step_save_continue, model_path=tied_qwen, trainer_cfg=_cfg(ckpt), algo_cfg=ALGO)
+    (result,) = run_ranks(step_save_continue, model_path=tied_qwen, trainer_cfg=_cfg(ckpt), algo_cfg=FIXED_OLD)
     return SimpleNamespace(checkpoint_dir=ckpt, **result)
 
 
@@ -105,7 +87,7 @@ def test_checkpoint_saved_at_tp1_resumes_at_tp2_and_exports_from_tp2(reference, 
     ckpt = _copy_checkpoints(reference.checkpoint_dir, tmp_path)
     live = tmp_path / "live_export"
     results = run_ranks(
-        load_continue, model_path=tied_qwen, trainer_cfg=_cfg(ckpt, tp=2), algo_cfg=ALGO, export_dir=str(live)
+        load_continue, model_path=tied_qwen, trainer_cfg=_cfg(ckpt, tp=2), algo_cfg=FIXED_OLD, export_dir=str(live)
     )
     _assert_continues_reference(results, reference)
     # The TP2 checkpoint of step 2 exports offline to exactly the HF tensors the live TP2 trainer gathered.
@@ -119,15 +101,15 @@ def test_checkpoint_saved_at_tp1_resumes_at_tp2_and_exports_from_tp2(reference, 
 
 def test_checkpoint_saved_at_dp1_resumes_at_dp2(reference, tied_qwen, tmp_path):
     ckpt = _copy_checkpoints(reference.checkpoint_dir, tmp_path)
-    results = run_ranks(load_continue, model_path=tied_qwen, trainer_cfg=_cfg(ckpt, dp=2), algo_cfg=ALGO)
+    results = run_ranks(load_continue, model_path=tied_qwen, trainer_cfg=_cfg(ckpt, dp=2), algo_cfg=FIXED_OLD)
     _assert_continues_reference(results, reference)
 
 
 def test_checkpoint_saved_at_pp2_resumes_at_pp1(reference, tied_qwen, tmp_path):
     ckpt = tmp_path / "ckpt"
-    run_ranks(step_save_continue, model_path=tied_qwen, trainer_cfg=_cfg(ckpt, pp=2), algo_cfg=ALGO)
+    run_ranks(step_save_continue, model_path=tied_qwen, trainer_cfg=_cfg(ckpt, pp=2), algo_cfg=FIXED_OLD)
     assert json.loads((checkpoint.step_dir(ckpt, 1) / "meta.json").read_text())["pp_size"] == 2
-    results = run_ranks(load_continue, model_path=tied_qwen, trainer_cfg=_cfg(ckpt), algo_cfg=ALGO)
+    results = run_ranks(load_continue, model_path=tied_qwen, trainer_cfg=_cfg(ckpt), algo_cfg=FIXED_OLD)
     _assert_continues_reference(results, reference)
 
 

@@ -10,22 +10,17 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from slime_rl.config import AlgorithmConfig, TrainerConfig
+from slime_rl.config import AlgorithmConfig
 from slime_rl.toy.model import make_toy_model
 from slime_rl.trainer.checkpoint import export_checkpoint_to_hf
 from slime_rl.types import TrainBatch
 from tests.integration.family_models import make_family_model
-from tests.integration.trainer_ranks import make_batch, run_ranks
+from tests.integration.trainer_ranks import FIXED_OLD, make_batch, run_ranks, trainer_cfg
 
 
 @pytest.fixture(scope="module")
 def toy_model(tmp_path_factory):
     return str(make_toy_model(tmp_path_factory.mktemp("toy") / "llama", arch="llama"))
-
-
-@pytest.fixture(scope="module")
-def tied_qwen(tmp_path_factory):
-    return str(make_toy_model(tmp_path_factory.mktemp("toy") / "qwen2", arch="qwen2", tie_word_embeddings=True))
 
 
 @pytest.fixture(scope="module")
@@ -45,20 +40,6 @@ def two_steps(trainer, batch):
     return {"first": first, "second": second, "logprobs": trainer.compute_logprobs(batch)}
 
 
-def _cfg(tp: int = 1, pp: int = 1, dp: int = 1) -> TrainerConfig:
-    return TrainerConfig(
-        tensor_model_parallel_size=tp,
-        pipeline_model_parallel_size=pp,
-        data_parallel_size=dp,
-        micro_batch_size=2,
-        lr=1e-2,
-    )
-
-
-# Fixed old logprobs (the rollout's) so the PPO ratio moves after step 1 and the loss reflects the update.
-FIXED_OLD = AlgorithmConfig(recompute_old_logprobs=False, kl_coef=0.01, entropy_coef=0.01)
-
-
 # Log-probs after two Adam steps at lr 1e-2: Adam's first step is about lr * g / (|g| + eps), so a weight whose
 # gradient is within rounding of eps moves by an amount that depends on that rounding, which TP changes. On the
 # Qwen3 model this leaves TP2 log-probs 2.2e-5 from TP1 (its weights differ by < 1e-4 after one step, the q/k norms
@@ -71,7 +52,7 @@ FIXED_OLD = AlgorithmConfig(recompute_old_logprobs=False, kl_coef=0.01, entropy_
 def test_trainer_tp2_pp2_dp2_match_tp1_losses(arch, logprob_atol, request):
     path = request.getfixturevalue(arch)
     batch = make_batch(num_samples=8)
-    base = run_ranks(two_steps, model_path=path, trainer_cfg=_cfg(), algo_cfg=FIXED_OLD, batch=batch)[0]
+    base = run_ranks(two_steps, model_path=path, trainer_cfg=trainer_cfg(), algo_cfg=FIXED_OLD, batch=batch)[0]
     for sizes in ({"tp": 2}, {"pp": 2}, {"dp": 2}):
         if "dp" in sizes:  # each DP rank trains its half of the batch
             halves = [
@@ -79,10 +60,12 @@ def test_trainer_tp2_pp2_dp2_match_tp1_losses(arch, logprob_atol, request):
                 TrainBatch(step=0, samples=batch.samples[4:], advantages=batch.advantages[4:]),
             ]
             results = run_ranks(
-                _dp_two_steps, model_path=path, trainer_cfg=_cfg(**sizes), algo_cfg=FIXED_OLD, batches=halves
+                _dp_two_steps, model_path=path, trainer_cfg=trainer_cfg(**sizes), algo_cfg=FIXED_OLD, batches=halves
             )
         else:
-            results = run_ranks(two_steps, model_path=path, trainer_cfg=_cfg(**sizes), algo_cfg=FIXED_OLD, batch=batch)
+            results = run_ranks(
+                two_steps, model_path=path, trainer_cfg=trainer_cfg(**sizes), algo_cfg=FIXED_OLD, batch=batch
+            )
         for result in results:
             for step in ("first", "second"):
                 for key in ("train/loss", "train/kl", "train/entropy", "train/grad_norm", "train/clip_frac"):
@@ -99,8 +82,8 @@ def test_token_budget_micro_batches_match_fixed_shapes(sizes, toy_model):
     # Long-tail lengths (2 to 25 input tokens): under a 64-token budget the long samples share a micro-batch of
     # two rows and the short ones fill four, each padded to its own longest; the pipeline exchanges varying shapes.
     batch = make_batch(num_samples=10, max_response=56)
-    base = run_ranks(two_steps, model_path=toy_model, trainer_cfg=_cfg(), algo_cfg=FIXED_OLD, batch=batch)[0]
-    cfg = dataclasses.replace(_cfg(**sizes), micro_batch_size=4, max_tokens_per_micro_batch=64)
+    base = run_ranks(two_steps, model_path=toy_model, trainer_cfg=trainer_cfg(), algo_cfg=FIXED_OLD, batch=batch)[0]
+    cfg = dataclasses.replace(trainer_cfg(**sizes), micro_batch_size=4, max_tokens_per_micro_batch=64)
     for result in run_ranks(two_steps, model_path=toy_model, trainer_cfg=cfg, algo_cfg=FIXED_OLD, batch=batch):
         for step in ("first", "second"):
             for key in ("train/loss", "train/kl", "train/entropy", "train/grad_norm", "train/clip_frac"):
@@ -121,7 +104,7 @@ def grpo_loss_drops(trainer, batch):
 def test_trainer_grpo_step_lowers_loss_on_fixed_batch(toy_model):
     algo = AlgorithmConfig(recompute_old_logprobs=False, eps_clip=10.0, eps_clip_high=10.0)
     ((before, after),) = run_ranks(
-        grpo_loss_drops, model_path=toy_model, trainer_cfg=_cfg(), algo_cfg=algo, batch=make_batch()
+        grpo_loss_drops, model_path=toy_model, trainer_cfg=trainer_cfg(), algo_cfg=algo, batch=make_batch()
     )
     assert after < before - 1e-3
 
@@ -145,7 +128,7 @@ def load_then_step(trainer, batch, checkpoint_dir):
 @pytest.mark.parametrize("tp", [1, 2])
 def test_trainer_checkpoint_resume_gives_identical_next_step(tp, toy_model, tmp_path):
     # A decaying schedule: the resumed step must run at the checkpointed step's rate (3/4 of lr, step 1 of 4).
-    cfg = dataclasses.replace(_cfg(tp=tp), lr_decay_style="linear", lr_decay_steps=4)
+    cfg = dataclasses.replace(trainer_cfg(tp=tp), lr_decay_style="linear", lr_decay_steps=4)
     cfg.checkpoint_dir = str(tmp_path / "ckpt")
     batch = make_batch()
     saved = run_ranks(
@@ -178,7 +161,7 @@ def export_now(trainer, out_dir):
 
 @pytest.mark.parametrize("sizes", [{"tp": 2}, {"pp": 2}])
 def test_trainer_export_hf_round_trips_exactly(sizes, tied_qwen, tmp_path):
-    run_ranks(export_now, model_path=tied_qwen, trainer_cfg=_cfg(**sizes), out_dir=str(tmp_path / "out"))
+    run_ranks(export_now, model_path=tied_qwen, trainer_cfg=trainer_cfg(**sizes), out_dir=str(tmp_path / "out"))
     exported = load_file(str(tmp_path / "out" / "model.safetensors"))
     original = load_file(_weights_file(tied_qwen))
     original.pop("lm_head.weight", None)  # tied: HF may or may not store the alias

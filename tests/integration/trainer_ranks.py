@@ -23,6 +23,21 @@ from slime_rl.config import AlgorithmConfig, ModelConfig, TrainerConfig
 from slime_rl.processes import free_port
 from slime_rl.types import Sample, TrainBatch
 
+# Fixed old log-probs (the rollout's), so the PPO ratio moves after the first step and the loss reflects the update.
+FIXED_OLD = AlgorithmConfig(recompute_old_logprobs=False, kl_coef=0.01, entropy_coef=0.01)
+
+
+def trainer_cfg(tp: int = 1, pp: int = 1, dp: int = 1, **overrides: Any) -> TrainerConfig:
+    """The trainer settings of the parallel tests: 2 rows per micro-batch, lr 1e-2 (steps that show), `overrides`."""
+    return TrainerConfig(
+        tensor_model_parallel_size=tp,
+        pipeline_model_parallel_size=pp,
+        data_parallel_size=dp,
+        micro_batch_size=2,
+        lr=1e-2,
+        **overrides,
+    )
+
 
 def make_batch(*, num_samples: int = 6, vocab: int = 40, seed: int = 0, max_response: int = 7) -> TrainBatch:
     """A fixed random batch: prompts of 2-5 tokens, responses of 1 to `max_response` tokens (log-uniform above
