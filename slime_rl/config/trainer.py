@@ -36,7 +36,7 @@ class TrainerConfig:
     checkpoint_dir: str | None = None  # None = {run dir}/checkpoints
     load_checkpoint: bool = True  # resume from the latest checkpoint in checkpoint_dir when there is one
     weight_sync: str = "distributed"  # distributed (torch.distributed broadcast) | disk (safetensors dir)
-    weight_sync_bucket_mb: int = 64  # MiB per broadcast bucket
+    weight_sync_bucket_mb: int = 64  # MiB per broadcast bucket; rank 0 keeps two bucket buffers on its device
     weight_publish_dir: str | None = None  # weight_sync=disk: newest published weights; None = {checkpoint_dir}/publish
 
     def __post_init__(self) -> None:
