@@ -42,13 +42,14 @@ def prepare(cfg: SlimeRLConfig) -> None:
     if not (model_path / "config.json").is_file():
         make_toy_model(model_path, arch=toy.arch, hidden_size=toy.hidden_size, num_layers=toy.num_layers, seed=cfg.seed)
     train_path = Path(cfg.buffer.data.path)
+    train_rows = toy_rows(cfg, toy, toy.num_train_prompts, cfg.seed)  # the prompts, and what SFT demonstrates
     if not train_path.is_file():
-        write_dataset(train_path, toy_rows(cfg, toy, toy.num_train_prompts, cfg.seed))
+        write_dataset(train_path, train_rows)
     if cfg.eval.path and not Path(cfg.eval.path).is_file():
         write_dataset(cfg.eval.path, toy_rows(cfg, toy, toy.num_eval_prompts, cfg.seed + _EVAL_SEED_OFFSET))
     if cfg.sft.path and cfg.sft.steps and not Path(cfg.sft.path).is_file():
-        rows = toy_rows(cfg, toy, toy.num_train_prompts, cfg.seed)
-        write_demonstrations(Path(cfg.sft.path), rows, style, num_demonstrations=cfg.sft.steps * cfg.sft.batch_size)
+        num_demonstrations = cfg.sft.steps * cfg.sft.batch_size
+        write_demonstrations(Path(cfg.sft.path), train_rows, style, num_demonstrations=num_demonstrations)
     logger.info("toy %s task: model %s, data %s", toy.task, model_path, train_path.parent)
 
 

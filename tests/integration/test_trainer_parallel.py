@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -83,7 +82,7 @@ def test_token_budget_micro_batches_match_fixed_shapes(sizes, toy_model):
     # two rows and the short ones fill four, each padded to its own longest; the pipeline exchanges varying shapes.
     batch = make_batch(num_samples=10, max_response=56)
     base = run_ranks(two_steps, model_path=toy_model, trainer_cfg=trainer_cfg(), algo_cfg=FIXED_OLD, batch=batch)[0]
-    cfg = dataclasses.replace(trainer_cfg(**sizes), micro_batch_size=4, max_tokens_per_micro_batch=64)
+    cfg = trainer_cfg(**sizes, micro_batch_size=4, max_tokens_per_micro_batch=64)
     for result in run_ranks(two_steps, model_path=toy_model, trainer_cfg=cfg, algo_cfg=FIXED_OLD, batch=batch):
         for step in ("first", "second"):
             for key in ("train/loss", "train/kl", "train/entropy", "train/grad_norm", "train/clip_frac"):
@@ -128,7 +127,7 @@ def load_then_step(trainer, batch, checkpoint_dir):
 @pytest.mark.parametrize("tp", [1, 2])
 def test_trainer_checkpoint_resume_gives_identical_next_step(tp, toy_model, tmp_path):
     # A decaying schedule: the resumed step must run at the checkpointed step's rate (3/4 of lr, step 1 of 4).
-    cfg = dataclasses.replace(trainer_cfg(tp=tp), lr_decay_style="linear", lr_decay_steps=4)
+    cfg = trainer_cfg(tp=tp, lr_decay_style="linear", lr_decay_steps=4)
     cfg.checkpoint_dir = str(tmp_path / "ckpt")
     batch = make_batch()
     saved = run_ranks(

@@ -28,14 +28,11 @@ FIXED_OLD = AlgorithmConfig(recompute_old_logprobs=False, kl_coef=0.01, entropy_
 
 
 def trainer_cfg(tp: int = 1, pp: int = 1, dp: int = 1, **overrides: Any) -> TrainerConfig:
-    """The trainer settings of the parallel tests: 2 rows per micro-batch, lr 1e-2 (steps that show), `overrides`."""
+    """The trainer settings of the parallel tests: 2 rows per micro-batch and lr 1e-2 (steps that show) unless
+    `overrides` say otherwise."""
+    settings = {"micro_batch_size": 2, "lr": 1e-2} | overrides
     return TrainerConfig(
-        tensor_model_parallel_size=tp,
-        pipeline_model_parallel_size=pp,
-        data_parallel_size=dp,
-        micro_batch_size=2,
-        lr=1e-2,
-        **overrides,
+        tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp, data_parallel_size=dp, **settings
     )
 
 
