@@ -94,7 +94,12 @@ class WandbSink:
         self._run.log(finite, step=step)
 
     def close(self) -> None:
+        import wandb
+
         self._run.finish()
+        # finish() can return before W&B's service has written the transaction log (wandb 0.31: 2 of 8 offline
+        # runs held only the file header right after it); teardown waits for the service to write everything.
+        wandb.teardown()
 
 
 class MetricsLogger:
