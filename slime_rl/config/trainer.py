@@ -28,6 +28,7 @@ class TrainerConfig:
     adam_beta1: float = 0.9
     adam_beta2: float = 0.98
     adam_eps: float = 1e-8
+    use_distributed_optimizer: bool = False  # shard Adam's state and fp32 main weights over the DP ranks (ZeRO-1)
     clip_grad: float = 1.0  # global grad-norm clip; 0 = off
     num_cpus_per_rank: int = 1  # logical CPUs per rank actor (torch threads on CPU)
     num_gpus_per_rank: int = 0  # GPUs per rank actor (1 on GPU clusters)

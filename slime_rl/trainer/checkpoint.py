@@ -6,8 +6,11 @@ Layout of `{checkpoint_dir}/step_{step:08d}/`:
   for the TP size it was saved at) and the Adam moments as `optimizer.state.{exp_avg,exp_avg_sq}.{name}`;
   the optimizer's step and hyperparameters are in its common state. Each rank writes the shards it is the
   main replica of, so loading reshards: a checkpoint saved at one TP/PP/DP layout loads at any other.
-- `meta.json`: step, weight version, the TP/PP sizes it was saved at, the LR schedule's state and
-  `"format": "torch_dist"`.
+  The distributed optimizer (`trainer.use_distributed_optimizer`) gathers its DP shards into the same
+  global tensors (Megatron's `fully_reshardable` format); its param groups differ from the plain
+  optimizer's, so a checkpoint resumes with the optimizer kind it was saved with.
+- `meta.json`: step, weight version, the TP/PP sizes it was saved at, the optimizer kind, the LR
+  schedule's state and `"format": "torch_dist"`.
 - `hf/`: the HF config and tokenizer files, so export needs nothing else.
 
 `{checkpoint_dir}/latest` names the newest complete step; it is written last, so a crash during a save
@@ -22,6 +25,7 @@ import json
 import logging
 import shutil
 import warnings
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -77,10 +81,46 @@ def read_meta(step_dir: Path) -> dict[str, Any]:
     return meta
 
 
+# The distributed optimizer writes its shards as whole model-shaped tensors, so its checkpoints reshard across
+# TP/PP/DP sizes like the plain optimizer's (its default format, fully_sharded_model_space, is deprecated).
+_OPTIMIZER_METADATA = {"distrib_optim_sharding_type": "fully_reshardable"}
+
+
 def _sharded_state_dict(trainer: MegatronTrainer, *, is_loading: bool) -> dict[str, Any]:
     """This rank's model and optimizer as Megatron sharded tensors (global names and offsets)."""
+    if is_loading and trainer.cfg.use_distributed_optimizer:
+        # Without Apex/TE the distributed optimizer reads Adam's step from the state, which a fresh optimizer
+        # lacks; Megatron's own remedy is one zero-gradient step whose state the load then overwrites.
+        for optimizer in trainer.optimizer.chained_optimizers:
+            if not optimizer.optimizer.state:
+                optimizer._init_optimizer_states_with_dummy_values()
     model_sd = trainer.model.sharded_state_dict()
-    return {"model": model_sd, "optimizer": trainer.optimizer.sharded_state_dict(model_sd, is_loading=is_loading)}
+    optimizer_sd = trainer.optimizer.sharded_state_dict(model_sd, is_loading=is_loading, metadata=_OPTIMIZER_METADATA)
+    return {"model": model_sd, "optimizer": optimizer_sd}
+
+
+def _load_distributed_optimizer(chained: Any, state_dict: dict[str, Any]) -> None:
+    """`load_state_dict` of Megatron 0.16's distributed optimizer with torch's Adam (no Apex/TE), mended twice:
+    it restores Adam's step from the common state, then (1) asks every shard for a step the checkpoint does not
+    hold (a KeyError; `_set_shard_state` copies the states it does hold) and (2) hands every parameter the same
+    step tensor, which each parameter's update then advances (wrong bias correction; each gets its own copy)."""
+    for optimizer in chained.chained_optimizers:
+        optimizer._set_main_param_and_optimizer_states = partial(_set_shard_state, optimizer)
+    chained.load_state_dict(state_dict)
+    for optimizer in chained.chained_optimizers:
+        del optimizer._set_main_param_and_optimizer_states
+        for param_state in optimizer.optimizer.state.values():
+            param_state["step"] = param_state["step"].clone()
+
+
+def _set_shard_state(optimizer: Any, model_param: torch.nn.Parameter, tensors: dict[str, torch.Tensor]) -> None:
+    """`DistributedOptimizer._set_main_param_and_optimizer_states` (non-precision-aware), copying only the states
+    the checkpoint holds."""
+    group_index, group_order = optimizer.model_param_group_index_map[model_param]
+    main_param = optimizer.optimizer.param_groups[group_index]["params"][group_order]
+    destination = {"param": main_param, **optimizer.optimizer.state[main_param]}
+    for key, tensor in tensors.items():
+        destination[key].copy_(tensor)
 
 
 def save(trainer: MegatronTrainer, step: int) -> Path:
@@ -104,6 +144,7 @@ def save(trainer: MegatronTrainer, step: int) -> Path:
             "version": trainer.version,
             "tp_size": layout.tp_size,
             "pp_size": layout.pp_size,
+            "distributed_optimizer": trainer.cfg.use_distributed_optimizer,
             "lr_schedule": trainer.lr_schedule.state_dict(),
         }
         (out_dir / "meta.json").write_text(json.dumps(meta))
@@ -138,10 +179,20 @@ def load(trainer: MegatronTrainer) -> int | None:
     if step_dir is None:
         return None
     meta = read_meta(step_dir)
+    saved_with = meta.get("distributed_optimizer", False)
+    if saved_with != trainer.cfg.use_distributed_optimizer:
+        # Megatron 0.16 keeps the two optimizers' param-group state in different layouts.
+        raise ConfigError(
+            f"checkpoint {step_dir} holds the optimizer state of trainer.use_distributed_optimizer={saved_with}; "
+            f"resume with trainer.use_distributed_optimizer={saved_with} (any TP/PP/DP sizes)"
+        )
     with device_scope():
         state = dist_checkpointing.load(_sharded_state_dict(trainer, is_loading=True), str(step_dir / DIST_DIR))
         trainer.model.load_state_dict(state["model"])
-        trainer.optimizer.load_state_dict(state["optimizer"])
+        if trainer.cfg.use_distributed_optimizer:
+            _load_distributed_optimizer(trainer.optimizer, state["optimizer"])
+        else:
+            trainer.optimizer.load_state_dict(state["optimizer"])
     trainer.lr_schedule.load_state_dict(meta["lr_schedule"])
     trainer.version = int(meta["version"])
     logger.info(

@@ -9,14 +9,15 @@ nothing else:
   `DotProductAttention` needs fused CUDA softmax kernels; SDPA is a flash kernel on GPU and works on CPU.
 - `device_scope`: on CPU, a scoped `TorchFunctionMode` that maps CUDA device arguments to CPU and stubs
   `torch.cuda.current_device`/`synchronize` while Megatron's DDP, optimizer and schedules run. This
-  also covers RoPE's `inv_freq.to(torch.cuda.current_device())`, which runs inside the forward pass.
-  On GPU it does nothing.
+  also covers RoPE's `inv_freq.to(torch.cuda.current_device())`, which runs inside the forward pass,
+  and reports CPU tensors' `Tensor.type()` under their CUDA names, which the distributed optimizer
+  requires. On GPU it does nothing.
 - `optimizer_step`: Megatron's `clip_grad_by_total_norm_fp32` cannot run on CPU, so on CPU the
   optimizer is built with `clip_grad=0` and this function clips by the (Megatron-computed) global
   grad norm itself before `step_with_ready_grads`. On GPU it calls `optimizer.step()`.
 
-Not supported on CPU (the trainer raises `ConfigError`): the bf16/fp16 mixed-precision optimizer, the
-distributed optimizer and sequence parallelism.
+Not supported on CPU (the trainer raises `ConfigError`): the bf16/fp16 mixed-precision optimizer. Sequence
+parallelism is not offered on either device.
 """
 
 from __future__ import annotations
@@ -53,6 +54,9 @@ class _CudaToCpuMode(TorchFunctionMode):
             kwargs["device"] = "cpu"
         if func is torch.Tensor.cuda:
             return args[0]
+        if func is torch.Tensor.type and len(args) == 1 and not kwargs:
+            # Megatron's distributed optimizer sorts parameters by `param.type()` and accepts CUDA names only.
+            return func(*args).replace("torch.", "torch.cuda.", 1)
         if func is torch.Tensor.to and len(args) > 1 and _is_cuda(args[1]):
             args = (args[0], "cpu", *args[2:])
         return func(*args, **kwargs)

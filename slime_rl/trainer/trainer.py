@@ -127,7 +127,11 @@ class MegatronTrainer:
             )
             weights.load_hf_into_model(self.model, self.arch, weights.read_hf_tensors(self.model_cfg.path), self.layout)
             self.ddp = DistributedDataParallel(
-                self.tf_config, DistributedDataParallelConfig(grad_reduce_in_fp32=True), self.model
+                self.tf_config,
+                DistributedDataParallelConfig(
+                    grad_reduce_in_fp32=True, use_distributed_optimizer=cfg.use_distributed_optimizer
+                ),
+                self.model,
             )
             opt_cfg = OptimizerConfig(
                 optimizer="adam",
@@ -141,6 +145,7 @@ class MegatronTrainer:
                 bf16=self.dtype == torch.bfloat16,
                 fp16=self.dtype == torch.float16,
                 params_dtype=self.dtype,
+                use_distributed_optimizer=cfg.use_distributed_optimizer,
             )
             self.optimizer = get_megatron_optimizer(opt_cfg, [self.ddp], use_gloo_process_groups=False)
             self.lr_schedule = make_lr_schedule(self.optimizer, cfg, self.lr_decay_steps)

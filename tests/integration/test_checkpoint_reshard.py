@@ -21,19 +21,17 @@ from slime_rl.config import TrainerConfig
 from slime_rl.errors import ConfigError
 from slime_rl.trainer import checkpoint
 from slime_rl.trainer.checkpoint import export_checkpoint_to_hf
-from slime_rl.types import TrainBatch
-from tests.integration.trainer_ranks import FIXED_OLD, make_batch, run_ranks, trainer_cfg
+from tests.integration.trainer_ranks import FIXED_OLD, dp_halves, make_batch, run_ranks, trainer_cfg
 
 BATCH = make_batch(num_samples=8)
-HALVES = [
-    TrainBatch(step=0, samples=BATCH.samples[:4], advantages=BATCH.advantages[:4]),
-    TrainBatch(step=0, samples=BATCH.samples[4:], advantages=BATCH.advantages[4:]),
-]
+HALVES = dp_halves(BATCH)
 
 
-def _cfg(checkpoint_dir: Path, tp: int = 1, pp: int = 1, dp: int = 1) -> TrainerConfig:
+def _cfg(checkpoint_dir: Path, tp: int = 1, pp: int = 1, dp: int = 1, **overrides) -> TrainerConfig:
     # A decaying schedule: the resumed step must run at the checkpointed step's rate.
-    return trainer_cfg(tp, pp, dp, lr_decay_style="linear", lr_decay_steps=4, checkpoint_dir=str(checkpoint_dir))
+    return trainer_cfg(
+        tp, pp, dp, lr_decay_style="linear", lr_decay_steps=4, checkpoint_dir=str(checkpoint_dir), **overrides
+    )
 
 
 def _continue(trainer):
@@ -45,7 +43,7 @@ def _continue(trainer):
 
 
 def step_save_continue(trainer):
-    trainer.train(BATCH)
+    trainer.train(HALVES[trainer.layout.dp_rank] if trainer.layout.dp_size > 1 else BATCH)
     trainer.save(step=1)
     return _continue(trainer)
 
@@ -111,6 +109,24 @@ def test_checkpoint_saved_at_pp2_resumes_at_pp1(reference, tied_qwen, tmp_path):
     assert json.loads((checkpoint.step_dir(ckpt, 1) / "meta.json").read_text())["pp_size"] == 2
     results = run_ranks(load_continue, model_path=tied_qwen, trainer_cfg=_cfg(ckpt), algo_cfg=FIXED_OLD)
     _assert_continues_reference(results, reference)
+
+
+def test_distributed_optimizer_checkpoint_saved_at_dp2_resumes_at_tp2(reference, tied_qwen, tmp_path):
+    # The distributed optimizer shards Adam's moments over the DP ranks; the checkpoint holds them whole.
+    ckpt = tmp_path / "ckpt"
+    saved_at_dp2 = _cfg(ckpt, dp=2, use_distributed_optimizer=True)
+    run_ranks(step_save_continue, model_path=tied_qwen, trainer_cfg=saved_at_dp2, algo_cfg=FIXED_OLD)
+    resumed_at_tp2 = _cfg(ckpt, tp=2, use_distributed_optimizer=True)
+    results = run_ranks(load_continue, model_path=tied_qwen, trainer_cfg=resumed_at_tp2, algo_cfg=FIXED_OLD)
+    _assert_continues_reference(results, reference)
+
+
+def test_checkpoint_of_the_other_optimizer_kind_is_refused_with_the_fix(reference, tmp_path):
+    ckpt = _copy_checkpoints(reference.checkpoint_dir, tmp_path)
+    trainer = SimpleNamespace(cfg=TrainerConfig(checkpoint_dir=str(ckpt), use_distributed_optimizer=True))
+    with pytest.raises(ConfigError, match=r"use_distributed_optimizer=False; resume with .*=False") as err:
+        checkpoint.load(trainer)
+    assert "\n" not in str(err.value)
 
 
 def _old_format_checkpoint(root: Path) -> Path:

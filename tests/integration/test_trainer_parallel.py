@@ -12,9 +12,8 @@ from safetensors.torch import load_file
 from slime_rl.config import AlgorithmConfig
 from slime_rl.toy.model import make_toy_model
 from slime_rl.trainer.checkpoint import export_checkpoint_to_hf
-from slime_rl.types import TrainBatch
 from tests.integration.family_models import make_family_model
-from tests.integration.trainer_ranks import FIXED_OLD, make_batch, run_ranks, trainer_cfg
+from tests.integration.trainer_ranks import FIXED_OLD, dp_halves, make_batch, run_ranks, trainer_cfg
 
 
 @pytest.fixture(scope="module")
@@ -54,10 +53,7 @@ def test_trainer_tp2_pp2_dp2_match_tp1_losses(arch, logprob_atol, request):
     base = run_ranks(two_steps, model_path=path, trainer_cfg=trainer_cfg(), algo_cfg=FIXED_OLD, batch=batch)[0]
     for sizes in ({"tp": 2}, {"pp": 2}, {"dp": 2}):
         if "dp" in sizes:  # each DP rank trains its half of the batch
-            halves = [
-                TrainBatch(step=0, samples=batch.samples[:4], advantages=batch.advantages[:4]),
-                TrainBatch(step=0, samples=batch.samples[4:], advantages=batch.advantages[4:]),
-            ]
+            halves = dp_halves(batch)
             results = run_ranks(
                 _dp_two_steps, model_path=path, trainer_cfg=trainer_cfg(**sizes), algo_cfg=FIXED_OLD, batches=halves
             )
@@ -92,6 +88,21 @@ def test_token_budget_micro_batches_match_fixed_shapes(sizes, toy_model):
 
 def _dp_two_steps(trainer, batches):
     return two_steps(trainer, batches[trainer.layout.dp_rank])
+
+
+def test_distributed_optimizer_at_dp2_matches_tp1(toy_model):
+    # Each DP rank keeps and updates its half of Adam's state, then the ranks all-gather the weights.
+    batch = make_batch(num_samples=8)
+    base = run_ranks(two_steps, model_path=toy_model, trainer_cfg=trainer_cfg(), algo_cfg=FIXED_OLD, batch=batch)[0]
+    halves = dp_halves(batch)
+    cfg = trainer_cfg(dp=2, use_distributed_optimizer=True)
+    results = run_ranks(_dp_two_steps, model_path=toy_model, trainer_cfg=cfg, algo_cfg=FIXED_OLD, batches=halves)
+    for result in results:
+        for step in ("first", "second"):
+            for key in ("train/loss", "train/kl", "train/entropy", "train/grad_norm", "train/clip_frac"):
+                assert result[step][key] == pytest.approx(base[step][key], abs=1e-5), (step, key)
+    after_two_steps = np.concatenate(results[0]["logprobs"] + results[1]["logprobs"])
+    np.testing.assert_allclose(after_two_steps, np.concatenate(base["logprobs"]), atol=1e-5)
 
 
 def grpo_loss_drops(trainer, batch):

@@ -61,6 +61,15 @@ def make_batch(*, num_samples: int = 6, vocab: int = 40, seed: int = 0, max_resp
     return TrainBatch(step=0, samples=samples, advantages=rng.normal(size=num_samples))
 
 
+def dp_halves(batch: TrainBatch) -> list[TrainBatch]:
+    """`batch` split in two for two DP ranks: together they train what one rank trains on the whole batch."""
+    half = len(batch.samples) // 2
+    return [
+        TrainBatch(step=0, samples=batch.samples[:half], advantages=batch.advantages[:half]),
+        TrainBatch(step=0, samples=batch.samples[half:], advantages=batch.advantages[half:]),
+    ]
+
+
 def engine_batch(prompts: list[list[int]], outputs: list[tuple[list[int], list[float]]]) -> TrainBatch:
     """A batch of the engine's answers: prompt i with its (output ids, output logprobs), every token trained."""
     samples = [
