@@ -1,6 +1,7 @@
 """Megatron trainer settings (`trainer` group)."""
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from slime_rl.config.checks import check_choice, check_min
 from slime_rl.errors import ConfigError
@@ -11,6 +12,7 @@ class TrainerConfig:
     tensor_model_parallel_size: int = 1  # TP ranks
     pipeline_model_parallel_size: int = 1  # PP stages
     data_parallel_size: int = 1  # DP replicas; world size = tp * pp * dp
+    expert_model_parallel_size: int = 1  # EP: an MoE layer's experts split over this many DP ranks (divides dp)
     micro_batch_size: int = 4  # most sequences per micro-batch; a batch is spread evenly over the fewest needed
     # Token budget per micro-batch (slime's dynamic batch size): samples sorted by length fill micro-batches of
     # at most this many input tokens, padding included, each padded to its own longest; None = fixed shapes.
@@ -33,17 +35,35 @@ class TrainerConfig:
     num_cpus_per_rank: int = 1  # logical CPUs per rank actor (torch threads on CPU)
     num_gpus_per_rank: int = 0  # GPUs per rank actor (1 on GPU clusters)
     save_interval: int = 10  # steps between checkpoints (and at the end); 0 = only at the end
-    max_checkpoints_to_keep: int = 2  # newest checkpoints kept on disk; 0 = keep every one
+    # Newest RL checkpoints kept on disk; 0 = keep every one. The SFT stage's checkpoint (step 0) always stays.
+    max_checkpoints_to_keep: int = 2
     checkpoint_dir: str | None = None  # None = {run dir}/checkpoints
     load_checkpoint: bool = True  # resume from the latest checkpoint in checkpoint_dir when there is one
+    # Another run's checkpoint (a step dir .../step_XXXXXXXX, or a checkpoint root with `latest`) this run starts
+    # from when checkpoint_dir has nothing to resume: its weights, and Adam's state when load_optimizer is true.
+    # Step, weight version and LR schedule start at 0 (Megatron's --finetune); None = start from model.path.
+    init_checkpoint: str | None = None
+    # Restore Adam's moments and step (on resume and from init_checkpoint); false = fresh moments (Megatron's
+    # --no-load-optim), which also lets a checkpoint load with the other use_distributed_optimizer kind.
+    load_optimizer: bool = True
     weight_sync: str = "distributed"  # distributed (torch.distributed broadcast) | disk (safetensors dir)
     weight_sync_bucket_mb: int = 64  # MiB per broadcast bucket; rank 0 keeps two bucket buffers on its device
     weight_publish_dir: str | None = None  # weight_sync=disk: newest published weights; None = {checkpoint_dir}/publish
 
     def __post_init__(self) -> None:
-        for key in ("tensor_model_parallel_size", "pipeline_model_parallel_size", "data_parallel_size"):
+        for key in (
+            "tensor_model_parallel_size",
+            "pipeline_model_parallel_size",
+            "data_parallel_size",
+            "expert_model_parallel_size",
+        ):
             if getattr(self, key) < 1:
                 raise ConfigError(f"trainer.{key} must be >= 1, got {getattr(self, key)}")
+        if self.data_parallel_size % self.expert_model_parallel_size:
+            raise ConfigError(
+                f"trainer.expert_model_parallel_size={self.expert_model_parallel_size} must divide "
+                f"trainer.data_parallel_size={self.data_parallel_size}: expert ranks are DP ranks"
+            )
         check_choice("trainer.weight_sync", self.weight_sync, ("distributed", "disk"))
         if self.weight_sync == "disk" and not (self.weight_publish_dir or self.checkpoint_dir):
             raise ConfigError(
@@ -78,7 +98,19 @@ class TrainerConfig:
             )
         if self.logprob_temperature <= 0:
             raise ConfigError(f"trainer.logprob_temperature must be > 0, got {self.logprob_temperature}")
+        if self.init_checkpoint is not None:
+            check_init_checkpoint(self.init_checkpoint)
 
     @property
     def world_size(self) -> int:
         return self.tensor_model_parallel_size * self.pipeline_model_parallel_size * self.data_parallel_size
+
+
+def check_init_checkpoint(path: str) -> None:
+    """`trainer.init_checkpoint` must be a step directory (with meta.json) or a checkpoint root (with `latest`)."""
+    fix = "point it at another run's checkpoints/step_XXXXXXXX (or its checkpoints/ dir) or set it to null"
+    where = Path(path)
+    if not where.is_dir():
+        raise ConfigError(f"trainer.init_checkpoint={path!r} does not exist; {fix}")
+    if not (where / "meta.json").is_file() and not (where / "latest").is_file():
+        raise ConfigError(f"trainer.init_checkpoint={path!r} is not a checkpoint (no meta.json, no `latest`); {fix}")

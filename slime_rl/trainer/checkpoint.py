@@ -8,11 +8,14 @@ Layout of `{checkpoint_dir}/step_{step:08d}/`:
   main replica of, so loading reshards: a checkpoint saved at one TP/PP/DP layout loads at any other.
   The distributed optimizer (`trainer.use_distributed_optimizer`) gathers its DP shards into the same
   global tensors (Megatron's `fully_reshardable` format); its param groups differ from the plain
-  optimizer's, so a checkpoint resumes with the optimizer kind it was saved with.
+  optimizer's, so a checkpoint resumes with the optimizer kind it was saved with (or with fresh Adam state,
+  `trainer.load_optimizer=false`).
 - `meta.json`: step, weight version, the TP/PP sizes it was saved at, the optimizer kind, the LR
   schedule's state and `"format": "torch_dist"`.
 - `hf/`: the HF config and tokenizer files, so export needs nothing else.
 
+`load` resumes the run's own latest checkpoint or, when there is none, starts from another run's
+(`trainer.init_checkpoint`: weights and optimizer, with step, weight version and LR schedule at 0).
 `{checkpoint_dir}/latest` names the newest complete step; it is written last, so a crash during a save
 leaves the previous checkpoint in force. Checkpoints of the earlier per-rank format (`model_tp*_pp*.pt`,
 no "format" in meta.json) are refused with a ConfigError rather than read. This module does not choose
@@ -126,7 +129,8 @@ def _set_shard_state(optimizer: Any, model_param: torch.nn.Parameter, tensors: d
 def save(trainer: MegatronTrainer, step: int) -> Path:
     """Write checkpoint `step` (collective: every rank calls it); returns the step directory.
 
-    Keeps the newest `trainer.max_checkpoints_to_keep` step directories (0 = all) once `latest` is written.
+    Keeps the newest `trainer.max_checkpoints_to_keep` step directories (0 = all) once `latest` is written, and
+    step 0 (the SFT stage's) always.
     """
     from megatron.core import dist_checkpointing
 
@@ -159,46 +163,83 @@ def save(trainer: MegatronTrainer, step: int) -> Path:
         tmp.replace(_root(trainer) / "latest")
         logger.info("saved checkpoint %s", out_dir)
         if trainer.cfg.max_checkpoints_to_keep:
-            for old in sorted(_root(trainer).glob("step_*"))[: -trainer.cfg.max_checkpoints_to_keep]:
+            # Step 0 is the SFT stage's checkpoint, which other runs start from (trainer.init_checkpoint).
+            rl_steps = sorted(p for p in _root(trainer).glob("step_*") if p.name != step_dir(_root(trainer), 0).name)
+            for old in rl_steps[: -trainer.cfg.max_checkpoints_to_keep]:
                 shutil.rmtree(old)
     dist.barrier()
     return out_dir
 
 
 def load(trainer: MegatronTrainer) -> int | None:
-    """Restore the latest checkpoint into the trainer at its own layout (collective); returns its step or None.
+    """Resume from the latest checkpoint in `trainer.checkpoint_dir`, else start from `trainer.init_checkpoint`
+    (collective); returns the resumed step, or None for a fresh start (also one from an init checkpoint).
 
-    The checkpoint may have been saved at any TP/PP/DP sizes: each rank reads the pieces of the global
-    tensors its layout holds.
+    A resume restores weights, Adam's state (unless `trainer.load_optimizer` is false), the LR schedule and the
+    weight version. An init checkpoint gives weights and, with `load_optimizer`, Adam's moments and step (its bias
+    correction continues); step, weight version and LR schedule start at 0. Either may have been saved at any
+    TP/PP/DP sizes: each rank reads the pieces of the global tensors its layout holds.
     """
+    cfg = trainer.cfg
+    resume_dir = latest_step_dir(cfg.checkpoint_dir) if cfg.checkpoint_dir and cfg.load_checkpoint else None
+    if resume_dir is not None:
+        meta = _load_weights_and_optimizer(trainer, resume_dir)
+        trainer.lr_schedule.load_state_dict(meta["lr_schedule"])
+        trainer.version = int(meta["version"])
+        logger.info(
+            "loaded checkpoint %s (step %d, saved at tp=%d pp=%d%s)",
+            resume_dir,
+            meta["step"],
+            meta["tp_size"],
+            meta["pp_size"],
+            "" if cfg.load_optimizer else "; fresh Adam state",
+        )
+        return int(meta["step"])
+    if cfg.init_checkpoint is not None:
+        source = latest_step_dir(cfg.init_checkpoint) or Path(cfg.init_checkpoint)
+        meta = _load_weights_and_optimizer(trainer, source)
+        logger.info(
+            "starting from %s (step %d of its run): weights%s; step, weight version and LR schedule start at 0",
+            source,
+            meta["step"],
+            " and Adam's state" if cfg.load_optimizer else ", fresh Adam state",
+        )
+    return None
+
+
+def _load_weights_and_optimizer(trainer: MegatronTrainer, step_dir: Path) -> dict[str, Any]:
+    """Read a step directory's weights, and its optimizer unless `trainer.load_optimizer` is false; returns its
+    meta.json."""
     from megatron.core import dist_checkpointing
 
-    if trainer.cfg.checkpoint_dir is None or not trainer.cfg.load_checkpoint:
-        return None
-    step_dir = latest_step_dir(trainer.cfg.checkpoint_dir)
-    if step_dir is None:
-        return None
     meta = read_meta(step_dir)
     saved_with = meta.get("distributed_optimizer", False)
-    if saved_with != trainer.cfg.use_distributed_optimizer:
+    if trainer.cfg.load_optimizer and saved_with != trainer.cfg.use_distributed_optimizer:
         # Megatron 0.16 keeps the two optimizers' param-group state in different layouts.
         raise ConfigError(
             f"checkpoint {step_dir} holds the optimizer state of trainer.use_distributed_optimizer={saved_with}; "
-            f"resume with trainer.use_distributed_optimizer={saved_with} (any TP/PP/DP sizes)"
+            f"resume with trainer.use_distributed_optimizer={saved_with} (any TP/PP/DP sizes), or with "
+            "trainer.load_optimizer=false to start Adam afresh"
         )
     with device_scope():
+        if not trainer.cfg.load_optimizer:
+            # The optimizer's tensors are left unread (Megatron loads a subset of a checkpoint's keys).
+            model_sd = trainer.model.sharded_state_dict()
+            state = dist_checkpointing.load({"model": model_sd}, str(step_dir / DIST_DIR))
+            trainer.model.load_state_dict(state["model"])
+            return meta
         state = dist_checkpointing.load(_sharded_state_dict(trainer, is_loading=True), str(step_dir / DIST_DIR))
         trainer.model.load_state_dict(state["model"])
         if trainer.cfg.use_distributed_optimizer:
             _load_distributed_optimizer(trainer.optimizer, state["optimizer"])
         else:
             trainer.optimizer.load_state_dict(state["optimizer"])
-    trainer.lr_schedule.load_state_dict(meta["lr_schedule"])
-    trainer.version = int(meta["version"])
-    logger.info(
-        "loaded checkpoint %s (step %d, saved at tp=%d pp=%d)", step_dir, meta["step"], meta["tp_size"], meta["pp_size"]
-    )
-    return int(meta["step"])
+    # The loaded param groups carry the saving run's settings, and the LR schedule reads its peak and floor from
+    # them; this run's config wins, as it does for the schedule's shape (lr_schedule.make_lr_schedule).
+    cfg = trainer.cfg
+    for group in trainer.optimizer.param_groups:
+        group.update(max_lr=cfg.lr, min_lr=cfg.min_lr, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps)
+    return meta
 
 
 def export_checkpoint_to_hf(checkpoint: str | Path, out: str | Path) -> Path:
@@ -235,7 +276,7 @@ def _read_model_tensors(dist_dir: Path, arch: ArchSpec) -> dict[str, torch.Tenso
     with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
         warnings.filterwarnings("ignore", message=".*load in a single process")
         dcp.load(tensors, storage_reader=reader, no_dist=True)
-    keys_map = layer_spec(qk_layernorm=arch.qk_layernorm).submodules.sharded_state_dict_keys_map
+    keys_map = layer_spec(arch).submodules.sharded_state_dict_keys_map
     saved_to_local = {saved: local for local, saved in keys_map.items()}
     full: dict[str, torch.Tensor] = {}
     for key, tensor in tensors.items():
