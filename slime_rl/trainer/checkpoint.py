@@ -256,13 +256,17 @@ def export_checkpoint_to_hf(checkpoint: str | Path, out: str | Path) -> Path:
     return weights.write_hf_dir(hf_convert.megatron_full_to_hf(full, arch), out, side_files_from=step_dir / "hf")
 
 
+_STACKED_EXPERTS = "mlp.experts.experts."  # how Megatron's SequentialMLP saves its experts, by global index
+
+
 def _read_model_tensors(dist_dir: Path, arch: ArchSpec) -> dict[str, torch.Tensor]:
     """Every model tensor of a Megatron checkpoint, whole, under its Megatron full name.
 
     Reads through torch.distributed.checkpoint without a process group (Megatron's own loader needs one).
     Megatron stores the decoder layers stacked along a leading axis (`decoder.layers.{suffix}` of shape
     `[num_layers, ...]`) under the names its layer spec maps them to (`sharded_state_dict_keys_map`, e.g.
-    `input_layernorm.` -> `self_attention.linear_qkv.layer_norm_`); this undoes both.
+    `input_layernorm.` -> `self_attention.linear_qkv.layer_norm_`), an MoE layer's experts stacked too
+    (`decoder.layers.mlp.experts.experts.{suffix}` of shape `[num_layers, num_experts, ...]`); this undoes all.
     """
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.metadata import TensorStorageMetadata
@@ -290,5 +294,10 @@ def _read_model_tensors(dist_dir: Path, arch: ArchSpec) -> dict[str, torch.Tenso
         if tensor.shape[0] != arch.num_layers:
             raise ValueError(f"{key}: expected {arch.num_layers} stacked layers, found shape {tuple(tensor.shape)}")
         for i, layer in enumerate(tensor.unbind(0)):
-            full[f"{_LAYERS}{i}.{suffix}"] = layer
+            if suffix.startswith(_STACKED_EXPERTS):  # [num_experts, ...] within the layer
+                weight = suffix.removeprefix(_STACKED_EXPERTS)
+                for e, expert in enumerate(layer.unbind(0)):
+                    full[f"{_LAYERS}{i}.mlp.experts.local_experts.{e}.{weight}"] = expert
+            else:
+                full[f"{_LAYERS}{i}.{suffix}"] = layer
     return full

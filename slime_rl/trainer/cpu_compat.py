@@ -16,6 +16,9 @@ nothing else:
   optimizer is built with `clip_grad=0` and this function clips by the (Megatron-computed) global
   grad norm itself before `step_with_ready_grads`. On GPU it calls `optimizer.step()`.
 
+- `moe_token_dispatcher`: MoE layers exchange tokens with all-to-all on GPU; Megatron's all-to-all dispatcher
+  creates CUDA streams when it is built, so on CPU the all-gather dispatcher (the same routing) runs instead.
+
 Not supported on CPU (the trainer raises `ConfigError`): the bf16/fp16 mixed-precision optimizer. Sequence
 parallelism is not offered on either device.
 """
@@ -81,6 +84,11 @@ def device_scope() -> Iterator[None]:
     finally:
         for name, fn in saved.items():
             setattr(torch.cuda, name, fn)
+
+
+def moe_token_dispatcher() -> str:
+    """Megatron's `moe_token_dispatcher_type` for this device (see module docstring)."""
+    return "alltoall" if has_cuda() else "allgather"
 
 
 def optimizer_step(optimizer: Any, clip_grad: float) -> tuple[bool, float]:

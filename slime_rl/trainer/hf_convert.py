@@ -1,11 +1,11 @@
 """HuggingFace <-> Megatron-core weight names, layouts and tensor-parallel sharding (pure tensor code).
 
 Three layers of naming, each a `dict[str, Tensor]`:
-- HF: `model.layers.{i}.self_attn.q_proj.weight`, ... (Llama / Qwen2 / Qwen3).
-- Megatron *full*: names of the local-spec `GPTModel` with global layer indices and unsharded tensors
-  (vocabulary rows padded to a multiple of the TP size).
-- Megatron *local*: one rank's `model.state_dict()` keys (layer indices local to its pipeline stage)
-  and its TP shard of each tensor.
+- HF: `model.layers.{i}.self_attn.q_proj.weight`, ... (Llama / Qwen2 / Qwen3 / Qwen3-MoE).
+- Megatron *full*: names of the local-spec `GPTModel` with global layer and expert indices and unsharded
+  tensors (vocabulary rows padded to a multiple of the TP size).
+- Megatron *local*: one rank's `model.state_dict()` keys (layer indices local to its pipeline stage, expert
+  indices local to its expert-parallel rank) and its TP shard of each tensor.
 
 Layouts (REFERENCE.md §3): `linear_qkv` rows are `[groups, q_per_group + 2, head_dim]` (the queries of a
 KV group, then its key, then its value); `linear_fc1` rows are `[gate; up]` *per TP rank*. No I/O and
@@ -23,14 +23,16 @@ from torch import Tensor
 from slime_rl.trainer.model import ArchSpec
 
 _LAYER = re.compile(r"^decoder\.layers\.(\d+)\.(.+)$")
+_EXPERT = re.compile(r"^(.+\.local_experts\.)(\d+)(\..+)$")
 
 # Megatron per-layer suffix -> HF per-layer suffix, for tensors that map one to one.
 _DIRECT = {
     "input_layernorm.weight": "input_layernorm.weight",
     "pre_mlp_layernorm.weight": "post_attention_layernorm.weight",
     "self_attention.linear_proj.weight": "self_attn.o_proj.weight",
-    "mlp.linear_fc2.weight": "mlp.down_proj.weight",
 }
+_DENSE_MLP = {"mlp.linear_fc2.weight": "mlp.down_proj.weight"}
+_MOE_ROUTER = {"mlp.router.weight": "mlp.gate.weight"}  # [experts, hidden], the same on every rank
 # TP split dimension of each Megatron tensor (absent = replicated).
 _COLUMN = ("linear_qkv.weight", "linear_qkv.bias", "linear_fc1.weight", "word_embeddings.weight", "output_layer.weight")
 _ROW = ("linear_proj.weight", "linear_fc2.weight")
@@ -42,7 +44,18 @@ _QK_NORM = {
 
 
 def _direct(arch: ArchSpec) -> dict[str, str]:
-    return _DIRECT | _QK_NORM if arch.qk_layernorm else _DIRECT
+    mlp = _DENSE_MLP if arch.moe is None else _MOE_ROUTER
+    return _DIRECT | mlp | (_QK_NORM if arch.qk_layernorm else {})
+
+
+def _mlps(arch: ArchSpec, layer: int) -> list[tuple[str, str]]:
+    """(Megatron, HF) name prefixes of layer `layer`'s SwiGLU MLPs: the dense one, or every expert's."""
+    if arch.moe is None:
+        return [(f"decoder.layers.{layer}.mlp.", f"model.layers.{layer}.mlp.")]
+    return [
+        (f"decoder.layers.{layer}.mlp.experts.local_experts.{e}.", f"model.layers.{layer}.mlp.experts.{e}.")
+        for e in range(arch.moe.num_experts)
+    ]
 
 
 def _pad_rows(t: Tensor, rows: int) -> Tensor:
@@ -69,8 +82,12 @@ def hf_to_megatron_full(hf: Mapping[str, Tensor], arch: ArchSpec, tp_size: int) 
             per_group = [t.reshape(groups, -1, dim, *tail) for t in (q, k, v)]  # q_per_group, 1, 1 heads
             qkv = torch.cat(per_group, dim=1)
             out[f"{dst}self_attention.linear_qkv.{kind}"] = qkv.reshape(-1, *tail)
-        gate, up = hf[src + "mlp.gate_proj.weight"], hf[src + "mlp.up_proj.weight"]
-        out[dst + "mlp.linear_fc1.weight"] = torch.cat([gate, up])
+        for meg_mlp, hf_mlp in _mlps(arch, i):
+            out[meg_mlp + "linear_fc1.weight"] = torch.cat(
+                [hf[hf_mlp + "gate_proj.weight"], hf[hf_mlp + "up_proj.weight"]]
+            )
+            if arch.moe is not None:
+                out[meg_mlp + "linear_fc2.weight"] = hf[hf_mlp + "down_proj.weight"]
     return out
 
 
@@ -93,8 +110,11 @@ def megatron_full_to_hf(meg: Mapping[str, Tensor], arch: ArchSpec) -> dict[str, 
             q, k, v = qkv.reshape(groups, q_per_group + 2, dim, *tail).split([q_per_group, 1, 1], dim=1)
             for p, t in zip("qkv", (q, k, v), strict=True):
                 out[f"{dst}self_attn.{p}_proj.{kind}"] = t.reshape(-1, *tail).contiguous()
-        gate, up = meg[src + "mlp.linear_fc1.weight"].chunk(2)
-        out[dst + "mlp.gate_proj.weight"], out[dst + "mlp.up_proj.weight"] = gate.contiguous(), up.contiguous()
+        for meg_mlp, hf_mlp in _mlps(arch, i):
+            gate, up = meg[meg_mlp + "linear_fc1.weight"].chunk(2)
+            out[hf_mlp + "gate_proj.weight"], out[hf_mlp + "up_proj.weight"] = gate.contiguous(), up.contiguous()
+            if arch.moe is not None:
+                out[hf_mlp + "down_proj.weight"] = meg[meg_mlp + "linear_fc2.weight"]
     return out
 
 
@@ -135,10 +155,24 @@ def stage_layers(arch: ArchSpec, *, pp_rank: int, pp_size: int) -> range:
     return range(pp_rank * per_stage, (pp_rank + 1) * per_stage)
 
 
-def to_global_name(local_name: str, layer_offset: int) -> str:
-    """Megatron full name of a stage-local parameter name."""
+def expert_offset(arch: ArchSpec, *, ep_rank: int, ep_size: int) -> int:
+    """Global index of expert-parallel rank `ep_rank`'s first expert (experts split evenly, in order)."""
+    return ep_rank * arch.moe.num_experts // ep_size if arch.moe is not None else 0
+
+
+def to_global_name(local_name: str, layer_offset: int, expert_offset: int = 0) -> str:
+    """Megatron full name of a stage-local (and expert-rank-local) parameter name."""
     match = _LAYER.match(local_name)
-    return f"decoder.layers.{int(match[1]) + layer_offset}.{match[2]}" if match else local_name
+    if not match:
+        return local_name
+    name = f"decoder.layers.{int(match[1]) + layer_offset}.{match[2]}"
+    expert = _EXPERT.match(name)
+    return f"{expert[1]}{int(expert[2]) + expert_offset}{expert[3]}" if expert else name
+
+
+def is_expert_param(name: str) -> bool:
+    """True for the weights of a routed expert (split over expert-parallel ranks, not replicated)."""
+    return ".local_experts." in name
 
 
 def local_state_dict(
@@ -150,15 +184,18 @@ def local_state_dict(
     tp_size: int,
     pp_rank: int,
     pp_size: int,
+    ep_rank: int = 0,
+    ep_size: int = 1,
 ) -> dict[str, Tensor]:
     """The tensors a rank loads into its `GPTModel` (keys `local_names`) from Megatron full tensors.
 
     A tied last stage of a pipeline holds its own copy of the embedding as `output_layer.weight`.
     """
     offset = stage_layers(arch, pp_rank=pp_rank, pp_size=pp_size).start
+    experts = expert_offset(arch, ep_rank=ep_rank, ep_size=ep_size)
     out = {}
     for name in local_names:
-        global_name = to_global_name(name, offset)
+        global_name = to_global_name(name, offset, experts)
         if global_name == "output_layer.weight" and arch.tie_word_embeddings:
             global_name = "embedding.word_embeddings.weight"
         out[name] = shard(name, full[global_name], tp_rank=tp_rank, tp_size=tp_size)

@@ -23,7 +23,11 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class ParallelLayout:
-    """Where this rank sits in the TP x PP x DP grid (Megatron order tp-cp-ep-dp-pp)."""
+    """Where this rank sits in the TP x PP x DP grid (Megatron order tp-cp-ep-dp-pp).
+
+    Expert parallelism splits the experts of an MoE layer over `ep_size` ranks of the DP group: those ranks
+    hold different experts and the same dense weights.
+    """
 
     tp_size: int
     pp_size: int
@@ -31,6 +35,8 @@ class ParallelLayout:
     tp_rank: int
     pp_rank: int
     dp_rank: int
+    ep_size: int = 1
+    ep_rank: int = 0
 
     @property
     def is_first_stage(self) -> bool:
@@ -49,13 +55,15 @@ def init_parallel(
     master_port: int,
     tp_size: int,
     pp_size: int,
+    ep_size: int = 1,
     seed: int = 1234,
     timeout_s: float = 600.0,
     listener: socket.socket | None = None,
 ) -> ParallelLayout:
     """Join the default process group and build Megatron's TP/PP/DP groups; returns this rank's layout.
 
-    `world_size` must be a multiple of `tp_size * pp_size`; the quotient is the DP size. Rank 0 hosts the
+    `world_size` must be a multiple of `tp_size * pp_size`; the quotient is the DP size, which `ep_size` must
+    divide (experts keep the TP split of the dense layers). Rank 0 hosts the
     group's store at `master_addr:master_port`, listening on that address only: on `listener` if given (a
     socket from `rendezvous.listen_socket` it already reported), else on a socket it binds there now.
     """
@@ -64,6 +72,10 @@ def init_parallel(
 
     if world_size % (tp_size * pp_size):
         raise ValueError(f"world_size={world_size} is not a multiple of tp*pp={tp_size * pp_size}")
+    if (world_size // (tp_size * pp_size)) % ep_size:
+        raise ValueError(
+            f"expert parallel size {ep_size} does not divide the DP size {world_size // (tp_size * pp_size)}"
+        )
     backend = "nccl" if has_cuda() else "gloo"
     if has_cuda():
         # One GPU per rank: rank i of a single-node launch takes device i; under Ray each actor sees only its
@@ -78,6 +90,7 @@ def init_parallel(
     mpu.initialize_model_parallel(
         tensor_model_parallel_size=tp_size,
         pipeline_model_parallel_size=pp_size,
+        expert_model_parallel_size=ep_size,
         create_gloo_process_groups=False,  # gloo is already the default backend on CPU
     )
     torch.manual_seed(seed)
@@ -99,6 +112,8 @@ def current_layout() -> ParallelLayout:
         tp_rank=mpu.get_tensor_model_parallel_rank(),
         pp_rank=mpu.get_pipeline_model_parallel_rank(),
         dp_rank=mpu.get_data_parallel_rank(),
+        ep_size=mpu.get_expert_model_parallel_world_size(),
+        ep_rank=mpu.get_expert_model_parallel_rank(),
     )
 
 

@@ -111,12 +111,17 @@ class MegatronTrainer:
             master_port=self.master_port,
             tp_size=cfg.tensor_model_parallel_size,
             pp_size=cfg.pipeline_model_parallel_size,
+            ep_size=cfg.expert_model_parallel_size,
             seed=cfg.seed,
             listener=self.listener,
         )
         self.arch = arch_from_hf(weights.read_hf_config(self.model_cfg.path))
         self.tf_config = transformer_config(
-            self.arch, tp_size=self.layout.tp_size, pp_size=self.layout.pp_size, dtype=self.dtype
+            self.arch,
+            tp_size=self.layout.tp_size,
+            pp_size=self.layout.pp_size,
+            ep_size=self.layout.ep_size,
+            dtype=self.dtype,
         )
         with device_scope():
             self.model = build_gpt_model(

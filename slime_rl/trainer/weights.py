@@ -85,6 +85,8 @@ def load_hf_into_model(model: torch.nn.Module, arch: ArchSpec, hf: dict[str, Ten
         tp_size=layout.tp_size,
         pp_rank=layout.pp_rank,
         pp_size=layout.pp_size,
+        ep_rank=layout.ep_rank,
+        ep_size=layout.ep_size,
     )
     for name, param in params.items():
         if param.shape != local[name].shape:
@@ -93,23 +95,34 @@ def load_hf_into_model(model: torch.nn.Module, arch: ArchSpec, hf: dict[str, Ten
 
 
 def _stage_full_tensors(model: torch.nn.Module, arch: ArchSpec, layout: ParallelLayout) -> dict[str, Tensor]:
-    """This stage's parameters, TP-gathered, under Megatron full names (collective over the TP group)."""
+    """This stage's parameters, TP-gathered, with every expert-parallel rank's experts, under Megatron full names.
+
+    Collective over the TP group and, for an MoE model, the expert-parallel group.
+    """
     from megatron.core import parallel_state as mpu
 
     offset = hf_convert.stage_layers(arch, pp_rank=layout.pp_rank, pp_size=layout.pp_size).start
-    tp_group = mpu.get_tensor_model_parallel_group()
+    expert_offsets = [hf_convert.expert_offset(arch, ep_rank=r, ep_size=layout.ep_size) for r in range(layout.ep_size)]
     out = {}
     for name, param in model.named_parameters():
         if name == "output_layer.weight" and arch.tie_word_embeddings:
             continue  # the last stage's copy of the tied embedding
+        is_expert = hf_convert.is_expert_param(name)
         local = param.detach().contiguous()
         if layout.tp_size > 1 and hf_convert.tp_split_dim(name) is not None:
             shards = [torch.empty_like(local) for _ in range(layout.tp_size)]
+            tp_group = mpu.get_expert_tensor_parallel_group() if is_expert else mpu.get_tensor_model_parallel_group()
             dist.all_gather(shards, local, group=tp_group)
             full = hf_convert.unshard(name, shards)
         else:
             full = local
-        out[hf_convert.to_global_name(name, offset)] = full
+        if is_expert and layout.ep_size > 1:
+            pieces = [torch.empty_like(full) for _ in range(layout.ep_size)]
+            dist.all_gather(pieces, full.contiguous(), group=mpu.get_expert_model_parallel_group())
+            for piece, experts in zip(pieces, expert_offsets, strict=True):
+                out[hf_convert.to_global_name(name, offset, experts)] = piece
+        else:
+            out[hf_convert.to_global_name(name, offset)] = full
     return out
 
 
@@ -117,14 +130,15 @@ def _stage_full_tensors(model: torch.nn.Module, arch: ArchSpec, layout: Parallel
 def gather_hf_state_dict(model: torch.nn.Module, arch: ArchSpec, layout: ParallelLayout) -> dict[str, Tensor] | None:
     """The full model under HF names on global rank 0 (CPU tensors); None on every other rank.
 
-    Collective: every rank calls it. Ranks of data-parallel replicas other than 0 return at once.
+    Collective: every rank calls it. Ranks of data-parallel replicas other than 0 return at once, except, for
+    an MoE model, the ranks that hold replica 0's other experts (the first `ep_size` DP ranks).
     """
     from megatron.core import parallel_state as mpu
 
-    if layout.dp_rank != 0:
+    if layout.dp_rank >= layout.ep_size:
         return None
     stage = _stage_full_tensors(model, arch, layout)
-    if layout.tp_rank != 0:
+    if layout.dp_rank != 0 or layout.tp_rank != 0:
         return None
     pp_group = mpu.get_pipeline_model_parallel_group()
     full: dict[str, Tensor] = {}

@@ -1,8 +1,9 @@
-"""Tiny random HF models of the Qwen3 and Llama 3 families, written as normal HF directories (no hub access).
+"""Tiny random HF models of the Qwen3, Qwen3-MoE and Llama 3 families, written as HF directories (no hub access).
 
 Norm weights are perturbed away from HF's all-ones init, so swapping Qwen3's q_norm and k_norm (or dropping
 them) changes the logits. The Llama 3 model uses `rope_type: llama3` with `original_max_position_embeddings=64`,
-so the frequency scaling moves the rotary angles within a test's short sequences.
+so the frequency scaling moves the rotary angles within a test's short sequences. The Qwen3-MoE model routes each
+token to 2 of 4 experts with renormalised probabilities (`norm_topk_prob`, as Qwen3-30B-A3B).
 """
 
 from __future__ import annotations
@@ -10,11 +11,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, LlamaConfig, Qwen3Config
+from transformers import AutoModelForCausalLM, LlamaConfig, Qwen3Config, Qwen3MoeConfig
 
 from slime_rl.toy.tokenizer import make_char_tokenizer
 
-FAMILIES = ("qwen3", "llama3")
+FAMILIES = ("qwen3", "qwen3_moe", "llama3")
 # Llama 3's rope scaling with a short original context, so that the scaling changes positions the tests reach.
 LLAMA3_ROPE = {
     "rope_type": "llama3",
@@ -43,6 +44,9 @@ def make_family_model(path: Path, family: str, *, seed: int = 0) -> Path:
     }
     if family == "qwen3":  # as Qwen3-0.6B: head_dim set apart from hidden/heads, tied embeddings
         config = Qwen3Config(**common, head_dim=32, tie_word_embeddings=True)
+    elif family == "qwen3_moe":
+        experts = {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 48, "norm_topk_prob": True}
+        config = Qwen3MoeConfig(**common, **experts, head_dim=32, tie_word_embeddings=False)
     else:
         config = LlamaConfig(**common, rope_parameters=LLAMA3_ROPE, tie_word_embeddings=False)
     torch.manual_seed(seed)
