@@ -1,9 +1,10 @@
 """The driver: from a config to a finished run (`slime-rl train`, `slime-rl rollout`).
 
 Starts or joins Redis and Ray, places and starts the engines, the router, the rollout worker and the
-trainer group, then runs the SFT stage (`sft`, fresh starts only) and the configured loop with checkpoints,
-evals, metrics and a final report. An experiment's `prepare` hook runs first, before any service starts.
-Everything it starts it stops, also on errors (engine servers and the router die with their owners).
+trainer group, then runs the SFT stage (`sft`, fresh starts only; saved as checkpoint 0) and the configured
+loop with checkpoints, evals, metrics and a final report. An experiment's `prepare` hook runs first, before
+any service starts. Everything it starts it stops, also on errors (engine servers and the router die with
+their owners).
 """
 
 from __future__ import annotations
@@ -282,15 +283,16 @@ def save_checkpoint(cfg: SlimeRLConfig, ctx: LoopContext, step: int) -> None:
     ctx.trainers.save(step)
 
 
-def resume(cfg: SlimeRLConfig, ctx: LoopContext) -> int:
-    """Load the latest checkpoint (weights, optimizer, buffer); returns the step to start from (0 = fresh).
+def resume(cfg: SlimeRLConfig, ctx: LoopContext) -> int | None:
+    """Load the latest checkpoint (weights, optimizer, buffer); returns its step, or None for a fresh start
+    (from `model.path`, or from another run's `trainer.init_checkpoint`). Step 0 is the SFT stage's checkpoint.
 
     A fresh start on a buffer some trainer already trained from (a run that died before its first
     checkpoint) clears the buffer: no state of it agrees with fresh weights. A buffer nothing trained from
     (e.g. filled by `slime-rl rollout`) is kept.
     """
-    step = (ctx.trainers.load() if cfg.trainer.load_checkpoint else None) or 0
-    if step == 0:
+    step = ctx.trainers.load()  # None when trainer.load_checkpoint is false or nothing was saved
+    if step is None:
         if trained := ctx.buffer.counters()["trained"]:
             logger.warning(
                 "no checkpoint to resume from, but buffer run %r has trained %d groups; starting it afresh",
@@ -298,7 +300,7 @@ def resume(cfg: SlimeRLConfig, ctx: LoopContext) -> int:
                 trained,
             )
             ctx.buffer.clear()
-        return 0
+        return None
     state_file = buffer_state_file(cfg, step)
     if state_file.exists():
         ctx.buffer.restore_state(state_file.read_bytes())
@@ -310,9 +312,12 @@ def resume(cfg: SlimeRLConfig, ctx: LoopContext) -> int:
 
 def run_loop(cfg: SlimeRLConfig, ctx: LoopContext, metrics: MetricsLogger) -> None:
     ctx.stage("resuming from the latest checkpoint")
-    start_step = resume(cfg, ctx)
-    if start_step == 0 and cfg.sft.path and cfg.sft.steps:  # a resumed run's weights are past the SFT stage
+    resumed_step = resume(cfg, ctx)
+    start_step = resumed_step or 0
+    if resumed_step is None and cfg.sft.path and cfg.sft.steps:  # a resumed run's weights are past the SFT stage
         metrics.log(0, run_sft(cfg, ctx))
+        ctx.stage("saving the SFT stage's checkpoint (step 0)")
+        save_checkpoint(cfg, ctx, 0)  # a resume skips the stage; other runs start here (trainer.init_checkpoint)
     ctx.stage(f"publishing weights version {start_step}")
     publish(ctx, start_step)  # engines serve exactly the trainer's weights, also after SFT or a resume
     if start_step == 0 and cfg.eval.path:

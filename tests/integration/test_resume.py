@@ -57,11 +57,18 @@ def test_resume_restores_the_buffer_saved_with_the_checkpoint(ctx):
 
 def test_resume_without_checkpoint_clears_a_buffer_that_was_trained_from(ctx):
     _train_one_group(ctx.buffer, "a")  # a run that died before its first checkpoint
-    assert resume(ctx.cfg, ctx) == 0
+    assert resume(ctx.cfg, ctx) is None
     assert ctx.buffer.snapshot()["issued"] == 0
 
 
 def test_resume_without_checkpoint_keeps_a_buffer_nothing_trained_from(ctx):
     ctx.buffer.put_prompts([Group(group_id="p", samples=[Sample(uid="p-0", group_id="p", index=0, prompt_ids=[1])])])
-    assert resume(ctx.cfg, ctx) == 0
+    assert resume(ctx.cfg, ctx) is None
     assert ctx.buffer.snapshot()["prompts"] == 1
+
+
+def test_resume_from_the_sft_stages_checkpoint_returns_step_0_not_a_fresh_start(ctx):
+    save_checkpoint(ctx.cfg, ctx, 0)  # what the driver saves after the SFT stage
+    _train_one_group(ctx.buffer, "a")  # trained after it, then the run died
+    assert resume(ctx.cfg, ctx) == 0  # not None: the driver skips the SFT stage
+    assert ctx.buffer.counters()["trained"] == 0
