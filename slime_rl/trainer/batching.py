@@ -41,11 +41,12 @@ class MicroBatch:
     cols: Tensor  # int64 [T] position whose logits predict it
     num_samples: int  # real (non-padding) rows
     token_index: Tensor  # int64 [T] these tokens' positions in the batch's flat token arrays
+    padding_mask: Tensor  # bool [B, S], True at padding positions (Megatron's MoE routers leave them out)
 
     def to(self, device: torch.device) -> MicroBatch:
         """The same micro-batch with its tensors on `device`."""
         moved = {name: getattr(self, name).to(device) for name in ("input_ids", "position_ids", "targets")}
-        moved |= {name: getattr(self, name).to(device) for name in ("rows", "cols")}
+        moved |= {name: getattr(self, name).to(device) for name in ("rows", "cols", "padding_mask")}
         return MicroBatch(**moved, num_samples=self.num_samples, token_index=self.token_index)
 
 
@@ -98,6 +99,18 @@ def plan_micro_batches(samples: Sequence[Sample], *, max_rows: int, max_tokens: 
     return MicroBatchPlan(groups=groups, rows=None, seq_len=None)
 
 
+def plan_shape(plan: MicroBatchPlan, samples: Sequence[Sample]) -> tuple[int, int, int]:
+    """(micro-batches, rows, input length): the fewest of each that hold every micro-batch of `plan`."""
+    rows = plan.rows or max((len(group) for group in plan.groups), default=1)
+    return len(plan.groups), rows, plan.seq_len or seq_length(samples)
+
+
+def padded_plan(plan: MicroBatchPlan, num_micro_batches: int, rows: int, seq_len: int) -> MicroBatchPlan:
+    """`plan` at one fixed shape, with empty micro-batches (padding rows only) up to `num_micro_batches`."""
+    empty: list[list[int]] = [[] for _ in range(num_micro_batches - len(plan.groups))]
+    return MicroBatchPlan(groups=plan.groups + empty, rows=rows, seq_len=seq_len)
+
+
 def build_micro_batches(samples: Sequence[Sample], plan: MicroBatchPlan) -> list[MicroBatch]:
     """The micro-batches `plan` lays `samples` out in (padded per the plan's shape)."""
     lengths = np.array([len(s.response_ids) for s in samples], dtype=np.int64)
@@ -108,12 +121,14 @@ def build_micro_batches(samples: Sequence[Sample], plan: MicroBatchPlan) -> list
         num_rows = plan.rows or len(chunk)
         seq_len = plan.seq_len or seq_length(chunk)
         input_ids = torch.zeros(num_rows, seq_len, dtype=torch.long)
+        padding_mask = torch.ones(num_rows, seq_len, dtype=torch.bool)
         rows, cols, targets = [], [], []
         for row, sample in enumerate(chunk):
             tokens = np.concatenate([sample.prompt_ids, sample.response_ids]).astype(np.int64)
             if len(tokens) - 1 > seq_len:
                 raise ValueError(f"sample {sample.uid} has {len(tokens)} tokens; seq_len={seq_len} is too short")
             input_ids[row, : len(tokens) - 1] = torch.from_numpy(tokens[:-1])
+            padding_mask[row, : len(tokens) - 1] = False
             num_prompt, num_response = len(sample.prompt_ids), len(sample.response_ids)
             if num_response and not num_prompt:
                 raise ValueError(f"sample {sample.uid} has no prompt token to predict its first response token from")
@@ -125,14 +140,20 @@ def build_micro_batches(samples: Sequence[Sample], plan: MicroBatchPlan) -> list
             MicroBatch(
                 input_ids=input_ids,
                 position_ids=torch.arange(seq_len).unsqueeze(0).expand(num_rows, -1).contiguous(),
-                targets=torch.cat(targets),
-                rows=torch.cat(rows).long(),
-                cols=torch.cat(cols).long(),
+                targets=_cat_long(targets),
+                rows=_cat_long(rows),
+                cols=_cat_long(cols),
                 num_samples=len(chunk),
-                token_index=torch.cat(token_index).long(),
+                token_index=_cat_long(token_index),
+                padding_mask=padding_mask,
             )
         )
     return batches
+
+
+def _cat_long(parts: list[Tensor]) -> Tensor:
+    """`parts` concatenated as int64; empty for an empty micro-batch."""
+    return torch.cat(parts).long() if parts else torch.zeros(0, dtype=torch.long)
 
 
 def flat_response_array(samples: list[Sample], field: str) -> np.ndarray:

@@ -44,7 +44,7 @@ def _is_cuda(device: Any) -> bool:
         return device.type == "cuda"
     if isinstance(device, str):
         return device.startswith("cuda")
-    # Megatron passes `torch.cuda.current_device()` (stubbed to 0 below) as a bare int.
+    # Megatron passes device indices as bare ints.
     return isinstance(device, int) and not isinstance(device, bool)
 
 
@@ -76,7 +76,9 @@ def device_scope() -> Iterator[None]:
         yield
         return
     saved = {name: getattr(torch.cuda, name) for name in ("current_device", "synchronize")}
-    torch.cuda.current_device = lambda: 0
+    # The CPU device itself, not an index: autograd runs Megatron's backward functions (e.g. the MoE token
+    # gather) outside this TorchFunctionMode, where `device=torch.cuda.current_device()` must still mean CPU.
+    torch.cuda.current_device = lambda: torch.device("cpu")
     torch.cuda.synchronize = lambda device=None: None
     try:
         with _CudaToCpuMode():
@@ -105,7 +107,9 @@ def optimizer_step(optimizer: Any, clip_grad: float) -> tuple[bool, float]:
     grad_norm = float(optimizer.get_grad_norm() or 0.0)
     coeff = clip_grad / (grad_norm + 1e-6)
     if clip_grad > 0 and coeff < 1.0:
-        grads = [p.grad for p in optimizer.get_parameters() if p.grad is not None]
+        # An MoE model's ChainedOptimizer holds one optimizer for the dense and one for the expert weights.
+        parts = getattr(optimizer, "chained_optimizers", [optimizer])
+        grads = [p.grad for part in parts for p in part.get_parameters() if p.grad is not None]
         torch._foreach_mul_(grads, coeff)
     return bool(optimizer.step_with_ready_grads()), grad_norm
 

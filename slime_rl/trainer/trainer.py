@@ -31,13 +31,16 @@ from slime_rl.trainer.batching import (
     MicroBatch,
     build_micro_batches,
     flat_response_array,
+    padded_plan,
     plan_micro_batches,
+    plan_shape,
     split_flat,
 )
 from slime_rl.trainer.cpu_compat import device_scope, has_cuda, optimizer_step
 from slime_rl.trainer.logprobs import vocab_parallel_logprobs
 from slime_rl.trainer.lr_schedule import make_lr_schedule, run_lr_decay_steps
 from slime_rl.trainer.model import arch_from_hf, build_gpt_model, transformer_config
+from slime_rl.trainer.moe_metrics import ExpertLoad
 from slime_rl.trainer.objective import StepTotals, TokenInputs, rl_objective, sft_objective
 from slime_rl.trainer.parallel import init_parallel
 from slime_rl.trainer.weight_sync import WeightPublisher, publish
@@ -167,6 +170,7 @@ class MegatronTrainer:
         self.vocab_start = self.layout.tp_rank * vocab_per_rank
         self.version = 0
         self.publisher: WeightPublisher | None = None  # rank 0's weight-update groups, built on first publish
+        self.expert_load = ExpertLoad(self.model, self.arch.moe.num_experts) if self.arch.moe is not None else None
 
     # -- forward / backward ------------------------------------------------------------------------------
 
@@ -189,6 +193,14 @@ class MegatronTrainer:
         plan = plan_micro_batches(
             samples, max_rows=self.cfg.micro_batch_size, max_tokens=self.cfg.max_tokens_per_micro_batch
         )
+        if self.layout.ep_size > 1:
+            # Expert-parallel ranks exchange tokens inside every MoE layer, so the DP ranks run the same number
+            # of micro-batches, of one shape (Megatron's all-gather dispatcher, used on CPU, needs equal shapes).
+            from megatron.core import parallel_state as mpu
+
+            shape = torch.tensor(plan_shape(plan, samples), device=self.device)
+            dist.all_reduce(shape, op=dist.ReduceOp.MAX, group=mpu.get_data_parallel_group())
+            plan = padded_plan(plan, *(int(n) for n in shape.tolist()))
         return build_micro_batches(samples, plan)
 
     def _run_schedule(self, mbs: list[MicroBatch], loss_fn: Callable, *, forward_only: bool) -> list[dict]:
@@ -201,7 +213,9 @@ class MegatronTrainer:
 
         def forward_step(data_iterator: Iterator[MicroBatch], model: torch.nn.Module):
             mb = next(data_iterator).to(self.device)
-            output = model(mb.input_ids, mb.position_ids, None)
+            # Padding positions stay out of an MoE model's load-balancing loss and expert counts.
+            padding_mask = mb.padding_mask if self.arch.moe is not None else None
+            output = model(mb.input_ids, mb.position_ids, None, padding_mask=padding_mask)
             return output, partial(loss_fn, mb, len(mbs))
 
         grad_mode = torch.no_grad() if forward_only else contextlib.nullcontext()
@@ -274,11 +288,14 @@ class MegatronTrainer:
 
         self.ddp.zero_grad_buffer()
         self.optimizer.zero_grad()
-        stores = self._run_schedule(self._micro_batches(samples), schedule_loss, forward_only=False)
+        mbs = self._micro_batches(samples)
+        stores = self._run_schedule(mbs, schedule_loss, forward_only=False)
         with device_scope():
             success, grad_norm = optimizer_step(self.optimizer, self.cfg.clip_grad)
         metrics = self._reduce_metrics(stores)
         metrics |= {"train/grad_norm": grad_norm, "train/step_skipped": float(not success)}
+        if self.expert_load is not None:
+            metrics |= self.expert_load.step_metrics(self.layout, len(mbs), self.arch.num_layers)
         return metrics | {"perf/num_tokens": float(all_tokens)}
 
     def _reduce_metrics(self, stores: list[dict[str, torch.Tensor]]) -> dict[str, float]:

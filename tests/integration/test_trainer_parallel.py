@@ -90,6 +90,40 @@ def _dp_two_steps(trainer, batches):
     return two_steps(trainer, batches[trainer.layout.dp_rank])
 
 
+@pytest.fixture(scope="module")
+def qwen3_moe(tmp_path_factory):
+    return str(make_family_model(tmp_path_factory.mktemp("qwen3_moe") / "hf", "qwen3_moe"))
+
+
+def test_moe_expert_parallel_training_matches_one_expert_rank(qwen3_moe):
+    # Two DP ranks each train half the batch; with EP=2 each holds 2 of the 4 experts and tokens travel to them.
+    # The load-balancing loss is in the gradients (Megatron's aux loss), so the steps test its EP path too.
+    halves = dp_halves(make_batch(num_samples=8))
+    runs = {
+        ep: run_ranks(
+            _dp_two_steps,
+            model_path=qwen3_moe,
+            trainer_cfg=trainer_cfg(dp=2, expert_model_parallel_size=ep),
+            algo_cfg=FIXED_OLD,
+            batches=halves,
+        )
+        for ep in (1, 2)
+    }
+    base = runs[1][0]
+    shares = [f"train/moe_token_share_expert_{e}" for e in range(4)]
+    for step in ("first", "second"):
+        assert base[step]["train/moe_load_balancing_loss"] > 0
+        assert sum(base[step][k] for k in shares) == pytest.approx(1.0)
+        assert base[step]["train/moe_load_max_over_mean"] >= 1.0
+    assert base["second"]["train/loss"] != pytest.approx(base["first"]["train/loss"], abs=1e-4)
+    for result in runs[2]:
+        for step in ("first", "second"):
+            for key in ("train/loss", "train/grad_norm", "train/moe_load_balancing_loss", *shares):
+                assert result[step][key] == pytest.approx(base[step][key], abs=1e-5), (step, key)
+    for ep1, ep2 in zip(runs[1], runs[2], strict=True):
+        np.testing.assert_allclose(np.concatenate(ep2["logprobs"]), np.concatenate(ep1["logprobs"]), atol=1e-5)
+
+
 def test_distributed_optimizer_at_dp2_matches_tp1(toy_model):
     # Each DP rank keeps and updates its half of Adam's state, then the ranks all-gather the weights.
     batch = make_batch(num_samples=8)

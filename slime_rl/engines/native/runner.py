@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import re
 from collections.abc import Iterable
 
 import torch
@@ -20,6 +21,10 @@ from slime_rl.engines.native.kv_cache import RaggedKVCache
 from slime_rl.engines.native.ragged_attention import ATTENTION_NAME, plan_buckets
 
 logger = logging.getLogger(__name__)
+
+# One expert's weight as checkpoints (and SGLang) name it; transformers 5 holds an MoE layer's experts fused, as
+# `experts.gate_up_proj` [experts, 2 * intermediate, hidden] (gate rows first) and `experts.down_proj`.
+_EXPERT_WEIGHT = re.compile(r"^(.+\.experts)\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight$")
 
 
 def resolve_dtype(name: str, device: str) -> torch.dtype:
@@ -122,7 +127,7 @@ class ModelRunner:
         """
         count = 0
         for name, tensor in named_tensors:
-            param = self._params.get(name)
+            param = self._destination(name)
             if param is None:
                 raise ValueError(f"weight {name!r} is not a parameter of {type(self.model).__name__}")
             if tuple(param.shape) != tuple(tensor.shape):
@@ -130,3 +135,20 @@ class ModelRunner:
             param.copy_(tensor.to(device=param.device, dtype=param.dtype))
             count += 1
         return count
+
+    def _destination(self, name: str) -> torch.Tensor | None:
+        """The parameter HF-named weight `name` fills: itself, or its expert's slice of a fused expert weight."""
+        if name in self._params:
+            return self._params[name]
+        match = _EXPERT_WEIGHT.match(name)
+        if match is None:
+            return None
+        experts, index, projection = match[1], int(match[2]), match[3]
+        if projection == "down_proj":
+            fused = self._params.get(f"{experts}.down_proj")
+            return fused[index] if fused is not None else None
+        fused = self._params.get(f"{experts}.gate_up_proj")
+        if fused is None:
+            return None
+        gate, up = fused[index].chunk(2)
+        return gate if projection == "gate_proj" else up
