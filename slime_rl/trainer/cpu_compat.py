@@ -2,8 +2,8 @@
 
 The trainer runs one Megatron-core code path on GPU and CPU. Megatron hard-codes CUDA in a few places
 (`torch.cuda.current_device()`, `device="cuda"`, `RotaryEmbedding.get_emb` moving `inv_freq`, grad
-clipping asserting `torch.cuda.FloatTensor`). This module owns the three pieces that bridge that gap and
-nothing else:
+clipping asserting `torch.cuda.FloatTensor`, the MoE all-to-all dispatcher's CUDA streams). This module
+owns the pieces that bridge that gap and nothing else:
 
 - `SDPACoreAttention`: the core-attention module of our layer spec, on both devices. Megatron's local
   `DotProductAttention` needs fused CUDA softmax kernels; SDPA is a flash kernel on GPU and works on CPU.
@@ -15,7 +15,6 @@ nothing else:
 - `optimizer_step`: Megatron's `clip_grad_by_total_norm_fp32` cannot run on CPU, so on CPU the
   optimizer is built with `clip_grad=0` and this function clips by the (Megatron-computed) global
   grad norm itself before `step_with_ready_grads`. On GPU it calls `optimizer.step()`.
-
 - `moe_token_dispatcher`: MoE layers exchange tokens with all-to-all on GPU; Megatron's all-to-all dispatcher
   creates CUDA streams when it is built, so on CPU the all-gather dispatcher (the same routing) runs instead.
 
