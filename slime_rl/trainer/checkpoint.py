@@ -149,6 +149,7 @@ def save(trainer: MegatronTrainer, step: int) -> Path:
             "tp_size": layout.tp_size,
             "pp_size": layout.pp_size,
             "distributed_optimizer": trainer.cfg.use_distributed_optimizer,
+            "optimizer_parts": _optimizer_parts(trainer),
             "lr_schedule": trainer.lr_schedule.state_dict(),
         }
         (out_dir / "meta.json").write_text(json.dumps(meta))
@@ -221,6 +222,14 @@ def _load_weights_and_optimizer(trainer: MegatronTrainer, step_dir: Path) -> dic
             f"resume with trainer.use_distributed_optimizer={saved_with} (any TP/PP/DP sizes), or with "
             "trainer.load_optimizer=false to start Adam afresh"
         )
+    saved_parts, parts = meta.get("optimizer_parts", 1), _optimizer_parts(trainer)
+    if trainer.cfg.load_optimizer and saved_parts != parts:
+        # Megatron names a chained optimizer's state by part (`chained_{i}.`) only when it has several parts.
+        raise ConfigError(
+            f"checkpoint {step_dir} holds Adam's state in {saved_parts} part(s) and this run's optimizer has {parts} "
+            "(an MoE model's expert weights get their own part at trainer.expert_model_parallel_size > 1); resume "
+            "at an expert parallel size on the same side of 1, or with trainer.load_optimizer=false"
+        )
     with device_scope():
         if not trainer.cfg.load_optimizer:
             # The optimizer's tensors are left unread (Megatron loads a subset of a checkpoint's keys).
@@ -240,6 +249,11 @@ def _load_weights_and_optimizer(trainer: MegatronTrainer, step_dir: Path) -> dic
     for group in trainer.optimizer.param_groups:
         group.update(max_lr=cfg.lr, min_lr=cfg.min_lr, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps)
     return meta
+
+
+def _optimizer_parts(trainer: MegatronTrainer) -> int:
+    """How many optimizers Megatron chained: 2 when an MoE model's experts have their own DP group, else 1."""
+    return len(getattr(trainer.optimizer, "chained_optimizers", [trainer.optimizer]))
 
 
 def export_checkpoint_to_hf(checkpoint: str | Path, out: str | Path) -> Path:

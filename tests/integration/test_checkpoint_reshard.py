@@ -21,6 +21,7 @@ from slime_rl.config import TrainerConfig
 from slime_rl.errors import ConfigError
 from slime_rl.trainer import checkpoint
 from slime_rl.trainer.checkpoint import export_checkpoint_to_hf
+from tests.integration.family_models import make_family_model
 from tests.integration.trainer_ranks import FIXED_OLD, dp_halves, make_batch, run_ranks, trainer_cfg
 
 BATCH = make_batch(num_samples=8)
@@ -119,6 +120,32 @@ def test_distributed_optimizer_checkpoint_saved_at_dp2_resumes_at_tp2(reference,
     resumed_at_tp2 = _cfg(ckpt, tp=2, use_distributed_optimizer=True)
     results = run_ranks(load_continue, model_path=tied_qwen, trainer_cfg=resumed_at_tp2, algo_cfg=FIXED_OLD)
     _assert_continues_reference(results, reference)
+
+
+def _load_or_error(trainer):
+    try:
+        return load_continue(trainer)
+    except ConfigError as err:
+        return str(err)
+
+
+def test_moe_checkpoint_saved_at_ep2_loads_its_weights_at_ep1(tmp_path):
+    # Two DP ranks: at EP2 each holds 2 of the 4 experts, at EP1 all 4; the checkpoint holds every expert whole.
+    # Adam's state is kept in two parts at EP2 (experts apart) and in one at EP1, which Megatron names differently.
+    model = str(make_family_model(tmp_path / "hf", "qwen3_moe"))
+    reference = run_ranks(
+        step_save_continue, model_path=model, trainer_cfg=_cfg(tmp_path / "ref", dp=2), algo_cfg=FIXED_OLD
+    )[0]
+    ckpt = tmp_path / "ckpt"
+    saved_at_ep2 = _cfg(ckpt, dp=2, expert_model_parallel_size=2)
+    run_ranks(step_save_continue, model_path=model, trainer_cfg=saved_at_ep2, algo_cfg=FIXED_OLD)
+    errors = run_ranks(_load_or_error, model_path=model, trainer_cfg=_cfg(ckpt, dp=2), algo_cfg=FIXED_OLD)
+    assert all("in 2 part(s)" in e and "trainer.load_optimizer=false" in e and "\n" not in e for e in errors)
+    weights_only = _cfg(ckpt, dp=2, load_optimizer=False)
+    for result in run_ranks(load_continue, model_path=model, trainer_cfg=weights_only, algo_cfg=FIXED_OLD):
+        assert (result["step"], result["version"]) == (1, 1)
+        np.testing.assert_allclose(result["logprobs"], reference["logprobs"], atol=1e-5)
+        assert result["next"]["train/loss"] == pytest.approx(reference["next"]["train/loss"], abs=1e-5)
 
 
 def test_checkpoint_of_the_other_optimizer_kind_is_refused_with_the_fix(reference, tmp_path):
