@@ -95,7 +95,8 @@ def load_hf_into_model(model: torch.nn.Module, arch: ArchSpec, hf: dict[str, Ten
 
 
 def _stage_full_tensors(model: torch.nn.Module, arch: ArchSpec, layout: ParallelLayout) -> dict[str, Tensor]:
-    """This stage's parameters, TP-gathered, with every expert-parallel rank's experts, under Megatron full names.
+    """This stage's parameters, TP-gathered, with every expert-parallel rank's experts, under Megatron full names
+    (on a DP rank other than 0, only the experts).
 
     Collective over the TP group and, for an MoE model, the expert-parallel group.
     """
@@ -108,6 +109,8 @@ def _stage_full_tensors(model: torch.nn.Module, arch: ArchSpec, layout: Parallel
         if name == "output_layer.weight" and arch.tie_word_embeddings:
             continue  # the last stage's copy of the tied embedding
         is_expert = hf_convert.is_expert_param(name)
+        if layout.dp_rank != 0 and not is_expert:
+            continue  # replica 0 sends the dense weights; the other first `ep_size` DP ranks only their experts
         local = param.detach().contiguous()
         if layout.tp_size > 1 and hf_convert.tp_split_dim(name) is not None:
             shards = [torch.empty_like(local) for _ in range(layout.tp_size)]
