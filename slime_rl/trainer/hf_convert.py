@@ -31,7 +31,6 @@ _DIRECT = {
     "pre_mlp_layernorm.weight": "post_attention_layernorm.weight",
     "self_attention.linear_proj.weight": "self_attn.o_proj.weight",
 }
-_DENSE_MLP = {"mlp.linear_fc2.weight": "mlp.down_proj.weight"}
 _MOE_ROUTER = {"mlp.router.weight": "mlp.gate.weight"}  # [experts, hidden], the same on every rank
 # TP split dimension of each Megatron tensor (absent = replicated).
 _COLUMN = ("linear_qkv.weight", "linear_qkv.bias", "linear_fc1.weight", "word_embeddings.weight", "output_layer.weight")
@@ -44,8 +43,7 @@ _QK_NORM = {
 
 
 def _direct(arch: ArchSpec) -> dict[str, str]:
-    mlp = _DENSE_MLP if arch.moe is None else _MOE_ROUTER
-    return _DIRECT | mlp | (_QK_NORM if arch.qk_layernorm else {})
+    return _DIRECT | (_MOE_ROUTER if arch.moe is not None else {}) | (_QK_NORM if arch.qk_layernorm else {})
 
 
 def _mlps(arch: ArchSpec, layer: int) -> list[tuple[str, str]]:
@@ -86,8 +84,7 @@ def hf_to_megatron_full(hf: Mapping[str, Tensor], arch: ArchSpec, tp_size: int) 
             out[meg_mlp + "linear_fc1.weight"] = torch.cat(
                 [hf[hf_mlp + "gate_proj.weight"], hf[hf_mlp + "up_proj.weight"]]
             )
-            if arch.moe is not None:
-                out[meg_mlp + "linear_fc2.weight"] = hf[hf_mlp + "down_proj.weight"]
+            out[meg_mlp + "linear_fc2.weight"] = hf[hf_mlp + "down_proj.weight"]
     return out
 
 
@@ -113,8 +110,7 @@ def megatron_full_to_hf(meg: Mapping[str, Tensor], arch: ArchSpec) -> dict[str, 
         for meg_mlp, hf_mlp in _mlps(arch, i):
             gate, up = meg[meg_mlp + "linear_fc1.weight"].chunk(2)
             out[hf_mlp + "gate_proj.weight"], out[hf_mlp + "up_proj.weight"] = gate.contiguous(), up.contiguous()
-            if arch.moe is not None:
-                out[hf_mlp + "down_proj.weight"] = meg[meg_mlp + "linear_fc2.weight"]
+            out[hf_mlp + "down_proj.weight"] = meg[meg_mlp + "linear_fc2.weight"]
     return out
 
 
