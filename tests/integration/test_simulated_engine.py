@@ -15,6 +15,7 @@ from slime_rl.config.engine import EngineConfig, SimulatedEngineConfig
 from slime_rl.engines.router import Router
 from slime_rl.engines.server import EngineProcess
 from slime_rl.engines.simulated.launcher import SimulatedEngines
+from tests.polling import wait_until
 
 VOCAB, EOS = 500, 2
 STEP_MS, ROW_MS = 10.0, 0.2  # the fixture's cost model: a decode step of r rows takes STEP_MS + ROW_MS * r
@@ -105,10 +106,17 @@ def test_simulated_abort_returns_partial_outputs_for_running_and_waiting_request
     def run(rid: str) -> None:
         results[rid] = _generate(http, url, input_ids=[1, 2, 3], rid=rid, sampling_params=long).json()
 
+    def running() -> int:
+        return http.get(f"{url}/v1/loads").json()["loads"][0]["num_running_reqs"]
+
+    # Started one at a time, so job-0 surely holds a slot (and has decoded) when it is aborted.
     threads = [threading.Thread(target=run, args=(f"job-{i}",)) for i in range(3)]
-    for thread in threads:
+    for count, thread in enumerate(threads[:2], start=1):
         thread.start()
-    time.sleep(0.4)
+        wait_until(lambda count=count: running() == count, f"{count} running requests")
+    threads[2].start()
+    wait_until(lambda: http.get(f"{url}/v1/loads").json()["loads"][0]["num_waiting_reqs"] == 1, "a waiting request")
+    time.sleep(0.2)
     assert http.post(f"{url}/abort_request", json={"rid": "job-0"}).status_code == 200
     threads[0].join(timeout=10)
     assert http.post(f"{url}/abort_request", json={"abort_all": True}).status_code == 200

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 
 import httpx
 
 from slime_rl.config import ClusterConfig, EngineConfig, TrainerConfig
 from slime_rl.config.engine import SimulatedEngineConfig
 from slime_rl.orchestration.engines import AWAITING_SYNC, DOWN, SERVING
+from tests.polling import wait_until
 
 NUM_ENGINES, PER_PROCESS = 5, 3  # hosts: engines 0-2 and 3-4
 
@@ -21,13 +21,6 @@ def _cfg() -> EngineConfig:
     return EngineConfig(
         kind="simulated", num_engines=NUM_ENGINES, simulated=sim, startup_timeout_s=60, health_check_timeout_s=5
     )
-
-
-def _wait_for(predicate, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.1)
 
 
 def test_simulated_fleet_hosts_engines_per_process_and_restarts_a_dead_host_on_its_ports(tmp_path):
@@ -54,11 +47,13 @@ def test_simulated_fleet_hosts_engines_per_process_and_restarts_a_dead_host_on_i
                 assert monitor.check() == []
 
                 os.kill(ray.get(fleet.hosts[0].pid.remote()), signal.SIGKILL)
-                _wait_for(lambda: not fleet.is_alive(0, timeout_s=5))
+                wait_until(lambda: not fleet.is_alive(0, timeout_s=5), "the killed host to be down")
                 taken_out = monitor.check()  # also starts the host's restart, on a thread
                 assert sorted(taken_out) == [0, 1, 2]
                 assert [fleet.state(i) for i in (3, 4)] == [SERVING, SERVING]
-                _wait_for(lambda: all(fleet.state(i) == AWAITING_SYNC for i in (0, 1, 2)))
+                wait_until(
+                    lambda: all(fleet.state(i) == AWAITING_SYNC for i in (0, 1, 2)), "restarted engines awaiting sync"
+                )
                 assert fleet.engine_urls == urls  # same ports
                 assert sorted(fleet.router.list_workers()) == sorted(urls[3:])
                 for url in urls[:3]:
