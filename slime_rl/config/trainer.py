@@ -47,7 +47,11 @@ class TrainerConfig:
     # --no-load-optim), which also lets a checkpoint load with the other use_distributed_optimizer kind.
     load_optimizer: bool = True
     weight_sync: str = "distributed"  # distributed (torch.distributed broadcast) | disk (safetensors dir)
-    weight_sync_bucket_mb: int = 64  # MiB per broadcast bucket; rank 0 keeps two bucket buffers on its device
+    weight_sync_bucket_mb: int = 64  # MiB per update call; flattened, rank 0 keeps two bucket buffers on its device
+    # How a bucket travels (weight_sync=distributed): flattened_bucket (one broadcast of its bytes, SGLang's
+    # load_format) | per_tensor (one broadcast per tensor, no packing copy) | auto (flattened over NCCL, per
+    # tensor over gloo: trainer/weight_sync.py says why).
+    weight_sync_format: str = "auto"
     weight_publish_dir: str | None = None  # weight_sync=disk: newest published weights; None = {checkpoint_dir}/publish
 
     def __post_init__(self) -> None:
@@ -65,6 +69,7 @@ class TrainerConfig:
                 f"trainer.data_parallel_size={self.data_parallel_size}: expert ranks are DP ranks"
             )
         check_choice("trainer.weight_sync", self.weight_sync, ("distributed", "disk"))
+        check_choice("trainer.weight_sync_format", self.weight_sync_format, ("auto", "flattened_bucket", "per_tensor"))
         if self.weight_sync == "disk" and not (self.weight_publish_dir or self.checkpoint_dir):
             raise ConfigError(
                 "trainer.weight_sync=disk writes the published weights under trainer.weight_publish_dir or, when "

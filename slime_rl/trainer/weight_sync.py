@@ -4,9 +4,9 @@ Global rank 0 gathers the model under HF names (`weights.gather_hf_state_dict`, 
 trainer group) and sends it to every engine, either
 - `distributed`: through a weight-update process group (gloo on CPU, NCCL on GPU) built once per set of
   engines beside Megatron's groups: for each bucket of at most `weight_sync_bucket_mb`, rank 0 posts
-  `/update_weights_from_distributed` with `load_format="flattened_bucket"` to every engine and then
-  broadcasts the bucket's tensors as one byte buffer (SGLang's flattened bucket, engines/tensor_bucket.py:
-  one collective per bucket, not one per tensor); or
+  `/update_weights_from_distributed` to every engine and then broadcasts the bucket's tensors, either as one
+  byte buffer (`load_format="flattened_bucket"`, SGLang's flattened bucket, engines/tensor_bucket.py: one
+  collective per bucket) or one broadcast per tensor, as `trainer.weight_sync_format` says (`flattened`); or
 - `disk`: an HF safetensors directory `v{version}` under `publish_dir(cfg)` (inside the run dir) and
   `/update_weights_from_disk`; once every engine has loaded it, older versions are deleted.
 The new weight version goes with the last bucket, so an engine reports it only once it holds every
@@ -39,6 +39,7 @@ drops the group of the old set.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import re
 import shutil
@@ -77,14 +78,47 @@ _CLEANUP_WAIT_S = 10.0  # how long a failed publish waits for engines to destroy
 _VERSION_DIR = re.compile(r"v\d+")
 
 
+class EngineLoop:
+    """An event loop on a daemon thread with one client per engine kept across calls: a publish makes a few calls
+    per bucket, and a new thread, loop and connection for each cost about 1.5 ms more than a kept one."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._clients: dict[tuple[str, int], EngineClient] = {}
+        self._thread = threading.Thread(target=self.loop.run_forever, name="weight-publish-http", daemon=True)
+        self._thread.start()
+
+    def client(self, url: str, max_retries: int) -> EngineClient:
+        """The kept client for `url` (call on the loop: clients belong to the loop they first ran in)."""
+        key = (url, max_retries)
+        if key not in self._clients:
+            self._clients[key] = EngineClient(url, max_retries=max_retries)
+        return self._clients[key]
+
+    def close(self) -> None:
+        """Close every client and stop the loop."""
+
+        async def close_clients() -> None:
+            await asyncio.gather(*(client.aclose() for client in self._clients.values()))
+
+        asyncio.run_coroutine_threadsafe(close_clients(), self.loop).result(_CLEANUP_WAIT_S)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(_CLEANUP_WAIT_S)
+
+
 class _EngineCalls:
-    """One HTTP call per engine on a helper thread with its own event loop.
+    """One HTTP call per engine, run on `loop` (an `EngineLoop`), or else on a helper thread with its own loop.
 
     `error` is set as soon as any call fails and names that engine; `join` returns every result or raises.
     """
 
     def __init__(
-        self, urls: list[str], call: Callable[[EngineClient, int], Awaitable[Any]], *, max_retries: int = 3
+        self,
+        urls: list[str],
+        call: Callable[[EngineClient, int], Awaitable[Any]],
+        *,
+        max_retries: int = 3,
+        loop: EngineLoop | None = None,
     ) -> None:
         self.urls = urls
         self.results: list[Any] = []
@@ -100,32 +134,50 @@ class _EngineCalls:
                     self.error.__cause__ = err
                 raise
 
-        async def run_all() -> list[Any]:
+        async def call_all(clients: list[EngineClient]) -> list[Any]:
+            # Every call runs to its end even when another failed: a failed publish's destroys must reach
+            # the live engines although the dead one refused its own; `error` reports the first failure.
+            return await asyncio.gather(*(call_one(c, i) for i, c in enumerate(clients)), return_exceptions=True)
+
+        async def on_kept_clients() -> list[Any]:
+            assert loop is not None
+            return await call_all([loop.client(url, max_retries) for url in urls])
+
+        async def on_new_clients() -> list[Any]:
             clients = [EngineClient(url, max_retries=max_retries) for url in urls]
             try:
-                # Every call runs to its end even when another failed: a failed publish's destroys must reach
-                # the live engines although the dead one refused its own; `error` reports the first failure.
-                return await asyncio.gather(*(call_one(c, i) for i, c in enumerate(clients)), return_exceptions=True)
+                return await call_all(clients)
             finally:
                 await asyncio.gather(*(c.aclose() for c in clients))
 
-        def target() -> None:
-            try:
-                self.results = asyncio.run(run_all())
-            except BaseException as err:  # handed to the caller's thread through `error`
-                if self.error is None:
-                    self.error = ServiceError(f"weight publish failed: {err!r}")
-                    self.error.__cause__ = err
+        if loop is not None:
+            self.done: concurrent.futures.Future = asyncio.run_coroutine_threadsafe(on_kept_clients(), loop.loop)
+        else:
+            self.done = concurrent.futures.Future()
+            threading.Thread(target=lambda: self._run(on_new_clients), daemon=True).start()
 
-        self.thread = threading.Thread(target=target, daemon=True)
-        self.thread.start()
+    def _run(self, main: Callable[[], Awaitable[list[Any]]]) -> None:
+        try:
+            self.done.set_result(asyncio.run(main()))
+        except BaseException as err:  # handed to the caller's thread through `done`
+            self.done.set_exception(err)
+
+    def finished(self, timeout_s: float) -> bool:
+        """Wait at most `timeout_s` for every call to end; whether they have."""
+        return not concurrent.futures.wait([self.done], timeout=timeout_s).not_done
 
     def join(self, timeout_s: float | None = None) -> list[Any]:
-        self.thread.join(timeout_s)
+        try:
+            self.results = self.done.result(timeout_s)
+        except concurrent.futures.TimeoutError:
+            if self.error is None:
+                raise ServiceError(f"engines did not answer within {timeout_s:.0f}s") from None
+        except BaseException as err:
+            if self.error is None:
+                self.error = ServiceError(f"weight publish failed: {err!r}")
+                self.error.__cause__ = err
         if self.error is not None:
             raise self.error
-        if self.thread.is_alive():
-            raise ServiceError(f"engines did not answer within {timeout_s:.0f}s")
         return self.results
 
 
@@ -146,8 +198,9 @@ def _when_all_done(works: list[Any]) -> threading.Event:
 def _collective_failed(calls: _EngineCalls, err: BaseException) -> ServiceError:
     """The error to raise when rank 0's side of a collective failed: the engine's own, if it gives one."""
     deadline = time.monotonic() + _GRACE_S
-    while calls.error is None and calls.thread.is_alive() and time.monotonic() < deadline:
-        calls.thread.join(_POLL_S)
+    while calls.error is None and time.monotonic() < deadline:
+        if calls.finished(_POLL_S):
+            break
     if calls.error is not None:
         return calls.error
     failed = ServiceError(f"weight publish to {', '.join(calls.urls)} failed in the weight-update group: {err}")
@@ -186,15 +239,23 @@ class _Group:
 class WeightPublisher:
     """Rank 0's side of the weight-update groups, one per set of engine URLs, kept across publishes."""
 
-    def __init__(self, master_addr: str, bucket_bytes: int, timeout_s: float = 600.0) -> None:
+    def __init__(
+        self, master_addr: str, bucket_bytes: int, timeout_s: float = 600.0, send_format: str = "auto"
+    ) -> None:
         self.master_addr = master_addr
         self.bucket_bytes = bucket_bytes
+        self.send_format = send_format  # TrainerConfig.weight_sync_format
         self.timeout = timedelta(seconds=timeout_s)
         self._groups: dict[tuple[str, ...], _Group] = {}
         # A gloo group released while a broadcast is pending blocks its releaser until the group's timeout,
         # so a dropped group is kept here until its works are done.
         self._retired: list[_Group] = []
         self._buffers: list[torch.Tensor] = []  # `_send_buffers`
+        self.http = EngineLoop()  # the calls of every publish; group builds and clean-ups use new clients
+
+    def close(self) -> None:
+        """Stop the HTTP loop (the groups are left to the process's end)."""
+        self.http.close()
 
     def _group(self, urls: list[str]) -> _Group:
         self._retired = [g for g in self._retired if not all(w.is_completed() for w in g.pending)]
@@ -282,7 +343,7 @@ class WeightPublisher:
                 raise
             return True
 
-        group.sessions = _EngineCalls(group.urls, begin).join()
+        group.sessions = _EngineCalls(group.urls, begin, loop=self.http).join()
 
     def _buckets(self, tensors: dict[str, torch.Tensor]) -> list[list[tuple[str, torch.Tensor]]]:
         """`tensors` in order, cut into buckets of at most `bucket_bytes` (a bigger tensor alone), and before a
@@ -297,6 +358,17 @@ class WeightPublisher:
             buckets[-1].append((name, tensor))
             size += nbytes
         return buckets
+
+    def flattened(self, backend: str) -> bool:
+        """Whether buckets go as SGLang's flattened bucket (one broadcast) or one broadcast per tensor.
+
+        `auto`: flattened over NCCL, where a broadcast per tensor costs a kernel launch and packing is a device
+        copy; per tensor over gloo, where many broadcasts cost no more than one of the same bytes (measured:
+        `benchmarks/trainer_step.py`) and packing would be a CPU copy of every byte competing with the transfer.
+        """
+        if self.send_format == "auto":
+            return backend == "nccl"
+        return self.send_format == FLATTENED_BUCKET
 
     def _send_buffers(self, device: torch.device, num_bytes: int) -> list[torch.Tensor]:
         """Two uint8 buffers of at least `num_bytes` on `device`, kept across publishes: a bucket is packed into
@@ -317,11 +389,14 @@ class WeightPublisher:
         options = dist.BroadcastOptions()
         options.rootRank = 0
         buckets = self._buckets(tensors)
-        buffers = self._send_buffers(device, max(sum(t.numel() * t.element_size() for _, t in b) for b in buckets))
+        flattened = self.flattened(group.backend)
         works: list[Any] = []
         try:
             self._begin_sessions(group)
-            next_sent = flatten([tensor.to(device) for _, tensor in buckets[0]], out=buffers[0])
+            if flattened:
+                sizes = [sum(t.numel() * t.element_size() for _, t in bucket) for bucket in buckets]
+                buffers = self._send_buffers(device, max(sizes))
+                next_sent = flatten([tensor.to(device) for _, tensor in buckets[0]], out=buffers[0])
             for index, bucket in enumerate(buckets):
                 is_last = index == len(buckets) - 1
                 posts = _EngineCalls(  # engines enter the broadcast when they get this
@@ -332,13 +407,17 @@ class WeightPublisher:
                         shapes=[list(t.shape) for _, t in bucket],
                         group_name=group.name,
                         weight_version=str(version) if is_last else None,
-                        load_format=FLATTENED_BUCKET,
+                        load_format=FLATTENED_BUCKET if flattened else None,
                     ),
+                    loop=self.http,
                 )
                 works = []
                 try:
-                    works.append(group.group.broadcast([next_sent], options))  # one broadcast for the whole bucket
-                    if not is_last:  # the next bucket is packed while this one travels and the engines load it
+                    if not flattened:  # one broadcast per tensor, sent from where it lies: nothing is copied
+                        works = [group.group.broadcast([t.to(device).contiguous()], options) for _, t in bucket]
+                    else:  # one broadcast for the whole bucket
+                        works.append(group.group.broadcast([next_sent], options))
+                    if flattened and not is_last:  # the next bucket is packed while this one travels
                         following = [tensor.to(device) for _, tensor in buckets[index + 1]]
                         next_sent = flatten(following, out=buffers[(index + 1) % 2])
                     _wait_beside(_when_all_done(works), posts)
@@ -347,7 +426,7 @@ class WeightPublisher:
                 except RuntimeError as err:  # our side of the group failed (an engine left, a timeout)
                     raise _collective_failed(posts, err) from err
                 posts.join()
-            _EngineCalls(group.session_urls(), lambda c, _i: c.end_weight_update()).join()
+            _EngineCalls(group.session_urls(), lambda c, _i: c.end_weight_update(), loop=self.http).join()
         except ServiceError:
             self._drop(urls, works)
             _best_effort(group.session_urls(), lambda c, _i: c.end_weight_update(), "close the weight-update session")
@@ -399,9 +478,12 @@ def publish(trainer: MegatronTrainer, engine_urls: list[str], version: int) -> d
         num_buckets = 1
     else:
         if trainer.publisher is None:
-            trainer.publisher = WeightPublisher(trainer.master_addr, cfg.weight_sync_bucket_mb << 20)
+            trainer.publisher = WeightPublisher(
+                trainer.master_addr, cfg.weight_sync_bucket_mb << 20, send_format=cfg.weight_sync_format
+            )
         num_buckets = trainer.publisher.broadcast(engine_urls, hf, version)
-    versions = _EngineCalls(engine_urls, lambda c, _i: c.get_weight_version()).join()
+    loop = trainer.publisher.http if trainer.publisher is not None else None
+    versions = _EngineCalls(engine_urls, lambda c, _i: c.get_weight_version(), loop=loop).join()
     if any(v != str(version) for v in versions):
         raise ServiceError(f"engines report weight versions {versions} after publishing version {version}")
     done = time.perf_counter()

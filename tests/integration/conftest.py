@@ -1,11 +1,12 @@
-"""Integration fixtures: native engines serving a seeded toy model, a Redis buffer per test, and the tied
-Qwen2 toy model of the trainer tests."""
+"""Integration fixtures: native engines serving a seeded toy model, a Redis buffer per test, the tied Qwen2 toy
+model of the trainer tests, and weight publishers closed after each test."""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import pytest
 
@@ -46,3 +47,19 @@ def buffer(redis_url: str) -> Iterator[RedisBuffer]:
 def tied_qwen(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A toy Qwen2 with tied embeddings: QKV bias, and under PP the last stage's copy of the embedding."""
     return str(make_toy_model(tmp_path_factory.mktemp("toy") / "qwen2", arch="qwen2", tie_word_embeddings=True))
+
+
+@pytest.fixture
+def publishers() -> Iterator[Callable[..., Any]]:
+    """Makes `WeightPublisher`s on loopback and closes them after the test."""
+    from slime_rl.trainer.weight_sync import WeightPublisher  # the trainer's imports, only where used
+
+    made: list[WeightPublisher] = []
+
+    def make(**kwargs) -> WeightPublisher:
+        made.append(WeightPublisher("127.0.0.1", **kwargs))
+        return made[-1]
+
+    yield make
+    for publisher in made:
+        publisher.close()

@@ -12,9 +12,10 @@ import torch.distributed as dist
 from transformers import AutoModelForCausalLM
 
 from slime_rl.config.engine import EngineConfig
-from slime_rl.engines.client import EngineClient
+from slime_rl.engines.client import EngineClient, EngineError
 from slime_rl.engines.protocol import GenerateOutput, GenerateRequest, SamplingParams
 from slime_rl.engines.server import EngineProcess
+from slime_rl.engines.tensor_bucket import flatten
 from slime_rl.engines.weight_group import leave_group, new_group
 from slime_rl.toy.model import make_toy_model
 from slime_rl.trainer.rendezvous import listen_socket, store_server
@@ -94,61 +95,109 @@ def test_update_weights_from_disk_changes_outputs_and_version(engine_url, models
         assert [o.output_ids for o in outs] == hf_greedy(models[1])
         assert {o.weight_version for o in outs} == {"1"}
     finally:
-        asyncio.run(update(models[0], "0"))
+        _restore(engine_url, models[0])
 
 
-def test_update_weights_from_gloo_group_changes_outputs_and_version(engine_url, models):
-    new_state = AutoModelForCausalLM.from_pretrained(models[1]).state_dict()
-    names = list(new_state)
+async def _join(client: EngineClient, group_name: str):
+    """Build a weight-update group with the engine as rank 1; this test is rank 0 (standing in for the trainer)."""
     listener = listen_socket("127.0.0.1")
     port = listener.getsockname()[1]
-    group_name = "test_sync"
     timeout = timedelta(seconds=120)
+    store = store_server(listener, 2, timeout, wait_for_workers=False)  # takes over the listening socket
+    join = asyncio.create_task(
+        client.init_weights_update_group(
+            master_address="127.0.0.1",
+            master_port=port,
+            rank_offset=1,
+            world_size=2,
+            group_name=group_name,
+        )
+    )
+    group = await asyncio.to_thread(
+        partial(new_group, store, rank=0, world_size=2, group_name=group_name, backend="gloo", timeout=timeout)
+    )
+    await join
+    return group
+
+
+def _announce(client: EngineClient, state: dict[str, torch.Tensor], group_name: str, **body) -> asyncio.Task:
+    return asyncio.create_task(
+        client.update_weights_from_distributed(
+            names=list(state),
+            dtypes=[str(t.dtype).removeprefix("torch.") for t in state.values()],
+            shapes=[list(t.shape) for t in state.values()],
+            group_name=group_name,
+            **body,
+        )
+    )
+
+
+def _restore(engine_url: str, model_dir) -> None:
+    async def restore():
+        async with EngineClient(engine_url) as client:
+            await client.update_weights_from_disk(str(model_dir), weight_version="0")
+
+    asyncio.run(restore())
+
+
+@pytest.mark.parametrize("load_format", [None, "flattened_bucket"])
+def test_update_weights_from_gloo_group_changes_outputs_and_version(engine_url, models, load_format):
+    new_state = AutoModelForCausalLM.from_pretrained(models[1]).state_dict()
+    group_name = f"test_sync_{load_format}"
 
     async def go():
         async with EngineClient(engine_url) as client:
-            # Rank 0 (this test, standing in for the trainer) hosts the store; the engine joins as rank 1.
-            store = store_server(listener, 2, timeout, wait_for_workers=False)
-            join = asyncio.create_task(
-                client.init_weights_update_group(
-                    master_address="127.0.0.1", master_port=port, rank_offset=1, world_size=2, group_name=group_name
-                )
-            )
-            group = await asyncio.to_thread(
-                partial(new_group, store, rank=0, world_size=2, group_name=group_name, backend="gloo", timeout=timeout)
-            )
-            await join
-            update = asyncio.create_task(
-                client.update_weights_from_distributed(
-                    names=names,
-                    dtypes=[str(new_state[n].dtype).removeprefix("torch.") for n in names],
-                    shapes=[list(new_state[n].shape) for n in names],
-                    group_name=group_name,
-                    weight_version="2",
-                )
-            )
+            group = await _join(client, group_name)
+            # Twice: the second time, the engine receives into the parameters it took over the first time.
+            for version in ("2", "3"):
+                update = _announce(client, new_state, group_name, weight_version=version, load_format=load_format)
+                if load_format is None:
+                    sent = [t.contiguous() for t in new_state.values()]
+                else:
+                    sent = [flatten(list(new_state.values()))]
 
-            def broadcast() -> None:
-                options = dist.BroadcastOptions()
-                options.rootRank = 0
-                for name in names:
-                    group.broadcast([new_state[name].contiguous()], options).wait()
+                def broadcast(sent=sent) -> None:
+                    options = dist.BroadcastOptions()
+                    options.rootRank = 0
+                    for tensor in sent:
+                        group.broadcast([tensor], options).wait()
 
-            await asyncio.to_thread(broadcast)
-            await update
+                await asyncio.to_thread(broadcast)
+                await update
             await client.destroy_weights_update_group(group_name)
             leave_group(group)
             return await client.get_weight_version()
 
-    assert asyncio.run(go()) == "2"
+    assert asyncio.run(go()) == "3"
     try:
         outs = greedy_outputs(engine_url)
         assert [o.output_ids for o in outs] == hf_greedy(models[1])
-        assert {o.weight_version for o in outs} == {"2"}
+        assert {o.weight_version for o in outs} == {"3"}
     finally:
+        _restore(engine_url, models[0])
 
-        async def restore():
-            async with EngineClient(engine_url) as client:
-                await client.update_weights_from_disk(str(models[0]), weight_version="0")
 
-        asyncio.run(restore())
+@pytest.mark.parametrize("load_format", [None, "flattened_bucket"])
+def test_a_group_destroyed_mid_update_frees_the_engine_which_keeps_its_weights(engine_url, models, load_format):
+    # The trainer gave up before broadcasting (another engine died): destroying the group must end the receive
+    # the engine waits in, leave its weights and version as they were, and let it join the next group.
+    before = greedy_outputs(engine_url)
+    new_state = AutoModelForCausalLM.from_pretrained(models[1]).state_dict()
+    group_name = f"test_abandoned_{load_format}"
+
+    async def go():
+        async with EngineClient(engine_url, max_retries=0) as client:
+            group = await _join(client, group_name)
+            update = _announce(client, new_state, group_name, weight_version="9", load_format=load_format)
+            await asyncio.sleep(0.5)  # the engine is waiting in the broadcast
+            await client.destroy_weights_update_group(group_name)
+            with pytest.raises(EngineError, match="destroyed during the broadcast"):
+                await update
+            return group, await client.get_weight_version()
+
+    group, version = asyncio.run(go())
+    try:
+        assert version == "0"
+        assert [o.output_ids for o in greedy_outputs(engine_url)] == [o.output_ids for o in before]
+    finally:
+        leave_group(group, abort=True)

@@ -134,4 +134,5 @@ def test_weight_publisher_after_engine_restart_raises_with_the_engine_error_then
         publisher.broadcast([url], tensors, version=3)  # a new group
         assert engine_version(url) == "3"
     finally:
+        publisher.close()
         engine.stop()

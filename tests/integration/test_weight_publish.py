@@ -18,7 +18,6 @@ import torch
 
 from slime_rl.errors import ServiceError
 from slime_rl.trainer import weight_sync
-from slime_rl.trainer.weight_sync import WeightPublisher
 from tests.integration.weight_ranks import EngineRanks, TensorRecord, tensor_record
 
 GUARD_S = 60.0  # generous: a publish stuck in the collective waits for the group's timeout
@@ -202,8 +201,8 @@ def within_guard(fn: Callable[[], Any]) -> Any:
 TENSORS = {"a.weight": torch.arange(6, dtype=torch.float32).reshape(2, 3), "b.bias": torch.ones(4)}
 
 
-def test_weight_publisher_failed_group_join_raises_with_engine_message_and_next_publish_rebuilds(engine):
-    publisher = WeightPublisher("127.0.0.1", bucket_bytes=1 << 20)
+def test_weight_publisher_failed_group_join_raises_with_engine_message_and_next_publish_rebuilds(engine, publishers):
+    publisher = publishers(bucket_bytes=1 << 20)
     engine.fail_init = 1
     error = within_guard(lambda: publisher.broadcast([engine.url], TENSORS, version=1))
     assert isinstance(error, ServiceError)
@@ -213,8 +212,8 @@ def test_weight_publisher_failed_group_join_raises_with_engine_message_and_next_
     assert engine.received[0]["a.weight"] == tensor_record(TENSORS["a.weight"])
 
 
-def test_weight_publisher_failed_update_raises_drops_the_group_and_next_publish_rebuilds(engine):
-    publisher = WeightPublisher("127.0.0.1", bucket_bytes=1 << 20)
+def test_weight_publisher_failed_update_raises_drops_the_group_and_next_publish_rebuilds(engine, publishers):
+    publisher = publishers(bucket_bytes=1 << 20)
     assert within_guard(lambda: publisher.broadcast([engine.url], TENSORS, version=1)) == 1
     engine.fail_updates = 1
     error = within_guard(lambda: publisher.broadcast([engine.url], TENSORS, version=2))
@@ -227,9 +226,11 @@ def test_weight_publisher_failed_update_raises_drops_the_group_and_next_publish_
 
 
 @pytest.mark.parametrize("recipe", ["native", "sglang"])
-def test_weight_publisher_sends_flattened_buckets_cut_at_the_size_and_at_misaligned_dtypes(recipe):
+@pytest.mark.parametrize("send_format", ["flattened_bucket", "per_tensor", "auto"])
+def test_weight_publisher_sends_buckets_cut_at_the_size_and_at_misaligned_dtypes(recipe, send_format, publishers):
     # 6 bytes of bfloat16 then a float32 (misaligned at byte 6: a new bucket); then 64 + 8 bytes > the 64-byte
-    # bucket (a new bucket). Each bucket is one broadcast that both the native and SGLang's recipe unpack.
+    # bucket (a new bucket). Flattened, each bucket is one broadcast that both the native and SGLang's recipe
+    # unpack; per tensor (`auto` over gloo), one broadcast per tensor.
     tensors = {
         "a": torch.tensor([1.5, -2.0, 3.25], dtype=torch.bfloat16),
         "b": torch.arange(16, dtype=torch.float32),
@@ -237,9 +238,9 @@ def test_weight_publisher_sends_flattened_buckets_cut_at_the_size_and_at_misalig
     }
     engine = FakeEngine(recipe=recipe)
     try:
-        publisher = WeightPublisher("127.0.0.1", bucket_bytes=64)
+        publisher = publishers(bucket_bytes=64, send_format=send_format)
         assert within_guard(lambda: publisher.broadcast([engine.url], tensors, version=1)) == 3
-        assert engine.load_formats == ["flattened_bucket"] * 3
+        assert engine.load_formats == ["flattened_bucket" if send_format == "flattened_bucket" else None] * 3
         assert engine.received[0] == {name: tensor_record(t) for name, t in tensors.items()}
     finally:
         engine.close()

@@ -18,7 +18,6 @@ import pytest
 import torch
 
 from slime_rl.errors import ServiceError
-from slime_rl.trainer.weight_sync import WeightPublisher
 from tests.integration.test_weight_publish import FakeEngine, within_guard
 from tests.integration.weight_ranks import TIMEOUT_S, tensor_record
 
@@ -48,9 +47,10 @@ def engines() -> Iterator[tuple[FakeEngine, FakeEngine]]:
         sglang.close()
 
 
-def test_publish_reaches_every_rank_of_every_engine_bit_exact_with_ranks_from_tp_size(engines):
+@pytest.mark.parametrize("send_format", ["flattened_bucket", "per_tensor"])
+def test_publish_reaches_every_rank_of_every_engine_bit_exact_with_ranks_from_tp_size(engines, publishers, send_format):
     tp2, sglang = engines
-    publisher = WeightPublisher("127.0.0.1", bucket_bytes=1024, timeout_s=TIMEOUT_S)
+    publisher = publishers(bucket_bytes=1024, timeout_s=TIMEOUT_S, send_format=send_format)
     for version in (1, 2):
         sent = weights(seed=version)
         assert within_guard(partial(publisher.broadcast, [tp2.url, sglang.url], sent, version)) == 2
@@ -68,9 +68,9 @@ def test_publish_reaches_every_rank_of_every_engine_bit_exact_with_ranks_from_tp
     assert sglang.posts == ["/init_weights_update_group", BEGIN, UPDATE, UPDATE, UPDATE, UPDATE]
 
 
-def test_failed_publish_closes_the_session_and_the_next_publish_opens_a_new_group_and_session(engines):
+def test_failed_publish_closes_the_session_and_the_next_publish_opens_a_new_group_and_session(engines, publishers):
     tp2, sglang = engines
-    publisher = WeightPublisher("127.0.0.1", bucket_bytes=1024, timeout_s=TIMEOUT_S)
+    publisher = publishers(bucket_bytes=1024, timeout_s=TIMEOUT_S)
     urls = [tp2.url, sglang.url]
     within_guard(partial(publisher.broadcast, urls, weights(seed=1), 1))
     tp2.fail_updates = 1

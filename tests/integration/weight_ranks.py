@@ -2,7 +2,7 @@
 
 `EngineRanks` starts one spawned process per rank and runs a call on all of them at once: join a group,
 receive one bucket of broadcasts, destroy the group. A rank builds its end either with the native engine's
-`WeightUpdateGroups` ("native") or with `SGLangRank` ("sglang"), which follows SGLang's own steps one by
+`WeightUpdateGroups` ("native", `NativeRank`) or with `SGLangRank` ("sglang"), which follows SGLang's own steps one by
 one (written for these tests after `init_custom_process_group` in python/sglang/srt/utils/common.py and
 `receive_weights_from_distributed` in its model runner, SGLang 0.5.15.post1 and 0.5.23), so that a
 trainer whose store keys differ from SGLang's never meets it. A process holds one rank because torch
@@ -87,12 +87,42 @@ class SGLangRank:
         dist.destroy_process_group(self.groups.pop(group_name))
 
 
+class NativeRank:
+    """The native engine's `WeightUpdateGroups`, receiving into new tensors (the engine's runner names its own)."""
+
+    def __init__(self, timeout_s: float) -> None:
+        from slime_rl.engines.native.weights import WeightUpdateGroups
+
+        self.groups = WeightUpdateGroups(torch.device("cpu"), timeout_s)
+        self.init_group = self.groups.init_group
+        self.destroy = self.groups.destroy
+
+    def receive(
+        self,
+        group_name: str,
+        names: list[str],
+        dtypes: list[str],
+        shapes: list[list[int]],
+        load_format: str | None = None,
+    ) -> list[tuple[str, torch.Tensor]]:
+        from slime_rl.engines.native.weights import parse_dtype
+        from slime_rl.engines.tensor_bucket import FLATTENED_BUCKET, byte_ranges, unflatten
+
+        torch_dtypes = [parse_dtype(dtype) for dtype in dtypes]
+        if load_format == FLATTENED_BUCKET:
+            ranges = byte_ranges(torch_dtypes, shapes)
+            buffer = torch.empty(ranges[-1][1] if ranges else 0, dtype=torch.uint8)
+            self.groups.receive(group_name, [buffer], "a flattened bucket")
+            return list(zip(names, unflatten(buffer, torch_dtypes, shapes), strict=True))
+        targets = [torch.empty(shape, dtype=dtype) for dtype, shape in zip(torch_dtypes, shapes, strict=True)]
+        self.groups.receive(group_name, targets, f"{len(names)} tensors")
+        return list(zip(names, targets, strict=True))
+
+
 def _serve_rank(conn: Connection, recipe: str) -> None:
     """Run the calls the parent sends until it closes its end; answer each with (ok, result or error)."""
-    from slime_rl.engines.native.weights import WeightUpdateGroups
-
     torch.set_num_threads(1)
-    rank: Any = WeightUpdateGroups(torch.device("cpu"), TIMEOUT_S) if recipe == "native" else SGLangRank(TIMEOUT_S)
+    rank: Any = NativeRank(TIMEOUT_S) if recipe == "native" else SGLangRank(TIMEOUT_S)
     while True:
         try:
             method, kwargs = conn.recv()

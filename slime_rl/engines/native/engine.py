@@ -17,7 +17,13 @@ from transformers import AutoTokenizer, GenerationConfig
 
 from slime_rl.engines.native.runner import ModelRunner, resolve_dtype
 from slime_rl.engines.native.scheduler import Scheduler
-from slime_rl.engines.native.weights import WeightUpdateGroups, read_safetensors_dir
+from slime_rl.engines.native.weights import (
+    ReceiveAbandoned,
+    WeightUpdateGroups,
+    parse_dtype,
+    read_safetensors_dir,
+)
+from slime_rl.engines.tensor_bucket import FLATTENED_BUCKET
 
 logger = logging.getLogger(__name__)
 
@@ -142,13 +148,33 @@ class NativeEngine:
         load_format: str | None = None,
     ) -> str:
         def receive_and_load() -> str:
-            tensors = self.groups.receive(group_name, names, dtypes, shapes, load_format=load_format)
-            count = self.runner.load_weights(tensors)
+            count = self._receive(group_name, names, dtypes, shapes, flattened=load_format == FLATTENED_BUCKET)
             if weight_version is not None:
                 self.scheduler.set_weight_version(weight_version)
             return f"Received and loaded {count} tensors."
 
         return await self._on_model_thread(receive_and_load)
+
+    def _receive(
+        self, group_name: str, names: list[str], dtypes: list[str], shapes: list[list[int]], *, flattened: bool
+    ) -> int:
+        """Receive one update where the runner wants it (often the parameters themselves) and load it: a flattened
+        bucket in one broadcast, else one broadcast per name (any other load_format, as SGLang reads them)."""
+        layout = (
+            tuple(names),
+            tuple(parse_dtype(dtype) for dtype in dtypes),
+            tuple(tuple(shape) for shape in shapes),
+        )
+        targets = [self.runner.bucket_buffer(layout)] if flattened else self.runner.tensor_targets(layout)
+        try:
+            self.groups.receive(group_name, targets, f"{len(names)} tensors ({names[0] if names else ''} ...)")
+        except ReceiveAbandoned:
+            if flattened:
+                self.runner.release_bucket_buffer(layout)
+            else:
+                self.runner.release_targets(targets)
+            raise
+        return self.runner.load_bucket(layout, targets[0]) if flattened else self.runner.load_tensors(names, targets)
 
     async def destroy_weights_update_group(self, group_name: str) -> str:
         await asyncio.to_thread(self.groups.destroy, group_name)

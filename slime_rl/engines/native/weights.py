@@ -4,13 +4,14 @@ Owns reading HF-named tensors; loading them into the model is the runner's job. 
 follows SGLang (REFERENCE.md §1): the trainer is rank 0 and hosts the TCPStore; this engine, one rank
 (TP=1), joins as rank `rank_offset` and builds its end exactly as SGLang's engine ranks do
 (engines/weight_group.py), with gloo on CPU or NCCL on CUDA, and receives each tensor by broadcast from
-rank 0 in the order of `names`, or a whole bucket in one broadcast (`load_format="flattened_bucket"`).
+rank 0 in the order of `names`, or a whole bucket in one broadcast (`load_format="flattened_bucket"`), into
+the tensors the runner names (often its parameters: runner.py).
 
 Destroying a group ends a receive that waits on it: when rank 0 gives up on a publish (another engine of
 the group died before the broadcast), it destroys the group on the engines, and this engine's model thread
 must not stay blocked in a broadcast that will never come. The pending gloo op itself lasts until the
 group's timeout, and releasing a gloo group joins its worker thread, so the abandoned group is kept
-(`_abandoned`) until its op has ended: otherwise whichever thread dropped the last reference would block.
+(`_abandoned`) until its ops have ended: otherwise whichever thread dropped the last reference would block.
 """
 
 from __future__ import annotations
@@ -27,13 +28,16 @@ import torch
 import torch.distributed as dist
 from safetensors import safe_open
 
-from slime_rl.engines.tensor_bucket import FLATTENED_BUCKET, byte_ranges, unflatten
 from slime_rl.engines.weight_group import connect_store, leave_group, new_group
 
 logger = logging.getLogger(__name__)
 
 BACKENDS = ("gloo", "nccl")
 _DESTROY_POLL_S = 0.05  # how often a waiting receive checks whether its group was destroyed
+
+
+class ReceiveAbandoned(ValueError):
+    """The weight-update group was destroyed while a receive waited on it; its pending op may still write."""
 
 
 @dataclass
@@ -68,10 +72,7 @@ class WeightUpdateGroups:
         self.device = device
         self.timeout = timedelta(seconds=timeout_s)
         self._groups: dict[str, _Group] = {}
-        self._abandoned: list[tuple[_Group, Any]] = []  # destroyed groups and their still pending work
-        # Flattened buckets arrive here, reused across receives (a fresh buffer page-faults on every write);
-        # dropped when a receive is abandoned, whose pending op keeps writing to its own.
-        self._bucket_buffer: torch.Tensor | None = None
+        self._abandoned: list[tuple[_Group, list[Any]]] = []  # destroyed groups and their still pending works
 
     def init_group(
         self, *, master_address: str, master_port: int, rank: int, world_size: int, group_name: str, backend: str
@@ -90,53 +91,32 @@ class WeightUpdateGroups:
         self._groups[group_name] = _Group(group)
         logger.info("joined weight update group %s as rank %d/%d (%s)", group_name, rank, world_size, backend)
 
-    def receive(
-        self,
-        group_name: str,
-        names: list[str],
-        dtypes: list[str],
-        shapes: list[list[int]],
-        *,
-        load_format: str | None = None,
-    ) -> list[tuple[str, torch.Tensor]]:
-        """Receive the tensors of `names` from rank 0: one broadcast per name, in order, or with
-        `load_format="flattened_bucket"` one broadcast of all their bytes (engines/tensor_bucket.py); any other
-        `load_format` is read per name, as SGLang does. Blocks until all have arrived, or raises `ValueError`
-        once the group is destroyed meanwhile. A flattened bucket's tensors are views of a buffer that the next
-        receive reuses: load them before receiving again."""
-        if group_name not in self._groups:
-            raise ValueError(f"no weight update group named {group_name!r}; call init_weights_update_group first")
-        entry = self._groups[group_name]
-        torch_dtypes = [parse_dtype(dtype) for dtype in dtypes]
-        if load_format == FLATTENED_BUCKET:
-            ranges = byte_ranges(torch_dtypes, shapes)
-            num_bytes = ranges[-1][1] if ranges else 0
-            if self._bucket_buffer is None or self._bucket_buffer.numel() < num_bytes:
-                self._bucket_buffer = torch.empty(num_bytes, dtype=torch.uint8, device=self.device)
-            buffer = self._bucket_buffer[:num_bytes]
-            self._broadcast(entry, group_name, buffer, f"the flattened bucket of {len(names)} tensors")
-            return list(zip(names, unflatten(buffer, torch_dtypes, shapes), strict=True))
-        received = []
-        for name, dtype, shape in zip(names, torch_dtypes, shapes, strict=True):
-            tensor = torch.empty(shape, dtype=dtype, device=self.device)
-            self._broadcast(entry, group_name, tensor, name)
-            received.append((name, tensor))
-        return received
-
-    def _broadcast(self, entry: _Group, group_name: str, tensor: torch.Tensor, what: str) -> None:
-        """Receive `tensor` from rank 0; `ValueError` (naming `what`) once the group is destroyed meanwhile."""
+    def receive(self, group_name: str, targets: list[torch.Tensor], what: str) -> None:
+        """Receive from rank 0 into each of `targets` in order, one broadcast each: a flattened bucket is one
+        uint8 target (engines/tensor_bucket.py), a per-tensor update one target per name. Blocks until all have
+        arrived, or raises `ReceiveAbandoned` (naming `what`) once the group is destroyed meanwhile: the pending
+        receives may then still write to `targets`, so they must not be read or reused."""
+        entry = self._entry(group_name)
         options = dist.BroadcastOptions()
         options.rootRank = 0
-        work = entry.group.broadcast([tensor], options)
+        # All posted at once: the group runs them in order, each receiving while the next is set up.
+        works = [entry.group.broadcast([target], options) for target in targets]
         done = threading.Event()
-        work.get_future().add_done_callback(lambda _f: done.set())
+        torch.futures.collect_all([work.get_future() for work in works]).add_done_callback(lambda _f: done.set())
         while not done.wait(_DESTROY_POLL_S):
             if entry.destroyed.is_set():
-                self._abandoned = [(g, w) for g, w in self._abandoned if not w.is_completed()]
-                self._abandoned.append((entry, work))
-                self._bucket_buffer = None
-                raise ValueError(f"weight update group {group_name!r} was destroyed during the broadcast of {what}")
-        work.wait()  # raises the collective's own error, if it failed
+                self._abandoned = [(g, w) for g, w in self._abandoned if not all(x.is_completed() for x in w)]
+                self._abandoned.append((entry, works))
+                raise ReceiveAbandoned(
+                    f"weight update group {group_name!r} was destroyed during the broadcast of {what}"
+                )
+        for work in works:
+            work.wait()  # raises the collective's own error, if one failed
+
+    def _entry(self, group_name: str) -> _Group:
+        if group_name not in self._groups:
+            raise ValueError(f"no weight update group named {group_name!r}; call init_weights_update_group first")
+        return self._groups[group_name]
 
     def destroy(self, group_name: str) -> None:
         if group_name not in self._groups:
