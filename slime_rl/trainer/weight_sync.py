@@ -39,6 +39,7 @@ drops the group of the old set.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import concurrent.futures
 import logging
 import re
@@ -87,6 +88,7 @@ class EngineLoop:
         self._clients: dict[tuple[str, int], EngineClient] = {}
         self._thread = threading.Thread(target=self.loop.run_forever, name="weight-publish-http", daemon=True)
         self._thread.start()
+        atexit.register(self.close)  # a trainer process holds its publisher to the end: close the clients then
 
     def client(self, url: str, max_retries: int) -> EngineClient:
         """The kept client for `url` (call on the loop: clients belong to the loop they first ran in)."""
@@ -96,7 +98,10 @@ class EngineLoop:
         return self._clients[key]
 
     def close(self) -> None:
-        """Close every client and stop the loop."""
+        """Close every client and stop the loop (once; later calls do nothing)."""
+        atexit.unregister(self.close)
+        if not self._thread.is_alive():
+            return
 
         async def close_clients() -> None:
             await asyncio.gather(*(client.aclose() for client in self._clients.values()))

@@ -97,31 +97,33 @@ def qwen3_moe(tmp_path_factory):
 
 def test_moe_expert_parallel_training_matches_one_expert_rank(qwen3_moe):
     # Two DP ranks each train half the batch; with EP=2 each holds 2 of the 4 experts and tokens travel to them.
-    # The load-balancing loss is in the gradients (Megatron's aux loss), so the steps test its EP path too.
+    # The load-balancing loss is in the gradients (Megatron's aux loss), so the steps test its EP path too. The
+    # distributed optimizer shards dense state over the DP ranks and expert state over the expert-DP ranks.
     halves = dp_halves(make_batch(num_samples=8))
     runs = {
-        ep: run_ranks(
+        (ep, distributed): run_ranks(
             _dp_two_steps,
             model_path=qwen3_moe,
-            trainer_cfg=trainer_cfg(dp=2, expert_model_parallel_size=ep),
+            trainer_cfg=trainer_cfg(dp=2, expert_model_parallel_size=ep, use_distributed_optimizer=distributed),
             algo_cfg=FIXED_OLD,
             batches=halves,
         )
-        for ep in (1, 2)
+        for ep, distributed in ((1, False), (2, False), (2, True))
     }
-    base = runs[1][0]
+    base = runs[1, False][0]
     shares = [f"train/moe_token_share_expert_{e}" for e in range(4)]
     for step in ("first", "second"):
         assert base[step]["train/moe_load_balancing_loss"] > 0
         assert sum(base[step][k] for k in shares) == pytest.approx(1.0)
         assert base[step]["train/moe_load_max_over_mean"] >= 1.0
     assert base["second"]["train/loss"] != pytest.approx(base["first"]["train/loss"], abs=1e-4)
-    for result in runs[2]:
-        for step in ("first", "second"):
-            for key in ("train/loss", "train/grad_norm", "train/moe_load_balancing_loss", *shares):
-                assert result[step][key] == pytest.approx(base[step][key], abs=1e-5), (step, key)
-    for ep1, ep2 in zip(runs[1], runs[2], strict=True):
-        np.testing.assert_allclose(np.concatenate(ep2["logprobs"]), np.concatenate(ep1["logprobs"]), atol=1e-5)
+    for key in ((2, False), (2, True)):
+        for result in runs[key]:
+            for step in ("first", "second"):
+                for metric in ("train/loss", "train/grad_norm", "train/moe_load_balancing_loss", *shares):
+                    assert result[step][metric] == pytest.approx(base[step][metric], abs=1e-5), (key, step, metric)
+        for ep1, other in zip(runs[1, False], runs[key], strict=True):
+            np.testing.assert_allclose(np.concatenate(other["logprobs"]), np.concatenate(ep1["logprobs"]), atol=1e-5)
 
 
 def test_distributed_optimizer_at_dp2_matches_tp1(toy_model):
