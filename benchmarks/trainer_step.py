@@ -10,7 +10,9 @@ GPUs (NCCL, one GPU per rank; TP sizes above the GPU count are skipped). Prints 
   budgeted path pads each micro-batch to its own longest sample.
 - `publish`: median time of `publish_weights` (gather, broadcast, the engine's load and version check) of a
   model of `--publish-hidden-size` x `--publish-num-layers` (about 100 MB of fp32 weights by default) to one
-  native engine, the bytes moved, the memcpy bandwidth of this machine measured in the same run, and
+  native engine in the default `trainer.weight_sync_format` (`send_format`: one broadcast per tensor over
+  gloo, flattened buckets over NCCL), the bytes moved, the memcpy bandwidth of this machine measured in the
+  same run, and
   `publish_efficiency` = (bytes / bandwidth) / time: 1.0 would be a single memcpy of the weights.
   `publish_gb_per_s` is bytes / time; `publish_over_flat_broadcast` is the time of a plain broadcast of
   one flat buffer of the same bytes between two fresh processes (same backend) over the publish time,
@@ -44,6 +46,7 @@ from slime_rl.engines.server import EngineProcess
 from slime_rl.observability.environment import git_commit, hardware_info
 from slime_rl.processes import free_port
 from slime_rl.toy.model import make_toy_model
+from slime_rl.trainer.weight_sync import send_format
 from slime_rl.types import Sample, TrainBatch
 
 
@@ -239,6 +242,7 @@ def main() -> None:
         "publish": {
             "engines": 1,
             "transport": transport if transport == "disk" else f"{'nccl' if gpus else 'gloo'} broadcast",
+            "send_format": send_format("auto", "nccl" if gpus else "gloo") if transport == "distributed" else None,
             "engine_device": engine_device,
             "publish_time_s": publish_s,
             "gather_time_s": statistics.median(result["gather_s"]),  # Megatron -> HF names and layouts, TP gather

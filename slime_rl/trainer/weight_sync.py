@@ -224,6 +224,15 @@ def _best_effort(urls: list[str], call: Callable[[EngineClient, int], Awaitable[
         logger.warning("could not %s on every engine: %s", what, err)
 
 
+def send_format(configured: str, backend: str) -> str:
+    """`trainer.weight_sync_format` over `backend`: `auto` is flattened over NCCL, where a broadcast per tensor
+    costs a kernel launch and packing is a device copy, and per tensor over gloo, where many broadcasts cost no
+    more than one of the same bytes and packing would be a CPU copy of every byte beside the transfer."""
+    if configured != "auto":
+        return configured
+    return FLATTENED_BUCKET if backend == "nccl" else "per_tensor"
+
+
 @dataclass
 class _Group:
     urls: list[str]  # the engines, in rank order
@@ -365,15 +374,8 @@ class WeightPublisher:
         return buckets
 
     def flattened(self, backend: str) -> bool:
-        """Whether buckets go as SGLang's flattened bucket (one broadcast) or one broadcast per tensor.
-
-        `auto`: flattened over NCCL, where a broadcast per tensor costs a kernel launch and packing is a device
-        copy; per tensor over gloo, where many broadcasts cost no more than one of the same bytes (measured:
-        `benchmarks/trainer_step.py`) and packing would be a CPU copy of every byte competing with the transfer.
-        """
-        if self.send_format == "auto":
-            return backend == "nccl"
-        return self.send_format == FLATTENED_BUCKET
+        """Whether buckets go as SGLang's flattened bucket over `backend` (else one broadcast per tensor)."""
+        return send_format(self.send_format, backend) == FLATTENED_BUCKET
 
     def _send_buffers(self, device: torch.device, num_bytes: int) -> list[torch.Tensor]:
         """Two uint8 buffers of at least `num_bytes` on `device`, kept across publishes: a bucket is packed into
