@@ -6,7 +6,7 @@ trainer group) and sends it to every engine, either
   engines beside Megatron's groups: for each bucket of at most `weight_sync_bucket_mb`, rank 0 posts
   `/update_weights_from_distributed` to every engine and then broadcasts the bucket's tensors, either as one
   byte buffer (`load_format="flattened_bucket"`, SGLang's flattened bucket, engines/tensor_bucket.py: one
-  collective per bucket) or one broadcast per tensor, as `trainer.weight_sync_format` says (`flattened`); or
+  collective per bucket) or one broadcast per tensor, as `trainer.weight_sync_format` says (`send_format`); or
 - `disk`: an HF safetensors directory `v{version}` under `publish_dir(cfg)` (inside the run dir) and
   `/update_weights_from_disk`; once every engine has loaded it, older versions are deleted.
 The new weight version goes with the last bucket, so an engine reports it only once it holds every

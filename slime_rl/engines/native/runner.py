@@ -10,7 +10,8 @@ same buckets (names, dtypes, shapes) at every publish, so a bucket layout whose 
 their own dtype gets a buffer kept for it (`bucket_buffer`), and `load_bucket` makes those parameters views of it
 (`param.data = view`, no copy); the next bucket of that layout is broadcast into the parameters themselves. A
 layout holding anything else (one expert's slice of a fused expert weight, another dtype, a tied parameter named
-twice) is received into a scratch buffer and copied out of it.
+twice) is received into a scratch buffer and copied out of it. A per-tensor update is received into each
+parameter it fills whole (`tensor_targets`), the rest into new tensors copied from.
 """
 
 from __future__ import annotations
@@ -151,8 +152,8 @@ class ModelRunner:
     def bucket_buffer(self, layout: BucketLayout) -> torch.Tensor:
         """The uint8 buffer to receive a flattened bucket of `layout` into, then `load_bucket(layout, buffer)`.
 
-        A layout whose every tensor fills a parameter whole, in its dtype and on its device (each parameter once),
-        gets a buffer of its own, kept: the parameters become views of it, and later buckets of that layout arrive
+        A layout whose every tensor fills a parameter whole, in its dtype (each parameter once), gets a buffer of
+        its own, kept: the parameters become views of it, and later buckets of that layout arrive
         in place. Any other layout shares one scratch buffer, copied out of. ValueError for an unknown name, a
         shape unlike the model's or a misaligned tensor, before anything is received.
         """
