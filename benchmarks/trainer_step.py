@@ -10,10 +10,10 @@ GPUs (NCCL, one GPU per rank; TP sizes above the GPU count are skipped). Prints 
   budgeted path pads each micro-batch to its own longest sample.
 - `publish`: median time of `publish_weights` (gather, broadcast, the engine's load and version check) of a
   model of `--publish-hidden-size` x `--publish-num-layers` (about 100 MB of fp32 weights by default) to one
-  native engine in the default `trainer.weight_sync_format` (`send_format`: one broadcast per tensor over
-  gloo, flattened buckets over NCCL), the bytes moved, the memcpy bandwidth of this machine measured in the
-  same run, and
-  `publish_efficiency` = (bytes / bandwidth) / time: 1.0 would be a single memcpy of the weights.
+  native engine in `--publish-format` (`trainer.weight_sync_format`; `send_format` says what `auto` became:
+  one broadcast per tensor over gloo, flattened buckets over NCCL), the bytes moved, the memcpy bandwidth of
+  this machine measured in the same run, and `publish_efficiency` = (bytes / bandwidth) / time: 1.0 would be
+  a single memcpy of the weights.
   `publish_gb_per_s` is bytes / time; `publish_over_flat_broadcast` is the time of a plain broadcast of
   one flat buffer of the same bytes between two fresh processes (same backend) over the publish time,
   1.0 meaning the publish path costs nothing beyond the transfer. The engine shares the trainer's device
@@ -152,6 +152,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--publish-hidden-size", type=int, default=512, help="width of the publishing model")
     parser.add_argument("--publish-num-layers", type=int, default=8, help="depth of the publishing model")
+    parser.add_argument(
+        "--publish-format",
+        default="auto",
+        choices=("auto", "flattened_bucket", "per_tensor"),
+        help="trainer.weight_sync_format of the publish",
+    )
     parser.add_argument("--long-tail-samples", type=int, default=64)
     parser.add_argument("--long-tail-median", type=int, default=32, help="median response tokens of the long tail")
     parser.add_argument("--long-tail-sigma", type=float, default=1.0, help="log-std of the lognormal lengths")
@@ -211,7 +217,9 @@ def main() -> None:
             EngineConfig(device=engine_device, max_running_requests=4, max_context_len=128), publish_model
         )
         try:
-            trainer_cfg = TrainerConfig(weight_sync=transport, checkpoint_dir=f"{tmp}/checkpoints")
+            trainer_cfg = TrainerConfig(
+                weight_sync=transport, weight_sync_format=args.publish_format, checkpoint_dir=f"{tmp}/checkpoints"
+            )
             small_batch = make_batch(args.prompt_len, [8] * 2, vocab)
             result = run(publish_model, trainer_cfg, small_batch, args.repeats, engine.start())
         finally:
@@ -242,7 +250,9 @@ def main() -> None:
         "publish": {
             "engines": 1,
             "transport": transport if transport == "disk" else f"{'nccl' if gpus else 'gloo'} broadcast",
-            "send_format": send_format("auto", "nccl" if gpus else "gloo") if transport == "distributed" else None,
+            "send_format": send_format(args.publish_format, "nccl" if gpus else "gloo")
+            if transport == "distributed"
+            else None,
             "engine_device": engine_device,
             "publish_time_s": publish_s,
             "gather_time_s": statistics.median(result["gather_s"]),  # Megatron -> HF names and layouts, TP gather
