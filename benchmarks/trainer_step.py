@@ -10,8 +10,8 @@ GPUs (NCCL, one GPU per rank; TP sizes above the GPU count are skipped). Prints 
   budgeted path pads each micro-batch to its own longest sample.
 - `publish`: median time of `publish_weights` (gather, broadcast, the engine's load and version check) of a
   model of `--publish-hidden-size` x `--publish-num-layers` (about 100 MB of fp32 weights by default) to one
-  native engine in `--publish-format` (`trainer.weight_sync_format`; `send_format` says what `auto` became:
-  one broadcast per tensor over gloo, flattened buckets over NCCL), the bytes moved, the memcpy bandwidth of
+  native engine in `--publish-format` (`trainer.weight_sync_format`; `update_calls` and `broadcasts` show what
+  `auto` chose: one broadcast per bucket flattened, one per tensor otherwise), the bytes moved, the memcpy bandwidth of
   this machine measured in the same run, and `publish_efficiency` = (bytes / bandwidth) / time: 1.0 would be
   a single memcpy of the weights.
   `publish_gb_per_s` is bytes / time; `publish_over_flat_broadcast` is the time of a plain broadcast of
@@ -46,7 +46,6 @@ from slime_rl.engines.server import EngineProcess
 from slime_rl.observability.environment import git_commit, hardware_info
 from slime_rl.processes import free_port
 from slime_rl.toy.model import make_toy_model
-from slime_rl.trainer.weight_sync import send_format
 from slime_rl.types import Sample, TrainBatch
 
 
@@ -82,7 +81,7 @@ def _rank(rank: int, world_size: int, port: int, out_dir: str, payload: bytes) -
     model_cfg, trainer_cfg, batch, repeats, engine_url = pickle.loads(payload)
     trainer = MegatronTrainer(model_cfg, trainer_cfg, AlgorithmConfig(), rank, world_size, "127.0.0.1", port)
     trainer.init()
-    result: dict[str, list[float]] = {"tokens_per_s": [], "publish_s": [], "gather_s": [], "bytes": []}
+    result: dict[str, list] = {"tokens_per_s": [], "publish_s": [], "gather_s": [], "bytes": [], "calls": []}
     trainer.train(batch)  # warm-up
     for _ in range(repeats):
         result["tokens_per_s"].append(trainer.train(batch)["perf/train_tokens_per_s"])
@@ -93,6 +92,7 @@ def _rank(rank: int, world_size: int, port: int, out_dir: str, payload: bytes) -
                 result["publish_s"].append(metrics["weights/publish_time_s"])
                 result["gather_s"].append(metrics["weights/gather_time_s"])
                 result["bytes"].append(metrics["weights/bytes"])
+                result["calls"].append((metrics["weights/num_buckets"], metrics["weights/num_broadcasts"]))
     destroy_parallel()
     torch.save(result, Path(out_dir) / f"rank{rank}.pt")
 
@@ -250,9 +250,9 @@ def main() -> None:
         "publish": {
             "engines": 1,
             "transport": transport if transport == "disk" else f"{'nccl' if gpus else 'gloo'} broadcast",
-            "send_format": send_format(args.publish_format, "nccl" if gpus else "gloo")
-            if transport == "distributed"
-            else None,
+            "send_format": args.publish_format,
+            "update_calls": int(result["calls"][0][0]),  # buckets
+            "broadcasts": int(result["calls"][0][1]),  # one per bucket flattened, one per tensor otherwise
             "engine_device": engine_device,
             "publish_time_s": publish_s,
             "gather_time_s": statistics.median(result["gather_s"]),  # Megatron -> HF names and layouts, TP gather

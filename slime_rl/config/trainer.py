@@ -50,7 +50,7 @@ class TrainerConfig:
     weight_sync_bucket_mb: int = 64  # MiB per update call; flattened, rank 0 keeps two bucket buffers on its device
     # How a bucket travels (weight_sync=distributed): flattened_bucket (one broadcast of its bytes, SGLang's
     # load_format) | per_tensor (one broadcast per tensor, no packing copy) | auto (flattened over NCCL, per
-    # tensor over gloo: trainer/weight_sync.py says why).
+    # tensor over gloo unless the tensors are small: trainer/weight_sync.py `send_format` says why).
     weight_sync_format: str = "auto"
     weight_publish_dir: str | None = None  # weight_sync=disk: newest published weights; None = {checkpoint_dir}/publish
 

@@ -207,20 +207,20 @@ def test_weight_publisher_failed_group_join_raises_with_engine_message_and_next_
     error = within_guard(lambda: publisher.broadcast([engine.url], TENSORS, version=1))
     assert isinstance(error, ServiceError)
     assert engine.url in str(error) and "cannot join: boom" in str(error)
-    assert within_guard(lambda: publisher.broadcast([engine.url], TENSORS, version=2)) == 1
+    assert within_guard(lambda: publisher.broadcast([engine.url], TENSORS, version=2)).buckets == 1
     assert engine.init_calls == 2 and engine.version == "2"
     assert engine.received[0]["a.weight"] == tensor_record(TENSORS["a.weight"])
 
 
 def test_weight_publisher_failed_update_raises_drops_the_group_and_next_publish_rebuilds(engine, publishers):
     publisher = publishers(bucket_bytes=1 << 20)
-    assert within_guard(lambda: publisher.broadcast([engine.url], TENSORS, version=1)) == 1
+    assert within_guard(lambda: publisher.broadcast([engine.url], TENSORS, version=1)).buckets == 1
     engine.fail_updates = 1
     error = within_guard(lambda: publisher.broadcast([engine.url], TENSORS, version=2))
     assert isinstance(error, ServiceError)
     assert engine.url in str(error) and "cannot load: boom" in str(error)
     assert engine.destroy_calls == 1 and engine.version == "1"
-    assert within_guard(lambda: publisher.broadcast([engine.url], TENSORS, version=3)) == 1
+    assert within_guard(lambda: publisher.broadcast([engine.url], TENSORS, version=3)).buckets == 1
     assert engine.init_calls == 2 and engine.version == "3"
     assert engine.received[0]["b.bias"] == tensor_record(TENSORS["b.bias"])
 
@@ -229,8 +229,8 @@ def test_weight_publisher_failed_update_raises_drops_the_group_and_next_publish_
 @pytest.mark.parametrize("send_format", ["flattened_bucket", "per_tensor", "auto"])
 def test_weight_publisher_sends_buckets_cut_at_the_size_and_at_misaligned_dtypes(recipe, send_format, publishers):
     # 6 bytes of bfloat16 then a float32 (misaligned at byte 6: a new bucket); then 64 + 8 bytes > the 64-byte
-    # bucket (a new bucket). Flattened, each bucket is one broadcast that both the native and SGLang's recipe
-    # unpack; per tensor (`auto` over gloo), one broadcast per tensor.
+    # bucket (a new bucket). Flattened (also `auto` for tensors this small), each bucket is one broadcast that
+    # both the native and SGLang's recipe unpack; per tensor, one broadcast per tensor.
     tensors = {
         "a": torch.tensor([1.5, -2.0, 3.25], dtype=torch.bfloat16),
         "b": torch.arange(16, dtype=torch.float32),
@@ -239,8 +239,10 @@ def test_weight_publisher_sends_buckets_cut_at_the_size_and_at_misaligned_dtypes
     engine = FakeEngine(recipe=recipe)
     try:
         publisher = publishers(bucket_bytes=64, send_format=send_format)
-        assert within_guard(lambda: publisher.broadcast([engine.url], tensors, version=1)) == 3
-        assert engine.load_formats == ["flattened_bucket" if send_format == "flattened_bucket" else None] * 3
+        flattened = send_format != "per_tensor"
+        sent = within_guard(lambda: publisher.broadcast([engine.url], tensors, version=1))
+        assert sent == weight_sync.Sent(buckets=3, broadcasts=3)  # here a tensor per bucket either way
+        assert engine.load_formats == ["flattened_bucket" if flattened else None] * 3
         assert engine.received[0] == {name: tensor_record(t) for name, t in tensors.items()}
     finally:
         engine.close()
@@ -267,3 +269,10 @@ def test_publish_to_disk_failed_load_raises_and_keeps_the_version_engines_serve(
     with pytest.raises(ServiceError, match="cannot read: boom"):
         weight_sync.publish_to_disk(TENSORS, tmp_path / "publish", [engine.url], 2, side_files_from=side_files)
     assert (tmp_path / "publish" / "v1" / "model.safetensors").is_file()
+
+
+def test_auto_send_format_is_flattened_over_nccl_and_for_small_tensors_else_per_tensor():
+    assert weight_sync.send_format("auto", "nccl", 64 << 20) == "flattened_bucket"
+    assert weight_sync.send_format("auto", "gloo", 64 << 10) == "flattened_bucket"
+    assert weight_sync.send_format("auto", "gloo", 4 << 20) == "per_tensor"
+    assert weight_sync.send_format("per_tensor", "nccl", 1) == "per_tensor"
