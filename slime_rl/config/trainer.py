@@ -47,10 +47,14 @@ class TrainerConfig:
     # --no-load-optim), which also lets a checkpoint load with the other use_distributed_optimizer kind.
     load_optimizer: bool = True
     weight_sync: str = "distributed"  # distributed (torch.distributed broadcast) | disk (safetensors dir)
-    weight_sync_bucket_mb: int = 64  # MiB per update call; flattened, rank 0 keeps two bucket buffers on its device
-    # How a bucket travels (weight_sync=distributed): flattened_bucket (one broadcast of its bytes, SGLang's
-    # load_format) | per_tensor (one broadcast per tensor, no packing copy) | auto (flattened over NCCL, per
-    # tensor over gloo unless the tensors are small: trainer/weight_sync.py `send_format` says why).
+    # MiB per update call (slime's --update-weight-buffer-size default). Tensors that lie back to back in the
+    # trainer's parameter buffer go flattened from where they lie; rank 0 packs the others into two buffers the
+    # size of the largest such bucket, on its device; an engine receives a flattened bucket whole.
+    weight_sync_bucket_mb: int = 512
+    # How tensors that do not lie back to back travel (weight_sync=distributed): flattened_bucket (packed, one
+    # broadcast of its bytes, SGLang's load_format) | per_tensor (one broadcast per tensor, no packing copy; then
+    # every tensor goes so) | auto (packed over NCCL, per tensor over gloo unless the tensors are small:
+    # trainer/weight_sync.py `send_format` says why).
     weight_sync_format: str = "auto"
     weight_publish_dir: str | None = None  # weight_sync=disk: newest published weights; None = {checkpoint_dir}/publish
 

@@ -5,12 +5,15 @@
 `names`, `dtypes` and `shapes`; rank 0 then broadcasts one uint8 tensor holding each tensor's bytes,
 flattened, one after another in `names` order, with no padding. SGLang 0.5.23 refuses a tensor whose byte
 offset is not a multiple of its dtype's size, so a sender keeps every offset aligned (`is_aligned`).
-One broadcast per bucket instead of one per tensor is what makes publishing bandwidth-bound.
+One broadcast per bucket instead of one per tensor is what makes publishing bandwidth-bound. A sender whose
+tensors already lie back to back in one storage (`lies_after`) sends that memory as the bucket (`bytes_in_place`)
+instead of packing it (`flatten`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import pairwise
 
 import torch
 
@@ -24,6 +27,31 @@ def flatten(tensors: Sequence[torch.Tensor], out: torch.Tensor | None = None) ->
     if out is None:
         return torch.cat(parts)
     return torch.cat(parts, out=out[: sum(p.numel() for p in parts)])
+
+
+def lies_after(previous: torch.Tensor, tensor: torch.Tensor) -> bool:
+    """Whether `tensor` starts in the same storage where `previous` ends, both contiguous and not empty."""
+    return (
+        previous.numel() > 0
+        and tensor.numel() > 0
+        and previous.is_contiguous()
+        and tensor.is_contiguous()
+        and previous.device == tensor.device
+        and previous.untyped_storage().data_ptr() == tensor.untyped_storage().data_ptr()
+        and previous.data_ptr() + previous.nbytes == tensor.data_ptr()
+    )
+
+
+def bytes_in_place(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The bucket's uint8 buffer as a view of the memory `tensors` fill, each `lies_after` the one before (no
+    copy; the same bytes `flatten` would make)."""
+    first, last = tensors[0], tensors[-1]
+    if not all(lies_after(a, b) for a, b in pairwise(tensors)):
+        raise ValueError("bytes_in_place needs tensors that lie back to back in one storage")
+    start = first.storage_offset() * first.element_size()
+    end = last.storage_offset() * last.element_size() + last.nbytes
+    view = torch.empty(0, dtype=torch.uint8, device=first.device)
+    return view.set_(first.untyped_storage(), start, (end - start,))
 
 
 def is_aligned(offset: int, dtype: torch.dtype) -> bool:

@@ -88,9 +88,14 @@ def hf_to_megatron_full(hf: Mapping[str, Tensor], arch: ArchSpec, tp_size: int) 
     return out
 
 
-def megatron_full_to_hf(meg: Mapping[str, Tensor], arch: ArchSpec) -> dict[str, Tensor]:
-    """HF tensors from Megatron full tensors (inverse of `hf_to_megatron_full`; vocab padding stripped)."""
+def megatron_full_to_hf(
+    meg: Mapping[str, Tensor], arch: ArchSpec, split_into: Tensor | None = None
+) -> dict[str, Tensor]:
+    """HF tensors from Megatron full tensors (inverse of `hf_to_megatron_full`; vocab padding stripped): views of
+    `meg` but for q/k/v, which are copied into `split_into` (a flat tensor of exactly their size, dtype and
+    device: the spare end of the trainer's parameter buffer), else into a new buffer."""
     groups, q_per_group, dim = arch.num_kv_heads, arch.num_heads // arch.num_kv_heads, arch.head_dim
+    splits: dict[str, tuple[int, ...]] = {}  # HF name -> shape, of the q/k/v split out of Megatron's fused rows
     out = {
         "model.embed_tokens.weight": meg["embedding.word_embeddings.weight"][: arch.vocab_size],
         "model.norm.weight": meg["decoder.final_layernorm.weight"],
@@ -106,12 +111,49 @@ def megatron_full_to_hf(meg: Mapping[str, Tensor], arch: ArchSpec) -> dict[str, 
             tail = qkv.shape[1:]
             q, k, v = qkv.reshape(groups, q_per_group + 2, dim, *tail).split([q_per_group, 1, 1], dim=1)
             for p, t in zip("qkv", (q, k, v), strict=True):
-                out[f"{dst}self_attn.{p}_proj.{kind}"] = t.reshape(-1, *tail).contiguous()
+                out[f"{dst}self_attn.{p}_proj.{kind}"] = t  # [groups, heads, dim, *tail]: copied below
+                splits[f"{dst}self_attn.{p}_proj.{kind}"] = (-1, *tail)
         for meg_mlp, hf_mlp in _mlps(arch, i):
             gate, up = meg[meg_mlp + "linear_fc1.weight"].chunk(2)
             out[hf_mlp + "gate_proj.weight"], out[hf_mlp + "up_proj.weight"] = gate.contiguous(), up.contiguous()
             out[hf_mlp + "down_proj.weight"] = meg[meg_mlp + "linear_fc2.weight"]
+    # The split q/k/v are the only copies: all of them go into one buffer, back to back, so that a publisher
+    # sends them as one flattened bucket without packing them again (weight_sync.py).
+    for dtype in dict.fromkeys(out[name].dtype for name in splits):
+        names = [name for name in splits if out[name].dtype == dtype]
+        numel = sum(out[name].numel() for name in names)
+        if split_into is None:
+            buffer = out[names[0]].new_empty(numel)
+        elif (split_into.numel(), split_into.dtype, split_into.device) == (numel, dtype, out[names[0]].device):
+            buffer = split_into
+        else:
+            raise ValueError(
+                f"split_into holds {split_into.numel()} {split_into.dtype} on {split_into.device}; "
+                f"the q/k/v are {numel} {dtype} on {out[names[0]].device}"
+            )
+        offset = 0
+        for name in names:
+            target = buffer[offset : offset + out[name].numel()].view(out[name].shape)
+            target.copy_(out[name])
+            out[name] = target.view(splits[name])
+            offset += target.numel()
     return out
+
+
+def published_as_copy(name: str) -> bool:
+    """Whether `megatron_full_to_hf` gives Megatron tensor `name` as new tensors rather than views of it: the
+    fused q/k/v rows, which interleave the heads of each KV group."""
+    return ".linear_qkv." in name
+
+
+def publish_order(name: str) -> int:
+    """Where Megatron tensor `name` goes in the trainer's parameter buffer (param_buffer.py), lowest first, so
+    that the tensors `megatron_full_to_hf` gives as views lie back to back, followed by the copies: first the
+    fused q/k/v rows (published as copies), then the vocabulary rows (published without their padding rows,
+    which would break the run), then the rest."""
+    if published_as_copy(name):
+        return 0
+    return 1 if name.endswith(("word_embeddings.weight", "output_layer.weight")) else 2
 
 
 def tp_split_dim(name: str) -> int | None:

@@ -26,7 +26,7 @@ import torch.distributed as dist
 from slime_rl.config import AlgorithmConfig, ModelConfig, TrainerConfig
 from slime_rl.cuda_compat import avoid_per_shape_attention_plans
 from slime_rl.errors import ConfigError
-from slime_rl.trainer import checkpoint, weights
+from slime_rl.trainer import checkpoint, hf_convert, weights
 from slime_rl.trainer.batching import (
     MicroBatch,
     build_micro_batches,
@@ -43,6 +43,7 @@ from slime_rl.trainer.model import arch_from_hf, build_gpt_model, transformer_co
 from slime_rl.trainer.moe_metrics import ExpertLoad
 from slime_rl.trainer.objective import StepTotals, TokenInputs, rl_objective, sft_objective
 from slime_rl.trainer.parallel import init_parallel
+from slime_rl.trainer.param_buffer import move_into_buffer
 from slime_rl.trainer.weight_sync import WeightPublisher, publish
 from slime_rl.types import Sample, TrainBatch
 
@@ -134,6 +135,7 @@ class MegatronTrainer:
                 post_process=self.layout.is_last_stage,
             )
             weights.load_hf_into_model(self.model, self.arch, weights.read_hf_tensors(self.model_cfg.path), self.layout)
+            self.publish_split = self._lay_out_parameters()  # where publishing splits q/k/v (None: anywhere)
             self.ddp = DistributedDataParallel(
                 self.tf_config,
                 DistributedDataParallelConfig(
@@ -171,6 +173,19 @@ class MegatronTrainer:
         self.version = 0
         self.publisher: WeightPublisher | None = None  # rank 0's weight-update groups, built on first publish
         self.expert_load = ExpertLoad(self.model, self.arch.moe.num_experts) if self.arch.moe is not None else None
+
+    def _lay_out_parameters(self) -> torch.Tensor | None:
+        """Move the parameters into one buffer in `hf_convert.publish_order` (param_buffer.py); on the rank that
+        publishes its own whole model (TP=PP=1, DP rank 0), with room after them for the q/k/v split, which is
+        returned. With the distributed optimizer DDP keeps the parameters in its own buffer: nothing moves."""
+        if self.cfg.use_distributed_optimizer:
+            return None
+        named = [(name, p) for name, p in self.model.named_parameters() if p.dtype == self.dtype]
+        params = sorted(named, key=lambda item: hf_convert.publish_order(item[0]))
+        publishes_whole_model = self.layout.tp_size == self.layout.pp_size == 1 and self.layout.dp_rank == 0
+        spare = sum(p.numel() for n, p in params if hf_convert.published_as_copy(n)) if publishes_whole_model else 0
+        buffer = move_into_buffer([p for _, p in params], spare=spare)
+        return buffer[buffer.numel() - spare :] if spare else None
 
     # -- forward / backward ------------------------------------------------------------------------------
 

@@ -6,7 +6,10 @@ trainer group) and sends it to every engine, either
   engines beside Megatron's groups: for each bucket of at most `weight_sync_bucket_mb`, rank 0 posts
   `/update_weights_from_distributed` to every engine and then broadcasts the bucket's tensors, either as one
   byte buffer (`load_format="flattened_bucket"`, SGLang's flattened bucket, engines/tensor_bucket.py: one
-  collective per bucket) or one broadcast per tensor, as `trainer.weight_sync_format` says (`send_format`); or
+  collective per bucket) or one broadcast per tensor (`WeightPublisher._plan`). Tensors that lie back to back
+  in rank 0's parameter buffer (trainer/param_buffer.py) go as flattened buckets straight from that memory;
+  the copies the gather makes (q/k/v split from Megatron's fused rows, other ranks' shards) are packed or sent
+  one by one as `trainer.weight_sync_format` says (`send_format`); or
 - `disk`: an HF safetensors directory `v{version}` under `publish_dir(cfg)` (inside the run dir) and
   `/update_weights_from_disk`; once every engine has loaded it, older versions are deleted.
 The new weight version goes with the last bucket, so an engine reports it only once it holds every
@@ -60,7 +63,7 @@ import torch.distributed as dist
 from slime_rl.config.trainer import TrainerConfig
 from slime_rl.engines.client import EngineClient, EngineError
 from slime_rl.engines.protocol import weight_update_ranks
-from slime_rl.engines.tensor_bucket import FLATTENED_BUCKET, flatten, is_aligned
+from slime_rl.engines.tensor_bucket import FLATTENED_BUCKET, bytes_in_place, flatten, is_aligned, lies_after
 from slime_rl.engines.weight_group import leave_group, new_group
 from slime_rl.errors import ConfigError, ServiceError
 from slime_rl.trainer import weights
@@ -226,8 +229,9 @@ def _best_effort(urls: list[str], call: Callable[[EngineClient, int], Awaitable[
 
 
 def send_format(configured: str, backend: str, mean_tensor_bytes: float) -> str:
-    """`trainer.weight_sync_format` for tensors of `mean_tensor_bytes` over `backend`. `auto` is flattened over
-    NCCL, where packing is a device copy and a broadcast per tensor costs a kernel launch. Over gloo it is per
+    """`trainer.weight_sync_format` for tensors that would need packing (they do not lie back to back in one
+    buffer), of `mean_tensor_bytes` on average, over `backend`. `auto` is flattened over NCCL, where packing is
+    a device copy and a broadcast per tensor costs a kernel launch. Over gloo it is per
     tensor (no packing: a CPU copy of every byte) unless the tensors are small: each gloo broadcast costs about
     0.2 ms more than the bytes it moves (75 tensors of 101 MB: 40 ms against 26 ms for one buffer, 2 cores),
     while packing 1 MiB costs about 0.15 ms."""
@@ -238,11 +242,33 @@ def send_format(configured: str, backend: str, mean_tensor_bytes: float) -> str:
     return "per_tensor"
 
 
+_IN_PLACE, _PACKED, _PER_TENSOR = "in_place", "packed", "per_tensor"  # how a bucket goes: `_Bucket.how`
+
+
+@dataclass(eq=False)
+class _Bucket:
+    """One `/update_weights_from_distributed` call and its broadcasts."""
+
+    tensors: list[tuple[str, torch.Tensor]]
+    how: str  # in_place: flattened, sent from where the tensors lie | packed: flattened into a send buffer |
+    # per_tensor: one broadcast per tensor
+
+    @property
+    def num_bytes(self) -> int:
+        return sum(t.numel() * t.element_size() for _, t in self.tensors)
+
+    @property
+    def num_broadcasts(self) -> int:
+        return len(self.tensors) if self.how == _PER_TENSOR else 1
+
+
 class Sent(NamedTuple):
-    """What one publish sent: update calls (buckets) and collectives (broadcasts)."""
+    """What one publish sent: update calls (buckets), collectives (broadcasts) and the bytes rank 0 copied to
+    pack buckets (0 when every tensor went from where it lies)."""
 
     buckets: int
     broadcasts: int
+    packed_bytes: int = 0
 
 
 @dataclass
@@ -371,19 +397,42 @@ class WeightPublisher:
 
         group.sessions = _EngineCalls(group.urls, begin, loop=self.http).join()
 
-    def _buckets(self, tensors: dict[str, torch.Tensor]) -> list[list[tuple[str, torch.Tensor]]]:
-        """`tensors` in order, cut into buckets of at most `bucket_bytes` (a bigger tensor alone), and before a
-        tensor whose byte offset in its bucket would not be a multiple of its dtype's size (SGLang's check)."""
+    def _cut(self, tensors: list[tuple[str, torch.Tensor]], *, in_place: bool) -> list[list[tuple[str, torch.Tensor]]]:
+        """`tensors` in order, cut into buckets of at most `bucket_bytes` (a bigger tensor alone), before a tensor
+        whose byte offset in its bucket would not be a multiple of its dtype's size (SGLang's check) and, with
+        `in_place`, before a tensor that does not lie right after the one before it."""
         buckets: list[list[tuple[str, torch.Tensor]]] = [[]]
         size = 0
-        for name, tensor in tensors.items():
+        for name, tensor in tensors:
             nbytes = tensor.numel() * tensor.element_size()
-            if buckets[-1] and (size + nbytes > self.bucket_bytes or not is_aligned(size, tensor.dtype)):
+            if buckets[-1] and (
+                size + nbytes > self.bucket_bytes
+                or not is_aligned(size, tensor.dtype)
+                or (in_place and not lies_after(buckets[-1][-1][1], tensor))
+            ):
                 buckets.append([])
                 size = 0
             buckets[-1].append((name, tensor))
             size += nbytes
-        return buckets
+        return [bucket for bucket in buckets if bucket]
+
+    def _plan(self, tensors: dict[str, torch.Tensor], backend: str, device: torch.device) -> list[_Bucket]:
+        """How to send `tensors`: tensors that lie back to back in one storage on `device` (the trainer keeps its
+        parameters in one buffer, trainer/param_buffer.py) go as flattened buckets sent from where they lie; the
+        others (copies the gather made) are packed into flattened buckets or sent one broadcast per tensor, as
+        `send_format` says. `weight_sync_format=per_tensor` sends every tensor alone. Buckets are the same from
+        one publish to the next, so an engine keeps receiving each one into the same memory."""
+        items = list(tensors.items())
+        if self.send_format == "per_tensor":
+            return [_Bucket(b, _PER_TENSOR) for b in self._cut(items, in_place=False)]
+        on_device = [(name, t) for name, t in items if t.device == device]
+        by_address = sorted(on_device, key=lambda item: item[1].data_ptr())
+        runs = [b for b in self._cut(by_address, in_place=True) if len(b) > 1]
+        in_place = {name for run in runs for name, _ in run}
+        loose = [(name, t) for name, t in items if name not in in_place]
+        mean_bytes = sum(t.numel() * t.element_size() for _, t in loose) / max(len(loose), 1)
+        how = _PACKED if send_format(self.send_format, backend, mean_bytes) == FLATTENED_BUCKET else _PER_TENSOR
+        return [_Bucket(run, _IN_PLACE) for run in runs] + [_Bucket(b, how) for b in self._cut(loose, in_place=False)]
 
     def _send_buffers(self, device: torch.device, num_bytes: int) -> list[torch.Tensor]:
         """Two uint8 buffers of at least `num_bytes` on `device`, kept across publishes: a bucket is packed into
@@ -403,39 +452,43 @@ class WeightPublisher:
         device = torch.device("cuda", torch.cuda.current_device()) if has_cuda() else torch.device("cpu")
         options = dist.BroadcastOptions()
         options.rootRank = 0
-        buckets = self._buckets(tensors)
-        mean_bytes = sum(t.numel() * t.element_size() for t in tensors.values()) / max(len(tensors), 1)
-        flattened = send_format(self.send_format, group.backend, mean_bytes) == FLATTENED_BUCKET
+        buckets = self._plan(tensors, group.backend, device)
+        packed = [b for b in buckets if b.how == _PACKED]
+        buffers = self._send_buffers(device, max(b.num_bytes for b in packed)) if packed else []
+
+        def payload(index: int) -> list[torch.Tensor]:
+            """What bucket `index` broadcasts; a packed bucket is packed here, alternating the two buffers."""
+            bucket = buckets[index]
+            local = [t.to(device) for _, t in bucket.tensors]
+            if bucket.how == _IN_PLACE:
+                return [bytes_in_place(local)]
+            if bucket.how == _PACKED:
+                return [flatten(local, out=buffers[packed.index(bucket) % 2])]
+            return [t.contiguous() for t in local]
+
         works: list[Any] = []
         try:
             self._begin_sessions(group)
-            if flattened:
-                sizes = [sum(t.numel() * t.element_size() for _, t in bucket) for bucket in buckets]
-                buffers = self._send_buffers(device, max(sizes))
-                next_sent = flatten([tensor.to(device) for _, tensor in buckets[0]], out=buffers[0])
+            next_sent = payload(0) if buckets else []
             for index, bucket in enumerate(buckets):
                 is_last = index == len(buckets) - 1
                 posts = _EngineCalls(  # engines enter the broadcast when they get this
                     urls,
                     lambda c, _i, bucket=bucket, is_last=is_last: c.update_weights_from_distributed(
-                        names=[n for n, _ in bucket],
-                        dtypes=[str(t.dtype).removeprefix("torch.") for _, t in bucket],
-                        shapes=[list(t.shape) for _, t in bucket],
+                        names=[n for n, _ in bucket.tensors],
+                        dtypes=[str(t.dtype).removeprefix("torch.") for _, t in bucket.tensors],
+                        shapes=[list(t.shape) for _, t in bucket.tensors],
                         group_name=group.name,
                         weight_version=str(version) if is_last else None,
-                        load_format=FLATTENED_BUCKET if flattened else None,
+                        load_format=None if bucket.how == _PER_TENSOR else FLATTENED_BUCKET,
                     ),
                     loop=self.http,
                 )
                 works = []
                 try:
-                    if not flattened:  # one broadcast per tensor, sent from where it lies: nothing is copied
-                        works = [group.group.broadcast([t.to(device).contiguous()], options) for _, t in bucket]
-                    else:  # one broadcast for the whole bucket
-                        works.append(group.group.broadcast([next_sent], options))
-                    if flattened and not is_last:  # the next bucket is packed while this one travels
-                        following = [tensor.to(device) for _, tensor in buckets[index + 1]]
-                        next_sent = flatten(following, out=buffers[(index + 1) % 2])
+                    works = [group.group.broadcast([t], options) for t in next_sent]
+                    if not is_last:  # the next bucket is made ready while this one travels
+                        next_sent = payload(index + 1)
                     _wait_beside(_when_all_done(works), posts)
                     for work in works:
                         work.wait()
@@ -447,7 +500,7 @@ class WeightPublisher:
             self._drop(urls, works)
             _best_effort(group.session_urls(), lambda c, _i: c.end_weight_update(), "close the weight-update session")
             raise
-        return Sent(buckets=len(buckets), broadcasts=len(buckets) if flattened else len(tensors))
+        return Sent(len(buckets), sum(b.num_broadcasts for b in buckets), sum(b.num_bytes for b in packed))
 
 
 def publish_dir(cfg: TrainerConfig) -> Path:
@@ -483,7 +536,7 @@ def publish(trainer: MegatronTrainer, engine_urls: list[str], version: int) -> d
     Returns `weights/...` metrics on global rank 0 and an empty dict on the other ranks.
     """
     start = time.perf_counter()
-    hf = weights.gather_hf_state_dict(trainer.model, trainer.arch, trainer.layout)
+    hf = weights.gather_hf_state_dict(trainer.model, trainer.arch, trainer.layout, split_into=trainer.publish_split)
     if hf is None:
         return {}
     gathered = time.perf_counter()
@@ -513,5 +566,6 @@ def publish(trainer: MegatronTrainer, engine_urls: list[str], version: int) -> d
         "weights/bytes": float(num_bytes),
         "weights/num_buckets": float(sent.buckets),
         "weights/num_broadcasts": float(sent.broadcasts),
+        "weights/packed_bytes": float(sent.packed_bytes),
         "weights/version": float(version),
     }

@@ -75,13 +75,21 @@ def train_and_publish(trainer, batch, engine_url, export_dir):
     return metrics, after_broadcast, disk_metrics
 
 
-def test_trainer_published_weights_change_engine_greedy_output_and_version(toy_model, engine_url, tmp_path):
+@pytest.mark.parametrize("tp_size", [1, 2])
+def test_trainer_published_weights_change_engine_greedy_output_and_version(toy_model, engine_url, tmp_path, tp_size):
     before = generate(engine_url, temperature=0.0)
     # SFT towards a fixed target response so greedy decoding must change.
     target = [40, 41, 42, 43, 44, 45, 46, 47]
     batch = engine_batch(PROMPTS, [(target, [0.0] * len(target))] * len(PROMPTS))
+    # TP=2: many small buckets of gathered (packed) tensors; TP=1: the model in one bucket from the trainer's
+    # parameter buffer, q/k/v split into its spare end, nothing packed.
+    bucket_mb = 1 if tp_size == 2 else TrainerConfig().weight_sync_bucket_mb
     cfg = TrainerConfig(
-        tensor_model_parallel_size=2, micro_batch_size=2, lr=5e-2, weight_sync_bucket_mb=1, checkpoint_dir=str(tmp_path)
+        tensor_model_parallel_size=tp_size,
+        micro_batch_size=2,
+        lr=5e-2,
+        weight_sync_bucket_mb=bucket_mb,
+        checkpoint_dir=str(tmp_path),
     )
     export_dir = str(tmp_path / "exported")
     results = run_ranks(
@@ -94,7 +102,11 @@ def test_trainer_published_weights_change_engine_greedy_output_and_version(toy_m
         export_dir=export_dir,
     )
     metrics, after_broadcast, disk_metrics = results[0]
-    assert metrics["weights/bytes"] > 0 and metrics["weights/num_buckets"] >= 1
+    assert metrics["weights/bytes"] > 0
+    if tp_size == 1:
+        assert (metrics["weights/num_buckets"], metrics["weights/packed_bytes"]) == (1, 0)
+    else:
+        assert metrics["weights/num_buckets"] > 1 and metrics["weights/packed_bytes"] > 0
     assert all(version == "1" for _, _, version in after_broadcast)
     assert [ids for ids, _, _ in after_broadcast] != [ids for ids, _, _ in before]
     assert disk_metrics["weights/version"] == 2

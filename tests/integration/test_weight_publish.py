@@ -241,11 +241,42 @@ def test_weight_publisher_sends_buckets_cut_at_the_size_and_at_misaligned_dtypes
         publisher = publishers(bucket_bytes=64, send_format=send_format)
         flattened = send_format != "per_tensor"
         sent = within_guard(lambda: publisher.broadcast([engine.url], tensors, version=1))
-        assert sent == weight_sync.Sent(buckets=3, broadcasts=3)  # here a tensor per bucket either way
+        # here a tensor per bucket either way, packed unless per tensor
+        assert sent == weight_sync.Sent(buckets=3, broadcasts=3, packed_bytes=78 if flattened else 0)
         assert engine.load_formats == ["flattened_bucket" if flattened else None] * 3
         assert engine.received[0] == {name: tensor_record(t) for name, t in tensors.items()}
     finally:
         engine.close()
+
+
+@pytest.mark.parametrize("send_format", ["auto", "flattened_bucket", "per_tensor"])
+def test_weight_publisher_sends_tensors_lying_back_to_back_from_their_memory_and_packs_the_rest(
+    engine, publishers, send_format, monkeypatch
+):
+    # p0, p1, p2 fill one buffer back to back (a view each, as the trainer's parameter buffer gives), out of
+    # order in the dict; q is a copy of its own and r a lone view: they are packed (or sent one by one).
+    memory = torch.arange(64, dtype=torch.float32)
+    tensors = {
+        "p1": memory[8:24].reshape(4, 4),
+        "q": torch.full((3,), 5.0),
+        "p0": memory[0:8],
+        "r": memory[40:48],
+        "p2": memory[24:32].reshape(2, 4),
+    }
+    packed: list[list[torch.Tensor]] = []
+    flatten = weight_sync.flatten
+    monkeypatch.setattr(weight_sync, "flatten", lambda ts, out=None: packed.append(list(ts)) or flatten(ts, out))
+    publisher = publishers(bucket_bytes=1 << 20, send_format=send_format)
+    sent = within_guard(lambda: publisher.broadcast([engine.url], tensors, version=1))
+    if send_format == "per_tensor":
+        assert sent == weight_sync.Sent(buckets=1, broadcasts=5) and engine.load_formats == [None]
+    else:
+        # The run goes in place; q and r are packed.
+        assert sent == weight_sync.Sent(buckets=2, broadcasts=2, packed_bytes=12 + 32)
+        assert engine.load_formats == ["flattened_bucket"] * 2
+        assert [[t.data_ptr() for t in bucket] for bucket in packed] == [[tensors[n].data_ptr() for n in "qr"]]
+    assert engine.received[0] == {name: tensor_record(t) for name, t in tensors.items()}
+    assert engine.version == "1"
 
 
 def test_publish_to_disk_keeps_only_the_newest_version_and_nothing_else_is_touched(engine, tmp_path):

@@ -3,10 +3,14 @@ the architecture read from HF configs (Qwen3's q/k norm, Llama 3's RoPE frequenc
 
 from __future__ import annotations
 
+import re
+from itertools import pairwise
+
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
+from slime_rl.engines.tensor_bucket import lies_after
 from slime_rl.errors import ConfigError
 from slime_rl.trainer import hf_convert
 from slime_rl.trainer.model import arch_from_hf
@@ -52,6 +56,33 @@ def test_hf_convert_round_trip_through_tp_shards_is_exact(kind, tp_size):
     assert back.keys() == hf.keys()
     for name, tensor in hf.items():
         assert torch.equal(back[name], tensor), name
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2", "qwen3"])
+def test_hf_convert_publishes_views_of_every_megatron_tensor_but_the_ones_named_copies(kind):
+    # The trainer's parameter buffer puts `published_as_copy` tensors last so that the views lie back to back.
+    config, hf = _model(kind)
+    arch = arch_from_hf(config)
+    full = hf_convert.hf_to_megatron_full(hf, arch, 1)
+    storages = {t.untyped_storage().data_ptr() for t in hf_convert.megatron_full_to_hf(full, arch).values()}
+    for name, tensor in full.items():
+        assert hf_convert.published_as_copy(name) == (tensor.untyped_storage().data_ptr() not in storages), name
+
+
+def test_hf_convert_splits_qkv_back_to_back_into_the_given_memory():
+    config, hf = _model("qwen2")  # q/k/v with biases
+    arch = arch_from_hf(config)
+    full = hf_convert.hf_to_megatron_full(hf, arch, 1)
+    fused = [name for name in full if hf_convert.published_as_copy(name)]
+    split_into = torch.empty(sum(full[name].numel() for name in fused))
+    out = hf_convert.megatron_full_to_hf(full, arch, split_into=split_into)
+    for name, tensor in hf.items():
+        assert torch.equal(out[name], tensor), name
+    split = [t for name, t in out.items() if re.search(r"\.[qkv]_proj\.", name)]
+    assert split[0].data_ptr() == split_into.data_ptr()
+    assert all(lies_after(a, b) for a, b in pairwise(split))
+    with pytest.raises(ValueError, match="split_into holds 3 torch.float32"):
+        hf_convert.megatron_full_to_hf(full, arch, split_into=torch.empty(3))
 
 
 def test_hf_convert_qkv_rows_are_queries_then_key_then_value_per_group():
