@@ -8,12 +8,13 @@ GPUs (NCCL, one GPU per rank; TP sizes above the GPU count are skipped). Prints 
   `trainer.max_tokens_per_micro_batch` over the same batch in fixed-shape micro-batches, at the same
   micro-batch token capacity (rows x longest input); TP=1. This CPU build has no THD packing, so the
   budgeted path pads each micro-batch to its own longest sample.
-- `publish`: median time of `publish_weights` (gather, broadcast, the engine's load and version check) of a
-  model of `--publish-hidden-size` x `--publish-num-layers` (about 100 MB of fp32 weights by default) to one
-  native engine in `--publish-format` (`trainer.weight_sync_format`; `update_calls` and `broadcasts` show what
-  `auto` chose: one broadcast per bucket flattened, one per tensor otherwise), the bytes moved, the memcpy bandwidth of
-  this machine measured in the same run, and `publish_efficiency` = (bytes / bandwidth) / time: 1.0 would be
-  a single memcpy of the weights.
+- `publish`: median time of `--publish-repeats` calls of `publish_weights` (gather, broadcast, the engine's load
+  and version check) of a model of `--publish-hidden-size` x `--publish-num-layers` (about 100 MB of fp32
+  weights by default) to one native engine in `--publish-format` (`trainer.weight_sync_format`; `update_calls`,
+  `broadcasts` and `packed_bytes` show how it went: one broadcast per flattened bucket, one per tensor
+  otherwise, and the bytes rank 0 copied to pack buckets, 0 when the whole model went from the trainer's
+  parameter buffer), the bytes moved, the memcpy bandwidth of this machine measured in the same run, and
+  `publish_efficiency` = (bytes / bandwidth) / time: 1.0 would be a single memcpy of the weights.
   `publish_gb_per_s` is bytes / time; `publish_over_flat_broadcast` is the time of a plain broadcast of
   one flat buffer of the same bytes between two fresh processes (same backend) over the publish time,
   1.0 meaning the publish path costs nothing beyond the transfer. The engine shares the trainer's device
@@ -83,7 +84,7 @@ def _rank(rank: int, world_size: int, port: int, out_dir: str, payload: bytes) -
     trainer.init()
     result: dict[str, list] = {"tokens_per_s": [], "publish_s": [], "gather_s": [], "bytes": [], "calls": []}
     trainer.train(batch)  # warm-up
-    for _ in range(repeats):
+    for _ in range(0 if engine_url else repeats):  # a publishing run times `repeats` publishes instead
         result["tokens_per_s"].append(trainer.train(batch)["perf/train_tokens_per_s"])
     if engine_url:
         for version in range(1, repeats + 2):
@@ -92,7 +93,9 @@ def _rank(rank: int, world_size: int, port: int, out_dir: str, payload: bytes) -
                 result["publish_s"].append(metrics["weights/publish_time_s"])
                 result["gather_s"].append(metrics["weights/gather_time_s"])
                 result["bytes"].append(metrics["weights/bytes"])
-                result["calls"].append((metrics["weights/num_buckets"], metrics["weights/num_broadcasts"]))
+                result["calls"].append(
+                    (metrics["weights/num_buckets"], metrics["weights/num_broadcasts"], metrics["weights/packed_bytes"])
+                )
     destroy_parallel()
     torch.save(result, Path(out_dir) / f"rank{rank}.pt")
 
@@ -150,6 +153,9 @@ def main() -> None:
     parser.add_argument("--prompt-len", type=int, default=16)
     parser.add_argument("--response-len", type=int, default=48)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument(
+        "--publish-repeats", type=int, default=15, help="publishes and flat broadcasts timed (medians, ~40 ms each)"
+    )
     parser.add_argument("--publish-hidden-size", type=int, default=512, help="width of the publishing model")
     parser.add_argument("--publish-num-layers", type=int, default=8, help="depth of the publishing model")
     parser.add_argument(
@@ -221,7 +227,7 @@ def main() -> None:
                 weight_sync=transport, weight_sync_format=args.publish_format, checkpoint_dir=f"{tmp}/checkpoints"
             )
             small_batch = make_batch(args.prompt_len, [8] * 2, vocab)
-            result = run(publish_model, trainer_cfg, small_batch, args.repeats, engine.start())
+            result = run(publish_model, trainer_cfg, small_batch, args.publish_repeats, engine.start())
         finally:
             engine.stop()
     bandwidth = memcpy_bandwidth_bytes_per_s()
@@ -229,7 +235,7 @@ def main() -> None:
     num_bytes = int(result["bytes"][0])
     # The baseline: the same bytes as one flat buffer over a plain broadcast between two processes, same backend.
     backend = "nccl" if gpus >= 2 else "gloo"
-    flat_s = flat_broadcast_seconds(num_bytes, backend, args.repeats) if transport == "distributed" else None
+    flat_s = flat_broadcast_seconds(num_bytes, backend, args.publish_repeats) if transport == "distributed" else None
     report = {
         "benchmark": "trainer_step",
         "model": {"hidden_size": args.hidden_size, "num_layers": args.num_layers, "num_params": num_params},
@@ -253,6 +259,7 @@ def main() -> None:
             "send_format": args.publish_format,
             "update_calls": int(result["calls"][0][0]),  # buckets
             "broadcasts": int(result["calls"][0][1]),  # one per bucket flattened, one per tensor otherwise
+            "packed_bytes": int(result["calls"][0][2]),  # rank 0's packing copy (0: all sent from where it lies)
             "engine_device": engine_device,
             "publish_time_s": publish_s,
             "gather_time_s": statistics.median(result["gather_s"]),  # Megatron -> HF names and layouts, TP gather
@@ -265,6 +272,7 @@ def main() -> None:
         "publish_gb_per_s": num_bytes / publish_s / 1e9,
         "publish_over_flat_broadcast": flat_s / publish_s if flat_s is not None else None,
         "repeats": args.repeats,
+        "publish_repeats": args.publish_repeats,
         "hardware": hardware_info(),
         "git_commit": git_commit(),
     }

@@ -13,7 +13,7 @@ trainer group) and sends it to every engine, either
 - `disk`: an HF safetensors directory `v{version}` under `publish_dir(cfg)` (inside the run dir) and
   `/update_weights_from_disk`; once every engine has loaded it, older versions are deleted.
 The new weight version goes with the last bucket, so an engine reports it only once it holds every
-tensor; afterwards every engine's `/get_weight_version` is checked.
+tensor; afterwards every engine's `/get_weight_version` is checked (read while its session closes).
 
 The group (REFERENCE.md §1, engines/weight_group.py): rank 0 hosts the TCPStore on the trainer's own
 address (trainer/rendezvous.py) and builds its end the way SGLang builds each engine rank's end. Ranks
@@ -495,12 +495,26 @@ class WeightPublisher:
                 except RuntimeError as err:  # our side of the group failed (an engine left, a timeout)
                     raise _collective_failed(posts, err) from err
                 posts.join()
-            _EngineCalls(group.session_urls(), lambda c, _i: c.end_weight_update(), loop=self.http).join()
+            sessions = group.sessions or [False] * len(urls)
+            versions = _EngineCalls(urls, lambda c, i: _close_and_read_version(c, sessions[i]), loop=self.http).join()
         except ServiceError:
             self._drop(urls, works)
             _best_effort(group.session_urls(), lambda c, _i: c.end_weight_update(), "close the weight-update session")
             raise
+        _check_versions(versions, version)
         return Sent(len(buckets), sum(b.num_broadcasts for b in buckets), sum(b.num_bytes for b in packed))
+
+
+async def _close_and_read_version(client: EngineClient, has_session: bool) -> str:
+    """Close the engine's weight-update session, if it has one, while reading its weight version."""
+    closing = [client.end_weight_update()] if has_session else []
+    version, *_ = await asyncio.gather(client.get_weight_version(), *closing)
+    return version
+
+
+def _check_versions(versions: list[str], version: int) -> None:
+    if any(v != str(version) for v in versions):
+        raise ServiceError(f"engines report weight versions {versions} after publishing version {version}")
 
 
 def publish_dir(cfg: TrainerConfig) -> Path:
@@ -518,12 +532,14 @@ def publish_dir(cfg: TrainerConfig) -> Path:
 def publish_to_disk(
     tensors: dict[str, torch.Tensor], root: Path, urls: list[str], version: int, *, side_files_from: str | Path
 ) -> Path:
-    """Write `tensors` to `root/v{version}`, have every engine load it, then delete older `v*` directories.
+    """Write `tensors` to `root/v{version}`, have every engine load it and check the version each reports, then
+    delete older `v*` directories.
 
     Only directories named `v<number>` are ever deleted. If an engine fails to load, nothing is deleted.
     """
     path = weights.write_hf_dir(tensors, root / f"v{version}", side_files_from=side_files_from)
     _EngineCalls(urls, lambda c, _i: c.update_weights_from_disk(str(path), weight_version=str(version))).join()
+    _check_versions(_EngineCalls(urls, lambda c, _i: c.get_weight_version()).join(), version)
     for old in root.iterdir():
         if old != path and old.is_dir() and _VERSION_DIR.fullmatch(old.name):
             shutil.rmtree(old)
@@ -551,10 +567,6 @@ def publish(trainer: MegatronTrainer, engine_urls: list[str], version: int) -> d
                 trainer.master_addr, cfg.weight_sync_bucket_mb << 20, send_format=cfg.weight_sync_format
             )
         sent = trainer.publisher.broadcast(engine_urls, hf, version)
-    loop = trainer.publisher.http if trainer.publisher is not None else None
-    versions = _EngineCalls(engine_urls, lambda c, _i: c.get_weight_version(), loop=loop).join()
-    if any(v != str(version) for v in versions):
-        raise ServiceError(f"engines report weight versions {versions} after publishing version {version}")
     done = time.perf_counter()
     logger.info(
         "published version %d (%d bytes) to %d engines in %.3fs", version, num_bytes, len(engine_urls), done - start
