@@ -177,8 +177,10 @@ class MegatronTrainer:
     def _lay_out_parameters(self) -> torch.Tensor | None:
         """Move the parameters into one buffer in `hf_convert.publish_order` (param_buffer.py); on the rank that
         publishes its own whole model (TP=PP=1, DP rank 0), with room after them for the q/k/v split, which is
-        returned. With the distributed optimizer DDP keeps the parameters in its own buffer: nothing moves."""
-        if self.cfg.use_distributed_optimizer:
+        returned. Nothing moves with the distributed optimizer (DDP keeps the parameters in its own buffer) or on
+        CUDA, where the gather copies the weights to the host (`weights.gather_hf_state_dict`), so publishing
+        never sends from the parameters' memory and a second copy of them would only cost device memory."""
+        if self.cfg.use_distributed_optimizer or has_cuda():
             return None
         named = [(name, p) for name, p in self.model.named_parameters() if p.dtype == self.dtype]
         params = sorted(named, key=lambda item: hf_convert.publish_order(item[0]))

@@ -134,8 +134,8 @@ def gather_hf_state_dict(
     model: torch.nn.Module, arch: ArchSpec, layout: ParallelLayout, split_into: Tensor | None = None
 ) -> dict[str, Tensor] | None:
     """The full model under HF names on global rank 0 (CPU tensors); None on every other rank. On CPU at TP=1
-    most are views of the parameters; the q/k/v split goes into `split_into` when given (see
-    `hf_convert.megatron_full_to_hf`), unless the gather copied the weights to the host.
+    most are views of the parameters; the q/k/v split goes into `split_into` when given (a host tensor, see
+    `hf_convert.megatron_full_to_hf`).
 
     Collective: every rank calls it. Ranks of data-parallel replicas other than 0 return at once, except, for
     an MoE model, the ranks that hold replica 0's other experts (the first `ep_size` DP ranks).
@@ -163,8 +163,7 @@ def gather_hf_state_dict(
                 full[name] = tensor.cpu()
     if layout.pp_rank != 0:
         return None
-    on_host = split_into is not None and split_into.device.type == "cpu"
-    return hf_convert.megatron_full_to_hf(full, arch, split_into if on_host else None)
+    return hf_convert.megatron_full_to_hf(full, arch, split_into)
 
 
 def _device() -> torch.device:
